@@ -1,0 +1,12 @@
+"""deepmetric: deep metric learning for images, video, audio and interaction graphs.
+
+>>> import deepmetric as dm
+>>> loss = dm.losses.create("triplet", margin=0.2)
+>>> miner = dm.mining.create("semi-hard", margin=0.2)
+"""
+from deepmetric import distances, labels, losses, mining
+from deepmetric.evaluation import evaluate
+from deepmetric.tuples import Pairs, Quadlets, Triplets
+
+__version__ = "0.1.0"
+__all__ = ["distances", "labels", "losses", "mining", "evaluate", "Pairs", "Triplets", "Quadlets", "__version__"]

@@ -1,0 +1,3 @@
+from deepmetric.cli import main
+
+main()

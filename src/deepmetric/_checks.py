@@ -1,0 +1,60 @@
+"""Input validation shared by every module: fail early, name the argument, say what was expected."""
+from __future__ import annotations
+
+import torch
+
+
+def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
+    """Return ``x`` if it is a finite floating ``(B, D)`` tensor, else raise a clear error."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (B, D), got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected shape (B, D), got {tuple(x.shape)} ({x.dim()}-D)")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name}: contains NaN or infinite values (first bad rows: {bad})")
+    return x
+
+
+def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Tensor:
+    """Validate labels for ``n`` items and return them as int64 (flat/hierarchical) or bool (multi-label).
+
+    Accepted: ``(n,)`` integer, ``(n, L)`` integer (hierarchy, column 0 coarsest) or ``(n, C)`` bool
+    (multi-label). Integer dtypes other than int64 are converted; float labels are an error.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name}: expected integer (or bool multi-label) labels, got {labels.dtype}")
+    if labels.dim() not in (1, 2):
+        raise ValueError(f"{name}: expected shape (B,), (B, L) or (B, C), got {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} rows to match the embeddings, got {labels.shape[0]}")
+    if labels.dtype == torch.bool:
+        if labels.dim() != 2:
+            raise ValueError(f"{name}: bool labels are multi-label and must be (B, C), got {tuple(labels.shape)}")
+        return labels
+    return labels.long()
+
+
+def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None):
+    """Validate a batch and its optional reference set; return all four (ref defaults to the batch)."""
+    embeddings = check_embeddings(embeddings, "embeddings")
+    labels = check_labels(labels, embeddings.shape[0], "labels")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if ref_embeddings is None:
+        return embeddings, labels, embeddings, labels
+    ref_embeddings = check_embeddings(ref_embeddings, "ref_embeddings")
+    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+    if ref_embeddings.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"ref_embeddings: expected dimension {embeddings.shape[1]} to match embeddings, "
+            f"got {ref_embeddings.shape[1]}")
+    if ref_labels.dim() != labels.dim() or ref_labels.shape[1:] != labels.shape[1:] or ref_labels.dtype != labels.dtype:
+        raise ValueError(
+            f"ref_labels: expected the same label form as labels {tuple(labels.shape[1:])} {labels.dtype}, "
+            f"got {tuple(ref_labels.shape[1:])} {ref_labels.dtype}")
+    return embeddings, labels, ref_embeddings, ref_labels

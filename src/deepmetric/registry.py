@@ -1,0 +1,48 @@
+"""One registry per kind of component: ``create(name, **kwargs)`` and ``names()`` (timm's style)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class Registry:
+    """Maps short names to constructors for one kind of component (``loss``, ``miner``, ...)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str):
+        """Decorator: ``@REGISTRY.register("triplet")`` on a class or factory function."""
+        def wrap(obj):
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+        return wrap
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._items:
+            raise KeyError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+        return self._items[name]
+
+    def create(self, spec: "str | dict[str, Any]", **kwargs):
+        """Build a component from a name, or a mapping ``{"name": ..., **kwargs}`` as configs write it."""
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            if "name" not in spec:
+                raise ValueError(f"{self.kind}: a mapping needs a 'name' key, got keys {sorted(spec)}")
+            name = spec.pop("name")
+            kwargs = {**spec, **kwargs}
+        else:
+            name = spec
+        cls = self.get(name)
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise TypeError(f"{self.kind} {name!r}: bad arguments {sorted(kwargs)}: {err}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
