@@ -1,0 +1,45 @@
+"""Checkpoints: atomic writes, ``weights_only=True`` loads, and the random state needed to resume."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmetric._io import atomic_path
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch generator states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+
+
+def save(path: str | Path, checkpoint: dict) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a crash never leaves a half-written file."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load(path: str | Path) -> dict:
+    """Read a checkpoint without executing code from the file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from None

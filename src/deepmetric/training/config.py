@@ -1,0 +1,120 @@
+"""Run configuration: YAML files, defaults, ``--set a.b=value`` overrides and validation.
+
+A component (``data``, ``model``, ``loss``, ``miner``) is a name or a mapping ``{name: ..., **kwargs}``;
+``--set loss=radial`` picks the name with its defaults and ``--set loss.c=3.0`` sets one argument.
+Fixed sections (``sampler``, ``optimizer``, ``eval``) only accept the keys listed in ``DEFAULTS``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "data": "digits",
+    "data_dir": None,
+    "split": "zero-shot",
+    "model": {"name": "mlp", "hidden": [128], "out_features": 32},
+    "loss": {"name": "triplet", "margin": 0.2},
+    "miner": None,
+    "sampler": {"m": 4, "seed": None},
+    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "loss_lr": None,
+                  "schedule": "none", "step_size": 10, "gamma": 0.1},
+    "epochs": 10,
+    "batch_size": 64,
+    "seed": 0,
+    "eval": {"val_classes": 0.2, "select": "map_at_r", "batch_size": 1024, "nmi": True},
+}
+COMPONENTS = ("data", "model", "loss", "miner")
+SECTIONS = ("sampler", "optimizer", "eval")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not exist or has the wrong form."""
+
+
+def _component(value, key: str):
+    """Normalise a component to None or a mapping with a 'name'."""
+    if value is None or isinstance(value, dict):
+        if isinstance(value, dict) and "name" not in value:
+            raise ConfigError(f"{key}: a mapping needs a 'name' key, got keys {sorted(value)}")
+        return copy.deepcopy(value)
+    if isinstance(value, str):
+        return {"name": value}
+    raise ConfigError(f"{key}: expected a name or a mapping with 'name', got {value!r}")
+
+
+def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Merge ``config`` over the defaults, apply ``key=value`` overrides and validate every key."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {', '.join(DEFAULTS)}")
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in config.items():
+        if key in SECTIONS:
+            _check_section(key, value)
+            out[key].update(value or {})
+        else:
+            out[key] = value
+    for item in overrides:
+        _apply_override(out, item)
+    for key in COMPONENTS:
+        out[key] = _component(out[key], key)
+    return out
+
+
+def _check_section(key: str, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(DEFAULTS[key]))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; known: {', '.join(DEFAULTS[key])}")
+
+
+def _apply_override(config: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set: expected key=value, got {item!r}")
+    path, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    keys = path.strip().split(".")
+    top = keys[0]
+    if top not in DEFAULTS:
+        raise ConfigError(f"--set {path}: unknown config key {top!r}; known keys: {', '.join(DEFAULTS)}")
+    if len(keys) == 1:
+        if top in SECTIONS:
+            _check_section(top, value)
+            config[top].update(value or {})
+        else:
+            config[top] = value
+        return
+    if len(keys) != 2:
+        raise ConfigError(f"--set {path}: expected at most one level below {top!r}")
+    sub = keys[1]
+    if top in SECTIONS:
+        _check_section(top, {sub: value})
+        config[top][sub] = value
+    elif top in COMPONENTS:
+        current = _component(config[top], top)
+        if current is None:
+            raise ConfigError(f"--set {path}: {top} is not set; choose one first with --set {top}=NAME")
+        current[sub] = value
+        config[top] = current
+    else:
+        raise ConfigError(f"--set {path}: {top!r} is a plain value, not a mapping")
+
+
+def load(path: str | Path, overrides=()) -> dict:
+    """Read a YAML config file (``yaml.safe_load``: no code runs) and resolve it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no such file {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return resolve(data, overrides)

@@ -1,0 +1,39 @@
+"""Helpers for multi-process training on ``torch.distributed``; all are no-ops in a single process."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process, ``(0, 1)`` when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes files (checkpoints, metrics, reports)."""
+    return rank_and_world()[0] == 0
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (rows may differ per rank) from every rank, in rank order.
+
+    The local part keeps its gradient (the others arrive detached), so a loss computed against the
+    gathered set as reference still trains this rank's embeddings.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor.detach()
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [p[: int(s.item())] for p, s in zip(parts, sizes)]
+    parts[rank] = tensor
+    return torch.cat(parts)

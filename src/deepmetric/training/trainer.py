@@ -1,0 +1,215 @@
+"""The trainer: one run from a resolved config to a run directory.
+
+A run directory holds ``config.yaml`` (the resolved config), ``last.pt`` and ``best.pt`` checkpoints,
+``metrics.json`` (validation metrics per epoch and the final test metrics) and ``report.html``.
+Checkpoints are chosen on validation classes carved out of the training classes, never on test classes.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+import deepmetric
+from deepmetric import losses as losses_mod
+from deepmetric import mining
+from deepmetric import models as models_mod
+from deepmetric._io import write_json, write_text
+from deepmetric.data import MPerClassSampler, holdout_classes, load_split
+from deepmetric.evaluation import evaluate
+from deepmetric.training import checkpoint as ckpt
+from deepmetric.training.distributed import is_main_process, rank_and_world
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_data(config: dict):
+    """``(train, test)`` ArrayDatasets for the config's ``data`` spec and ``split``."""
+    spec = dict(config["data"])
+    name = spec.pop("name")
+    return load_split(name, split=config["split"], data_dir=config.get("data_dir"), **spec)
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+    """Embeddings of ``x`` in eval mode, in batches (restores the model's training mode)."""
+    was_training = model.training
+    model.eval()
+    starts = range(0, x.shape[0], batch_size)
+    out = [model(x[s:s + batch_size]) for s in tqdm(starts, desc="embed", disable=not progress, leave=False)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, getattr(model, "out_features", 0))
+
+
+def build_optimizer(spec: dict, model: torch.nn.Module, loss: torch.nn.Module):
+    """Adam or SGD with two parameter groups: the model, and the loss's own parameters (proxies,
+    centres, ...) at ``loss_lr`` (default: the model's learning rate)."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "model"}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "name": "loss", "lr": spec["loss_lr"] or spec["lr"]})
+    name = spec["name"]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=spec["lr"], weight_decay=spec["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=spec["lr"], weight_decay=spec["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=spec["lr"], momentum=spec["momentum"], weight_decay=spec["weight_decay"])
+    raise ValueError(f"optimizer.name: expected one of adam, adamw, sgd; got {name!r}")
+
+
+def build_scheduler(spec: dict, optimizer, epochs: int):
+    """Per-epoch learning-rate schedule: ``none``, ``cosine`` (to 0 over the run) or ``step``."""
+    schedule = spec["schedule"]
+    if schedule == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec["step_size"], gamma=spec["gamma"])
+    raise ValueError(f"optimizer.schedule: expected one of none, cosine, step; got {schedule!r}")
+
+
+def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Map flat label ids to ``0..C-1`` in the order of ``classes`` (proxy and centre losses need it)."""
+    lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
+    lookup[torch.as_tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+    return lookup[y]
+
+
+def _versions() -> dict:
+    import sklearn
+    return {"deepmetric": deepmetric.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "epochs"}
+
+
+def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=print) -> dict:
+    """Train the model a resolved ``config`` describes and write the run to ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when it exists (and ``resume``), continuing to ``epochs``.
+    Returns the content of ``metrics.json``.
+    """
+    out = Path(out_dir)
+    rank, world = rank_and_world()
+    seed_everything(config["seed"] + rank)
+    train_set, test_set = load_data(config)
+    ev = config["eval"]
+    fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"])
+    classes = [int(c) for c in fit_set.classes]
+    y_fit = contiguous_labels(fit_set.y, classes)
+
+    model = models_mod.create(config["model"], in_shape=tuple(fit_set.x.shape[1:]))
+    loss_fn = losses_mod.create(config["loss"])
+    miner = mining.create(config["miner"]) if config["miner"] else None
+    distance = loss_fn.distance
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    core = model.module if world > 1 else model
+    optimizer = build_optimizer(config["optimizer"], model, loss_fn)
+    scheduler = build_scheduler(config["optimizer"], optimizer, config["epochs"])
+    sampler_seed = config["sampler"]["seed"] if config["sampler"]["seed"] is not None else config["seed"]
+    sampler = MPerClassSampler(y_fit, m=config["sampler"]["m"], batch_size=config["batch_size"],
+                               seed=sampler_seed, num_replicas=world, rank=rank)
+
+    history, best, best_epoch, start = [], -math.inf, -1, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and last_path.exists():
+        state = ckpt.load(last_path)
+        if _comparable(state["config"]) != _comparable(config):
+            raise ValueError(f"resume: {last_path} was trained with another config; use a new --out "
+                             "directory or the same config (only 'epochs' may change)")
+        core.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"]
+        log(f"resumed from {last_path} at epoch {start}")
+
+    main = is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
+            "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
+            "data_files": dict(getattr(train_set, "files", {}) or {})}
+
+    for epoch in range(start, config["epochs"]):
+        sampler.set_epoch(epoch)
+        model.train()
+        t0, total, steps = time.perf_counter(), 0.0, 0
+        bar = tqdm(sampler, desc=f"epoch {epoch + 1}/{config['epochs']}", disable=not (progress and main),
+                   leave=False)
+        for batch in bar:
+            index = torch.as_tensor(batch, dtype=torch.long)
+            x, y = fit_set.x[index], y_fit[index]
+            emb = model(x)
+            tuples = miner(emb, y) if miner is not None else None
+            value = loss_fn(emb, y, tuples)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            total, steps = total + float(value.detach()), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if len(val_set):
+            val_emb = embed(core, val_set.x, ev["batch_size"])
+            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=False)
+            score = record["val"][ev["select"]]
+        else:
+            score = float(epoch)  # no validation classes: keep the last epoch
+        history.append(record)
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch + 1
+        if main:
+            state = {**meta, "model": core.state_dict(), "loss": loss_fn.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": ckpt.rng_state(), "epoch": epoch + 1, "history": history,
+                     "best": best, "best_epoch": best_epoch}
+            ckpt.save(last_path, state)
+            if improved:
+                ckpt.save(best_path, state)
+            write_json(out / "metrics.json", {"distance": distance, "best_epoch": best_epoch, "epochs": history})
+        val_text = f" val {ev['select']} {score:.4f}" if len(val_set) else ""
+        if main:
+            log(f"epoch {epoch + 1}: loss {record['loss']:.4f}{val_text} ({seconds:.1f} s)")
+
+    result = {"distance": distance, "best_epoch": best_epoch, "epochs": history}
+    if main and best_path.exists():
+        core.load_state_dict(ckpt.load(best_path)["model"])
+        test_emb = embed(core, test_set.x, ev["batch_size"])
+        result["test"] = evaluate(test_emb, test_set.y, distance=distance, nmi=ev["nmi"])
+        write_json(out / "metrics.json", result)
+    return result
+
+
+def load_run(run_dir: str | Path, which: str = "best"):
+    """``(model, checkpoint)`` of a finished run; the model is in eval mode on the CPU."""
+    run = Path(run_dir)
+    path = run / f"{which}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"run: no checkpoint {path} (is {run} a deepmetric run directory?)")
+    state = ckpt.load(path)
+    config = state["config"]
+    model = models_mod.create(config["model"], in_shape=tuple(state["in_shape"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
