@@ -1,0 +1,70 @@
+import pytest
+
+from deepmetric.training.config import DEFAULTS, ConfigError, load, resolve
+
+
+def test_defaults_are_resolved_with_component_mappings():
+    config = resolve({})
+    assert config["data"] == {"name": "digits"}
+    assert config["loss"] == {"name": "triplet", "margin": 0.2}
+    assert config["miner"] is None
+    assert config["optimizer"]["lr"] == DEFAULTS["optimizer"]["lr"]
+
+
+def test_unknown_top_level_key_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epoch'\]; known keys: data"):
+        resolve({"epoch": 3})
+
+
+def test_unknown_section_key_is_an_error():
+    with pytest.raises(ConfigError, match=r"optimizer: unknown key\(s\) \['learning_rate'\]"):
+        resolve({"optimizer": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"eval: unknown key"):
+        resolve({}, ["eval.kk=3"])
+
+
+def test_set_overrides_parse_yaml_values():
+    config = resolve({}, ["epochs=3", "optimizer.lr=0.01", "split=all", "miner=semi-hard", "miner.margin=0.1"])
+    assert config["epochs"] == 3 and config["optimizer"]["lr"] == 0.01 and config["split"] == "all"
+    assert config["miner"] == {"name": "semi-hard", "margin": 0.1}
+
+
+def test_set_component_name_resets_its_arguments_and_dotted_key_sets_one():
+    config = resolve({"loss": {"name": "triplet", "margin": 0.5}}, ["loss=contrastive"])
+    assert config["loss"] == {"name": "contrastive"}
+    config = resolve({"loss": "contrastive"}, ["loss.neg_margin=2.0"])
+    assert config["loss"] == {"name": "contrastive", "neg_margin": 2.0}
+
+
+def test_set_errors():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        resolve({}, ["epochs"])
+    with pytest.raises(ConfigError, match="unknown config key 'lr'"):
+        resolve({}, ["lr=0.1"])
+    with pytest.raises(ConfigError, match="miner is not set"):
+        resolve({}, ["miner.margin=0.1"])
+    with pytest.raises(ConfigError, match="plain value"):
+        resolve({}, ["epochs.x=1"])
+
+
+def test_component_mapping_needs_a_name():
+    with pytest.raises(ConfigError, match="loss: a mapping needs a 'name' key"):
+        resolve({"loss": {"margin": 0.1}})
+
+
+def test_load_reads_yaml_and_rejects_missing_or_non_mapping_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 2\nloss: contrastive\n")
+    assert load(path, ["seed=5"])["seed"] == 5
+    with pytest.raises(FileNotFoundError, match="no such file .*missing.yaml"):
+        load(tmp_path / "missing.yaml")
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load(path)
+
+
+@pytest.mark.parametrize("name", ["digits", "omniglot", "features"])
+def test_shipped_configs_resolve(name):
+    from pathlib import Path
+    config = load(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config["loss"]["name"] and config["model"]["name"]
