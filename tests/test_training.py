@@ -1,0 +1,92 @@
+"""The trainer on the embedded digits set: learning, checkpoints, resume, rank-0 writes."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from deepmetric.evaluation import evaluate
+from deepmetric.training import checkpoint as ckpt
+from deepmetric.training import load_run, resolve, train
+from deepmetric.training.trainer import embed, load_data
+
+FAST = ["epochs=2", "batch_size=64", "eval.nmi=false"]
+
+
+def quiet(*args):
+    pass
+
+
+def test_training_writes_a_run_and_beats_raw_features(tmp_path):
+    config = resolve({}, ["epochs=6", "eval.nmi=false"])
+    result = train(config, tmp_path, progress=False, log=quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["map_at_r"] == pytest.approx(result["test"]["map_at_r"])
+    assert len(saved["epochs"]) == 6 and "val" in saved["epochs"][0]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config
+    _, test = load_data(config)
+    raw = evaluate(test.x, test.y, nmi=False)
+    assert result["test"]["map_at_r"] > raw["map_at_r"]
+
+
+def test_checkpoints_select_on_validation_classes_only(tmp_path):
+    config = resolve({}, FAST)
+    train(config, tmp_path, progress=False, log=quiet)
+    state = ckpt.load(tmp_path / "best.pt")
+    train_set, test_set = load_data(config)
+    fit_classes = set(state["classes"])
+    assert fit_classes < set(train_set.classes.tolist())
+    assert not fit_classes & set(test_set.classes.tolist())
+    assert state["distance"] == "euclidean" and state["in_shape"] == [64]
+    assert state["versions"]["torch"] == torch.__version__
+    model, _ = load_run(tmp_path)
+    assert not model.training
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path):
+    straight = train(resolve({}, FAST), tmp_path / "a", progress=False, log=quiet)
+    train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path / "b", progress=False, log=quiet)
+    resumed = train(resolve({}, FAST), tmp_path / "b", progress=False, log=quiet)
+    a = ckpt.load(tmp_path / "a" / "last.pt")["model"]
+    b = ckpt.load(tmp_path / "b" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert resumed["test"] == straight["test"]
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path, progress=False, log=quiet)
+    with pytest.raises(ValueError, match="trained with another config"):
+        train(resolve({}, [*FAST, "optimizer.lr=0.5"]), tmp_path, progress=False, log=quiet)
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    from deepmetric.training import trainer
+    monkeypatch.setattr(trainer, "is_main_process", lambda: False)
+    train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path / "run", progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_loss_parameters_get_their_own_group():
+    from deepmetric.training.trainer import build_optimizer
+    model, loss = torch.nn.Linear(3, 2), torch.nn.Module()
+    loss.proxies = torch.nn.Parameter(torch.zeros(4, 2))
+    spec = resolve({}, ["optimizer.loss_lr=0.5"])["optimizer"]
+    opt = build_optimizer(spec, model, loss)
+    assert [g["name"] for g in opt.param_groups] == ["model", "loss"]
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[0]["lr"] == spec["lr"]
+
+
+def test_embed_restores_training_mode():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5)).train()
+    z = embed(model, torch.ones(5, 3), batch_size=2)
+    assert model.training and z.shape == (5, 2)
+    torch.testing.assert_close(z[0], z[1])  # dropout was off while embedding
+
+
+def test_corrupt_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        ckpt.load(path)
