@@ -20,7 +20,8 @@ def quiet(*args):
 def test_training_writes_a_run_and_beats_raw_features(tmp_path):
     config = resolve({}, ["epochs=6", "eval.nmi=false"])
     result = train(config, tmp_path, progress=False, log=quiet)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "report.html"]
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["map_at_r"] == pytest.approx(result["test"]["map_at_r"])
     assert len(saved["epochs"]) == 6 and "val" in saved["epochs"][0]
