@@ -1,0 +1,33 @@
+"""Data: in-memory data sets, built-in real sets, feature files, class splits and batch samplers.
+
+>>> from deepmetric import data
+>>> train, test = data.load_split("digits", split="zero-shot")
+>>> sampler = data.MPerClassSampler(train.y, m=4, batch_size=20)  # 5 classes x 4 items
+>>> len(sampler), len(next(iter(sampler)))
+(46, 20)
+"""
+from deepmetric.data.datasets import (
+    DATASETS,
+    SPLITS,
+    ArrayDataset,
+    BuiltinDataset,
+    concat,
+    data_root,
+    holdout_classes,
+    load,
+    load_csv,
+    load_dataset,
+    load_npz,
+    load_split,
+    read_idx,
+    save_npz,
+    sha256_file,
+    split_classes,
+)
+from deepmetric.data.samplers import MPerClassSampler
+
+__all__ = [
+    "DATASETS", "SPLITS", "ArrayDataset", "BuiltinDataset", "concat", "data_root", "holdout_classes", "load",
+    "load_csv", "load_dataset", "load_npz", "load_split", "read_idx", "save_npz", "sha256_file",
+    "split_classes", "MPerClassSampler",
+]

@@ -1,0 +1,198 @@
+"""Batch samplers that give a batch the structure metric learning needs.
+
+``MPerClassSampler`` draws batches of ``P = batch_size / m`` classes with ``m`` items each (the
+"P x K" batches of Hermans et al., 2017, "In Defense of the Triplet Loss for Person
+Re-Identification"), so every item has ``m - 1`` positives and ``(P - 1) m`` negatives in its batch.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from deepmetric._checks import check_labels
+
+__all__ = ["MPerClassSampler"]
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+class MPerClassSampler(Sampler[list[int]]):
+    """Batch sampler: each batch holds ``batch_size / m`` distinct classes with ``m`` items each.
+
+    Use it as ``DataLoader(dataset, batch_sampler=MPerClassSampler(labels, m=4, batch_size=32))``
+    and call ``set_epoch(epoch)`` before each epoch (as with ``DistributedSampler``): the order of an
+    epoch depends only on ``seed + epoch``, so an epoch can be reproduced and a run resumed.
+
+    Guarantees (DESIGN.md): every item appears at least once per epoch (over all ranks); a class with
+    fewer than ``m`` items is drawn with replacement so that it still contributes ``m``; no batch holds
+    two chunks of one class. Labels are ``(N,)`` integers, or an ``(N, L)`` hierarchy whose finest
+    level (the combination of all columns) is the class.
+
+    Algorithm for one epoch, with ``n_c`` items in class ``c``:
+
+    1. shuffle each class and cut it into ``k_c = ceil(n_c / m)`` chunks of ``m``; the last chunk is
+       topped up with other items of its class (without replacement when ``n_c >= m``, with
+       replacement when the class is smaller than ``m``);
+    2. the number of batches is the smallest that can hold every chunk with distinct classes per
+       batch, ``B = max(ceil(K / P), max_c k_c)`` with ``K = sum_c k_c`` chunks: it depends on the
+       labels only, so ``len()`` is known before iterating;
+    3. lay the chunks out class after class (classes in a random order) and deal them into the batches
+       level by level: positions ``l*B .. l*B + B - 1`` fill slot ``l`` of the batches in a random
+       order ``sigma_l``. A class spans at most two consecutive levels (``k_c <= B``); when it does,
+       ``sigma_l`` sends its chunks on level ``l`` to batches it did not use on level ``l - 1``;
+    4. empty slots (``B * P - K`` of them) get an extra chunk from a class not yet in that batch, drawn
+       uniformly; then the batches are shuffled.
+
+    With ``num_replicas > 1`` every rank computes the same epoch, the list of batches is padded by
+    repeating its first batches to a multiple of ``num_replicas``, and rank ``r`` takes batches
+    ``r, r + num_replicas, ...``; ``len()`` is that per-rank count.
+
+    >>> s = MPerClassSampler(torch.tensor([0, 0, 1, 1, 2, 2, 2]), m=2, batch_size=4)
+    >>> len(s), all(len(b) == 4 for b in s)
+    (2, True)
+    """
+
+    def __init__(self, labels, m: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        if not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(np.asarray(labels))
+        if labels.dim() == 0 or labels.shape[0] == 0:
+            raise ValueError(f"labels: expected a non-empty (N,) or (N, L) tensor, got shape {tuple(labels.shape)}")
+        labels = check_labels(labels, labels.shape[0], "labels")
+        if labels.dtype == torch.bool:
+            raise ValueError("labels: m-per-class sampling needs one class per item: (N,) or (N, L) integers, "
+                             "got (N, C) bool multi-label")
+        self.m = _positive_int(m, "m")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        if self.batch_size % self.m:
+            raise ValueError(f"batch_size: expected a multiple of m={self.m}, got {self.batch_size}")
+        self.num_replicas = _positive_int(num_replicas, "num_replicas")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.num_replicas:
+            raise ValueError(f"rank: expected an integer in [0, {self.num_replicas - 1}], got {rank!r}")
+        self.rank = int(rank)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed: expected an integer, got {seed!r}")
+        self.seed = int(seed)
+        self.epoch = 0
+
+        if labels.dim() == 1:
+            _, self._class_of = torch.unique(labels, return_inverse=True)
+        else:
+            _, self._class_of = torch.unique(labels, dim=0, return_inverse=True)
+        self._counts = torch.bincount(self._class_of)
+        self.num_classes = int(self._counts.shape[0])
+        self.classes_per_batch = self.batch_size // self.m
+        if self.num_classes < self.classes_per_batch:
+            raise ValueError(
+                f"batch_size: {self.batch_size} / m={self.m} needs {self.classes_per_batch} classes per batch, "
+                f"but labels hold only {self.num_classes} classes; lower batch_size or raise m")
+        self._chunks_per_class = (self._counts + self.m - 1) // self.m
+        num_chunks = int(self._chunks_per_class.sum())
+        self.num_batches = max(math.ceil(num_chunks / self.classes_per_batch), int(self._chunks_per_class.max()))
+
+    # -- epoch state, like DistributedSampler -----------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.set_epoch(state["epoch"])
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.num_replicas)
+
+    def __iter__(self):
+        batches = self.epoch_batches()
+        total = len(self) * self.num_replicas
+        padded = batches[torch.arange(total) % batches.shape[0]]
+        yield from padded[self.rank::self.num_replicas].tolist()
+
+    # -- one epoch --------------------------------------------------------------------------------
+
+    def epoch_batches(self) -> torch.Tensor:
+        """All ``(B, batch_size)`` item indices of the current epoch, before the split over ranks."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        m, p, b = self.m, self.classes_per_batch, self.num_batches
+        counts, k = self._counts, self._chunks_per_class
+        n_items, n_classes, n_chunks = self._class_of.shape[0], self.num_classes, int(k.sum())
+
+        # 1. items grouped by class, each class in a random order: members[starts[c] : starts[c] + n_c]
+        perm = torch.randperm(n_items, generator=g)
+        members = perm[torch.argsort(self._class_of[perm], stable=True)]
+        member_class = self._class_of[members]
+        starts = torch.cumsum(counts, 0) - counts
+        first_chunk = torch.cumsum(k, 0) - k
+        rank_in_class = torch.arange(n_items) - starts[member_class]
+        chunks = torch.empty(n_chunks, m, dtype=torch.long)
+        chunks[first_chunk[member_class] + rank_in_class // m, rank_in_class % m] = members
+        # top up each class's last chunk: the class's first items in its random order (distinct from
+        # the last chunk's) when n_c >= m, else random items of the class (with replacement)
+        missing = k * m - counts
+        top_class = torch.repeat_interleave(torch.arange(n_classes), missing)
+        j = torch.arange(top_class.shape[0]) - torch.repeat_interleave(torch.cumsum(missing, 0) - missing, missing)
+        n_top = counts[top_class]
+        offset = torch.where(n_top >= m, j, (torch.rand(j.shape, generator=g) * n_top).long())
+        chunks[first_chunk[top_class] + k[top_class] - 1, m - missing[top_class] + j] = members[starts[top_class] + offset]
+        chunk_class = torch.repeat_interleave(torch.arange(n_classes), k)
+
+        # 3. lay chunks out class after class in a random class order, deal level by level
+        class_order = torch.randperm(n_classes, generator=g)
+        k_ordered = k[class_order]
+        seq_class = torch.repeat_interleave(class_order, k_ordered)
+        seq_within = torch.arange(n_chunks) - torch.repeat_interleave(torch.cumsum(k_ordered, 0) - k_ordered, k_ordered)
+        seq_chunk = first_chunk[seq_class] + seq_within
+        table = torch.full((b, p), -1, dtype=torch.long)  # chunk id per (batch, slot)
+        sigma = torch.randperm(b, generator=g)
+        for level in range(math.ceil(n_chunks / b)):
+            lo = level * b
+            if level > 0 and seq_within[lo] > 0:  # a class runs over from the previous level
+                c = seq_class[lo]
+                later = int(k[c] - seq_within[lo])  # its chunks on this level: positions 0..later-1
+                a = b - int(seq_within[lo])  # it used sigma[a:] on the previous level
+                free = sigma[:a][torch.randperm(a, generator=g)]
+                rest = torch.cat([free[later:], sigma[a:]])
+                sigma = torch.cat([free[:later], rest[torch.randperm(rest.shape[0], generator=g)]])
+            elif level > 0:
+                sigma = torch.randperm(b, generator=g)
+            hi = min(lo + b, n_chunks)
+            table[sigma[: hi - lo], level] = seq_chunk[lo:hi]
+
+        # 4. fill empty slots with an extra chunk of a class absent from that batch
+        batch_class = torch.where(table >= 0, chunk_class[table.clamp(min=0)], -1)
+        batch_items = torch.empty(b, p, m, dtype=torch.long)
+        batch_items[table >= 0] = chunks[table[table >= 0]]
+        needy = (table < 0).any(dim=1).nonzero().flatten()
+        rows_per_block = max(1, (1 << 22) // (n_classes + 1))
+        for block in needy.split(rows_per_block):
+            cls = batch_class[block]
+            keys = torch.rand(block.shape[0], n_classes + 1, generator=g)
+            keys.scatter_(1, torch.where(cls >= 0, cls, n_classes), 2.0)  # present classes never drawn
+            absent = torch.topk(keys[:, :n_classes], p, dim=1, largest=False).indices
+            empty = cls < 0
+            pick = absent.gather(1, (torch.cumsum(empty.long(), 1) - 1).clamp(min=0))
+            batch_class[block] = torch.where(empty, pick, cls)
+        empty = table < 0
+        fill_class = batch_class[empty]
+        if fill_class.numel():
+            n_fill = counts[fill_class]
+            start = (torch.rand(fill_class.shape, generator=g) * n_fill).long()
+            window = (start.unsqueeze(1) + torch.arange(m)) % n_fill.unsqueeze(1)  # m distinct when n_c >= m
+            random = (torch.rand(fill_class.shape[0], m, generator=g) * n_fill.unsqueeze(1)).long()
+            offset = torch.where((n_fill >= m).unsqueeze(1), window, random)
+            batch_items[empty] = members[starts[fill_class].unsqueeze(1) + offset]
+
+        batches = batch_items.reshape(b, p * m)
+        return batches[torch.randperm(b, generator=g)]
