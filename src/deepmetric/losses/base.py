@@ -1,0 +1,123 @@
+"""What every tuple-based loss module shares: the registry, input and tuple validation, masks.
+
+A loss module is called ``loss(embeddings, labels, tuples=None, ref_embeddings=None,
+ref_labels=None)`` (DESIGN.md). ``tuples`` is a :class:`~deepmetric.tuples.Pairs` or
+:class:`~deepmetric.tuples.Triplets` from a miner, or ``None`` for every valid tuple of the batch.
+Anchor indices refer to the batch; positive and negative indices refer to the reference set, which
+is the batch itself unless ``ref_embeddings`` is given (then nothing is excluded as a self-pair).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deepmetric._checks import check_pair
+from deepmetric.distances import check_distance
+from deepmetric.labels import pair_masks
+from deepmetric.registry import Registry
+from deepmetric.tuples import Pairs, Triplets
+
+LOSSES = Registry("loss")
+
+
+def check_number(name: str, value, low: float | None = None, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (``> low`` if ``strict`` else
+    ``>= low``), else raise a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {low}, got {value!r}")
+    return float(value)
+
+
+def check_loss_distance(owner: str, distance: str, allowed: tuple[str, ...]) -> str:
+    """Return ``distance`` if it is a known distance that ``owner`` supports, else raise."""
+    check_distance(distance)
+    if distance not in allowed:
+        raise ValueError(f"{owner}: distance {distance!r} is not supported; expected one of {', '.join(allowed)}")
+    return distance
+
+
+def _check_index(name: str, index, size: int, device) -> torch.Tensor:
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point() \
+            or index.dtype == torch.bool or index.is_complex():
+        got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+        raise TypeError(f"tuples.{name}: expected a 1-D integer tensor of indices, got {got}")
+    index = index.to(device=device, dtype=torch.long)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(f"tuples.{name}: expected indices in [0, {size}), got values in "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    return index
+
+
+def check_tuples(tuples, n: int, n_ref: int, device=None) -> Pairs | Triplets | None:
+    """Validate miner output for a batch of ``n`` and a reference set of ``n_ref`` items.
+
+    Returns ``None`` or a new Pairs / Triplets of int64 indices on ``device``; raises on another
+    type (plain tuples included: losses tell pairs from triplets by type), ragged lengths or
+    out-of-range indices.
+    """
+    if tuples is None:
+        return None
+    if isinstance(tuples, Pairs):
+        a1, p = _check_index("a1", tuples.a1, n, device), _check_index("p", tuples.p, n_ref, device)
+        a2, neg = _check_index("a2", tuples.a2, n, device), _check_index("n", tuples.n, n_ref, device)
+        if a1.numel() != p.numel() or a2.numel() != neg.numel():
+            raise ValueError(f"tuples: expected len(a1) == len(p) and len(a2) == len(n), got "
+                             f"{a1.numel()}, {p.numel()}, {a2.numel()}, {neg.numel()}")
+        return Pairs(a1, p, a2, neg)
+    if isinstance(tuples, Triplets):
+        a = _check_index("a", tuples.a, n, device)
+        p, neg = _check_index("p", tuples.p, n_ref, device), _check_index("n", tuples.n, n_ref, device)
+        if not a.numel() == p.numel() == neg.numel():
+            raise ValueError(f"tuples: expected a, p, n of equal length, got {a.numel()}, {p.numel()}, {neg.numel()}")
+        return Triplets(a, p, neg)
+    raise TypeError(f"tuples: expected deepmetric.tuples.Pairs or Triplets (or None), got {type(tuples).__name__}")
+
+
+def as_pairs(tuples: Pairs | Triplets):
+    """``(a1, p, a2, n)`` index tensors. Triplets give their anchor-positive pairs ``(a, p)`` and
+    anchor-negative pairs ``(a, n)`` as they are: a pair that appears in several triplets appears
+    that many times (as pytorch-metric-learning's ``convert_to_pairs``)."""
+    if isinstance(tuples, Triplets):
+        return tuples.a, tuples.p, tuples.a, tuples.n
+    return tuples.a1, tuples.p, tuples.a2, tuples.n
+
+
+def tuple_masks(tuples: Pairs | Triplets, n: int, n_ref: int, device=None):
+    """``(n, n_ref)`` bool masks of the positive and negative pairs in ``tuples`` (each pair once,
+    however often it is given)."""
+    a1, p, a2, neg = as_pairs(tuples)
+    pos_mask = torch.zeros(n, n_ref, dtype=torch.bool, device=device)
+    neg_mask = torch.zeros(n, n_ref, dtype=torch.bool, device=device)
+    pos_mask[a1, p] = True
+    neg_mask[a2, neg] = True
+    return pos_mask, neg_mask
+
+
+class MetricLoss(nn.Module):
+    """Base class: validates the call and hands :meth:`compute` checked tensors.
+
+    Subclasses set ``distance`` (a name from :mod:`deepmetric.distances`) and implement
+    ``compute(x, labels, tuples, ref_x, ref_labels)``, where ``ref_labels`` is ``None`` when the
+    reference set is the batch itself (then ``ref_x is x`` and self-pairs are excluded).
+    """
+
+    distance: str = "euclidean"
+
+    def forward(self, embeddings, labels, tuples=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
+        has_ref = ref_embeddings is not None or ref_labels is not None
+        x, labels, ref_x, ref_labels = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+        tuples = check_tuples(tuples, x.shape[0], ref_x.shape[0], x.device)
+        return self.compute(x, labels, tuples, ref_x, ref_labels if has_ref else None)
+
+    def compute(self, x, labels, tuples, ref_x, ref_labels) -> torch.Tensor:
+        raise NotImplementedError
+
+    def masks(self, x, labels, tuples, ref_x, ref_labels):
+        """Positive and negative ``(B, R)`` masks: of the given tuples, or of all valid pairs."""
+        if tuples is None:
+            return pair_masks(labels, ref_labels)
+        return tuple_masks(tuples, x.shape[0], ref_x.shape[0], x.device)

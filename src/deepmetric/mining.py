@@ -1,0 +1,248 @@
+"""Miners: ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None) -> Pairs | Triplets``.
+
+A miner validates its input, computes the ``(B, R)`` distance matrix and the label masks under
+``torch.no_grad`` and hands them to a pure function of :mod:`deepmetric.functional.mining`. Anchor
+indices refer to the batch; positive and negative indices to the reference set (the batch itself
+when none is given, and then an item is never its own positive). Labels may be flat, hierarchical
+(the finest level is used) or multi-label, as everywhere in deepmetric.
+
+>>> import torch, deepmetric as dm
+>>> miner = dm.mining.create("semi-hard", margin=0.2)
+>>> emb, labels = torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+>>> a, p, n = miner(emb, labels)
+>>> bool((labels[a] == labels[p]).all() and (labels[a] != labels[n]).all())
+True
+
+Each miner has a ``distance`` attribute (a name of :mod:`deepmetric.distances`) and records
+``last_count``, the number of tuples of its last call (for ``Pairs``: positive plus negative pairs).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from deepmetric import distances
+from deepmetric._checks import check_pair
+from deepmetric.functional import mining as F
+from deepmetric.labels import pair_masks
+from deepmetric.registry import Registry
+from deepmetric.tuples import Pairs, Triplets
+
+MINERS = Registry("miner")
+create = MINERS.create
+names = MINERS.names
+
+__all__ = ["MINERS", "create", "names", "Miner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner",
+           "DistanceWeightedMiner", "MultiSimilarityMiner", "Pairs", "Triplets"]
+
+
+def _check_number(name: str, value, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value}")
+    return float(value)
+
+
+class Miner:
+    """Base class: subclasses implement ``mine(embeddings, ref_embeddings, pos_mask, neg_mask)``."""
+
+    def __init__(self, distance: str = "euclidean"):
+        self.distance = distances.check_distance(distance)
+        self.last_count = 0
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
+                 ref_labels: torch.Tensor | None = None) -> Pairs | Triplets:
+        embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+        with torch.no_grad():
+            same = ref_emb is embeddings
+            embeddings = embeddings.detach()
+            ref_emb = embeddings if same else ref_emb.detach()
+            labels = labels.to(embeddings.device)
+            ref_lab = None if ref_embeddings is None else ref_lab.to(embeddings.device)
+            pos_mask, neg_mask = pair_masks(labels, ref_lab)
+            out = self.mine(embeddings, ref_emb, pos_mask, neg_mask)
+        self.last_count = len(out)
+        return out
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        raise NotImplementedError
+
+    def ascending_distances(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, R)`` matrix of ``self.distance`` where smaller is closer (``dot`` negated)."""
+        return distances.as_ascending(distances.pairwise(embeddings, ref_embeddings, self.distance), self.distance)
+
+    def _params(self) -> dict:
+        return {"distance": self.distance}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+
+@MINERS.register("batch-hard")
+class BatchHardMiner(Miner):
+    """Batch-hard mining (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss").
+
+    For each anchor with at least one positive and one negative, the triplet of its farthest
+    positive and its closest negative: ``(a, argmax_p D(a,p), argmin_n D(a,n))``. Equal to
+    pytorch-metric-learning's ``BatchHardMiner``, ties included (smallest index wins).
+
+    >>> a, p, n = BatchHardMiner()(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
+    >>> len(a)
+    6
+    """
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        return F.batch_hard_triplets(self.ascending_distances(embeddings, ref_embeddings), pos_mask, neg_mask)
+
+
+@MINERS.register("triplet-margin")
+class TripletMarginMiner(Miner):
+    """Triplets selected by their margin ``m = D(a,n) - D(a,p)`` against ``margin`` (alpha).
+
+    ``type_of_triplets``: ``"all"`` (``m <= alpha``), ``"hard"`` (``m <= min(0, alpha)``),
+    ``"semihard"`` (``0 < m <= alpha``) or ``"easy"`` (``m > alpha``), the inequalities of
+    pytorch-metric-learning's ``TripletMarginMiner``. ``hardest_only=True`` keeps only the closest
+    qualifying negative of each positive pair. See :func:`deepmetric.functional.mining.margin_triplets`.
+    """
+
+    def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", distance: str = "euclidean",
+                 hardest_only: bool = False):
+        super().__init__(distance)
+        self.margin = _check_number("margin", margin)
+        if type_of_triplets not in F.TRIPLET_TYPES:
+            raise ValueError(f"type_of_triplets: expected one of {', '.join(F.TRIPLET_TYPES)}, "
+                             f"got {type_of_triplets!r}")
+        self.type_of_triplets = type_of_triplets
+        self.hardest_only = bool(hardest_only)
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        dist = self.ascending_distances(embeddings, ref_embeddings)
+        return F.margin_triplets(dist, pos_mask, neg_mask, self.margin, self.type_of_triplets, self.hardest_only)
+
+    def _params(self) -> dict:
+        return {"margin": self.margin, "type_of_triplets": self.type_of_triplets, "distance": self.distance,
+                "hardest_only": self.hardest_only}
+
+
+@MINERS.register("semi-hard")
+class SemiHardMiner(TripletMarginMiner):
+    """Semi-hard triplets (Schroff, Kalenichenko & Philbin 2015, "FaceNet").
+
+    Default: every triplet with ``D(a,p) < D(a,n)`` and ``D(a,n) - D(a,p) <= margin``, the same set as
+    pytorch-metric-learning's ``TripletMarginMiner(margin, type_of_triplets="semihard")``.
+    ``hardest_only=True``: FaceNet's online semi-hard mining, for each positive pair the closest
+    negative farther than the positive, kept only if inside the margin; a positive pair with no
+    semi-hard negative is dropped (FaceNet falls back to another negative; we do not).
+    ``type_of_triplets`` may be set to ``"hard"``, ``"easy"`` or ``"all"`` as in
+    :class:`TripletMarginMiner`.
+
+    >>> miner = SemiHardMiner(margin=0.2, hardest_only=True)
+    """
+
+    def __init__(self, margin: float = 0.2, distance: str = "euclidean", hardest_only: bool = False,
+                 type_of_triplets: str = "semihard"):
+        super().__init__(margin, type_of_triplets, distance, hardest_only)
+
+
+@MINERS.register("distance-weighted")
+class DistanceWeightedMiner(Miner):
+    """Distance-weighted sampling (Wu, Manmatha, Smola & Krahenbuhl, ICCV 2017, "Sampling Matters in
+    Deep Embedding Learning").
+
+    On L2-normalised embeddings in dimension n, pairwise distances of uniform points follow
+    ``q(d) ∝ d^{n-2} [1 - d^2/4]^{(n-3)/2}``; for each positive pair ``(a, p)`` one negative is drawn
+    with probability ∝ ``1 / q(max(D(a,n), cutoff))`` and 0 where ``D(a,n) >= nonzero_loss_cutoff``
+    (computed in log space). An anchor whose negatives all have zero weight samples uniformly among
+    them. The distance is euclidean; the paper's distribution holds on the unit sphere only, so
+    embeddings (and ``ref_embeddings``) must be L2-normalised (normalise in the model head): other
+    input raises a ``ValueError``.
+
+    ``seed``: None (use torch's global generator), an int (a private generator seeded once at
+    construction, so two miners with the same seed give the same sequence of outputs) or a
+    ``torch.Generator``.
+
+    >>> miner = DistanceWeightedMiner(seed=0)
+    >>> emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    >>> a, p, n = miner(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    >>> len(a)
+    8
+    """
+
+    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
+                 seed: int | torch.Generator | None = None):
+        super().__init__("euclidean")
+        self.cutoff = _check_number("cutoff", cutoff, positive=True)
+        self.nonzero_loss_cutoff = _check_number("nonzero_loss_cutoff", nonzero_loss_cutoff, positive=True)
+        if self.nonzero_loss_cutoff <= self.cutoff:
+            raise ValueError(f"nonzero_loss_cutoff: expected a value above cutoff={self.cutoff}, "
+                             f"got {self.nonzero_loss_cutoff}")
+        if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
+            raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator used on ``device`` (None: torch's global one)."""
+        if self.seed is None or isinstance(self.seed, torch.Generator):
+            return self.seed
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
+        return self._generators[device]
+
+    @staticmethod
+    def _check_unit_norm(x: torch.Tensor, name: str) -> None:
+        tol = max(1e-3, 10 * torch.finfo(x.dtype).eps)
+        norms = x.float().norm(dim=1)
+        if x.shape[0] and ((norms - 1).abs() > tol).any():
+            raise ValueError(
+                f"{name}: DistanceWeightedMiner expects L2-normalised rows (the distance distribution of "
+                f"Wu et al. 2017 holds on the unit sphere); got norms in [{norms.min().item():.4g}, "
+                f"{norms.max().item():.4g}]. Normalise in the model head (e.g. F.normalize(x, dim=1)).")
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        self._check_unit_norm(embeddings, "embeddings")
+        if ref_embeddings is not embeddings:
+            self._check_unit_norm(ref_embeddings, "ref_embeddings")
+        dist = distances.euclidean(embeddings, ref_embeddings)
+        return F.distance_weighted_negatives(dist, pos_mask, neg_mask, embeddings.shape[1], self.cutoff,
+                                             self.nonzero_loss_cutoff, self.generator(embeddings.device))
+
+    def _params(self) -> dict:
+        return {"cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff, "seed": self.seed}
+
+
+@MINERS.register("multi-similarity")
+class MultiSimilarityMiner(Miner):
+    """Multi-similarity pair mining (Wang, Han, Huang, Dong & Scott, CVPR 2019).
+
+    With similarities S, keeps positive pairs with ``S_ik - epsilon < max_{j in N(i)} S_ij`` and
+    negative pairs with ``S_ij + epsilon > min_{k in P(i)} S_ik``. S is the cosine similarity for
+    ``distance="cosine"`` (the default), the dot product for ``"dot"`` and ``-D`` for the euclidean
+    distances. Equal, as sets of pairs, to pytorch-metric-learning's ``MultiSimilarityMiner(epsilon)``.
+
+    >>> a1, p, a2, n = MultiSimilarityMiner(epsilon=0.1)(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
+    """
+
+    def __init__(self, epsilon: float = 0.1, distance: str = "cosine"):
+        super().__init__(distance)
+        self.epsilon = _check_number("epsilon", epsilon)
+
+    def similarities(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":  # the similarity itself, not 1 - (1 - cos), to agree bit for bit
+            return distances.cosine_similarity(embeddings, ref_embeddings)
+        if self.distance == "dot":
+            return distances.dot(embeddings, ref_embeddings)
+        return -distances.pairwise(embeddings, ref_embeddings, self.distance)
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        return F.multi_similarity_pairs(self.similarities(embeddings, ref_embeddings), pos_mask, neg_mask,
+                                        self.epsilon)
+
+    def _params(self) -> dict:
+        return {"epsilon": self.epsilon, "distance": self.distance}
