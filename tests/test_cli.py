@@ -37,7 +37,7 @@ def test_train_evaluate_embed(tmp_path):
     result = run("embed", out, "--data", "digits", "--out", tmp_path / "e.npz")
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "e.npz") as f:
-        assert f["X"].shape == (len(f["y"]), 32) and f["X"].dtype == np.float32
+        assert f["X"].shape == (len(f["y"]), 64) and f["X"].dtype == np.float32
         assert set(f["y"].tolist()) == {5, 6, 7, 8, 9}
 
 

@@ -7,8 +7,9 @@ from typing import Any, Callable
 class Registry:
     """Maps short names to constructors for one kind of component (``loss``, ``miner``, ...)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._items: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str):
@@ -25,7 +26,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+            raise KeyError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}")
         return self._items[name]
 
     def create(self, spec: "str | dict[str, Any]", **kwargs):

@@ -19,7 +19,7 @@ from deepmetric.labels import pair_masks
 from deepmetric.registry import Registry
 from deepmetric.tuples import Pairs, Triplets
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", "losses")
 
 
 def check_number(name: str, value, low: float | None = None, strict: bool = False) -> float:

@@ -16,16 +16,16 @@ DEFAULTS: dict[str, Any] = {
     "data": "digits",
     "data_dir": None,
     "split": "zero-shot",
-    "model": {"name": "mlp", "hidden": [128], "out_features": 32},
+    "model": {"name": "linear", "out_features": 64},
     "loss": {"name": "triplet", "margin": 0.2},
     "miner": None,
-    "sampler": {"m": 4, "seed": None},
-    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "loss_lr": None,
+    "sampler": {"m": 20, "seed": None},
+    "optimizer": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0, "momentum": 0.9, "loss_lr": None,
                   "schedule": "none", "step_size": 10, "gamma": 0.1},
-    "epochs": 10,
-    "batch_size": 64,
+    "epochs": 20,
+    "batch_size": 60,
     "seed": 0,
-    "eval": {"val_classes": 0.2, "select": "map_at_r", "batch_size": 1024, "nmi": True},
+    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 SECTIONS = ("sampler", "optimizer", "eval")

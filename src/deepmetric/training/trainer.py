@@ -91,7 +91,7 @@ def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
 
 def _versions() -> dict:
     import sklearn
-    return {"deepmetric": deepmetric.__version__, "torch": torch.__version__, "numpy": np.__version__,
+    return {"deepmetric": deepmetric.__version__, "torch": str(torch.__version__), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
@@ -110,7 +110,13 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     seed_everything(config["seed"] + rank)
     train_set, test_set = load_data(config)
     ev = config["eval"]
-    fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"])
+    if ev["val_classes"]:
+        fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"])
+        if len(val_set.classes) < 2:
+            raise ValueError(f"eval.val_classes: {ev['val_classes']} holds out {len(val_set.classes)} class(es) of "
+                             f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the last epoch)")
+    else:  # no validation: the last epoch is kept
+        fit_set, val_set = train_set, train_set.subset(torch.zeros(0, dtype=torch.long))
     classes = [int(c) for c in fit_set.classes]
     y_fit = contiguous_labels(fit_set.y, classes)
 
