@@ -1,0 +1,308 @@
+"""Exact k-nearest-neighbour search by matrix products (torch), chunked so memory stays bounded.
+
+Conventions (DESIGN.md): results are sorted by ascending distance (``cosine`` as ``1 - cos``, ``dot``
+as its negative); ties keep gallery order (the smaller gallery index comes first). When fewer than
+``k`` candidates remain for a query (``k`` larger than the gallery after exclusions), the missing slots
+are padded with index ``-1`` and distance ``+inf``.
+
+How a block is ranked. Each (query chunk x gallery block) of scores is one fused matrix product into
+a reused buffer, with the formulas of :mod:`deepmetric.distances` rearranged so that ranking needs
+no further pass over the block:
+
+* ``euclidean`` and ``squared_euclidean``: ``s_ij = |y_j|^2 - 2 x_i.y_j`` (``|x_i|^2`` is constant in a
+  row); the returned distance is ``sqrt(max(s_ij + |x_i|^2, 0))`` (resp. without the root; 0 below
+  1e-12 as in ``distances.euclidean``);
+* ``cosine``: ``s_ij = -x_i.y_j / (|x_i| |y_j|)``, returned as ``1 + s_ij = 1 - cos``;
+* ``dot``: ``s_ij = -x_i.y_j``, returned as is.
+
+A running top-k of scores is merged block by block. Ties are broken by gallery index on the score and
+again on the returned distance, so identical vectors always come back in gallery order.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepmetric._checks import check_embeddings
+from deepmetric.distances import check_distance
+
+#: queries per chunk and gallery items per block: one block of scores holds
+#: ``QUERY_CHUNK * GALLERY_CHUNK`` floats (32 MB in float32 by default).
+QUERY_CHUNK = 1024
+GALLERY_CHUNK = 8192
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """float32 unless the caller gave float64 (half precision is too coarse to rank)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_groups(groups, n: int, name: str) -> torch.Tensor:
+    if not isinstance(groups, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape ({n},), got {type(groups).__name__}")
+    if groups.dim() != 1 or groups.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {tuple(groups.shape)}")
+    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer ids, got {groups.dtype}")
+    return groups.long()
+
+
+def _sort_by_value_then_index(values: torch.Tensor, cols: torch.Tensor):
+    """Sort each row by (value, column): columns ascending first, then a stable sort on values."""
+    cols, order = cols.sort(dim=1)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, stable=True)
+    return values, cols.gather(1, order)
+
+
+def _order_ties_by_index(values: torch.Tensor, cols: torch.Tensor):
+    """Rows already sorted by value: put runs of equal values in column order (only rows with ties)."""
+    tied = (values[:, 1:] == values[:, :-1]).any(dim=1).nonzero().flatten()
+    if tied.numel():
+        values, cols = values.clone(), cols.clone()
+        values[tied], cols[tied] = _sort_by_value_then_index(values[tied], cols[tied])
+    return values, cols
+
+
+def _stable_topk(scores: torch.Tensor, k: int):
+    """The ``k`` smallest entries of each row, sorted by (value, column): ties go to smaller columns.
+
+    ``torch.topk`` chooses arbitrarily among values equal to the k-th, so rows whose (k+1)-th value
+    equals their k-th are redone exactly: every entry below the k-th value plus the first entries
+    (by column) equal to it.
+    """
+    n_cols = scores.shape[1]
+    values, cols = torch.topk(scores, min(k + 1, n_cols), dim=1, largest=False, sorted=True)
+    if values.shape[1] > k:
+        ambiguous = (values[:, k] == values[:, k - 1]).nonzero().flatten()
+        values, cols = values[:, :k], cols[:, :k]
+        if ambiguous.numel():
+            values, cols = values.clone(), cols.clone()
+            sub = scores[ambiguous]
+            kth = values[ambiguous, k - 1:k]
+            below, equal = sub < kth, sub == kth
+            need = k - below.sum(dim=1, keepdim=True)
+            chosen = below | (equal & (equal.cumsum(dim=1) <= need))
+            sub_cols = chosen.nonzero()[:, 1].view(ambiguous.numel(), k)  # exactly k per row
+            values[ambiguous], cols[ambiguous] = _sort_by_value_then_index(sub.gather(1, sub_cols), sub_cols)
+    return _order_ties_by_index(values, cols)
+
+
+class _Searcher:
+    """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
+
+    def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK):
+        self.distance = distance
+        self.block = gallery_chunk_size
+        if distance == "cosine":
+            gallery = torch.nn.functional.normalize(gallery, dim=1)
+        self.gallery_t = gallery.T
+        self.n = gallery.shape[0]
+        if distance in ("euclidean", "squared_euclidean"):
+            self.bias = gallery.pow(2).sum(1)  # |y_j|^2
+            self.alpha = -2.0
+        else:
+            self.bias = torch.zeros(self.n, dtype=gallery.dtype, device=gallery.device)
+            self.alpha = -1.0
+        self.max_norm = float(gallery.double().norm(dim=1).max()) if self.n else 0.0
+
+    def _check_overflow(self, queries: torch.Tensor):
+        """Scores are bounded by (|x| + |y|)^2; refuse inputs whose products would overflow."""
+        if self.distance == "cosine" or queries.shape[0] == 0:
+            return
+        bound = (float(queries.double().norm(dim=1).max()) + self.max_norm) ** 2
+        if not bound < torch.finfo(queries.dtype).max:
+            raise ValueError(f"queries/gallery: {self.distance} distances overflow {queries.dtype} "
+                             f"(vector norms up to {math.sqrt(bound):.3g}); scale the embeddings down")
+
+    def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
+        """Top-k ``(distances, indices)`` of a chunk of validated queries.
+
+        ``self_index`` ``(c,)``: one gallery index per query that it must not retrieve (itself in the
+        query-in-gallery protocol). ``query_groups`` ``(c,)`` / ``gallery_groups`` ``(G,)``: a query never
+        retrieves an item of its own group.
+        """
+        self._check_overflow(queries)
+        n_q = queries.shape[0]
+        x = torch.nn.functional.normalize(queries, dim=1) if self.distance == "cosine" else queries
+        buffer = queries.new_empty(n_q * min(self.block, self.n))
+        best_s = queries.new_empty((n_q, 0))
+        best_i = torch.empty((n_q, 0), dtype=torch.long, device=queries.device)
+        rows = torch.arange(n_q, device=queries.device)
+        for g0 in range(0, self.n, self.block):
+            g1 = min(g0 + self.block, self.n)
+            scores = buffer[: n_q * (g1 - g0)].view(n_q, g1 - g0)
+            torch.addmm(self.bias[g0:g1].unsqueeze(0), x, self.gallery_t[:, g0:g1], alpha=self.alpha, out=scores)
+            if self_index is not None:
+                cols = self_index - g0
+                inside = (cols >= 0) & (cols < g1 - g0)
+                scores[rows[inside], cols[inside]] = math.inf
+            if query_groups is not None:
+                scores.masked_fill_(query_groups.unsqueeze(1) == gallery_groups[g0:g1].unsqueeze(0), math.inf)
+            s, i = _stable_topk(scores, min(k, g1 - g0))
+            # earlier blocks hold smaller gallery indices: a stable sort of [best, new] keeps gallery order
+            s, i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + g0], dim=1)
+            s, order = s.sort(dim=1, stable=True)
+            best_s, best_i = s[:, :k], i.gather(1, order[:, :k])
+        if best_s.shape[1] < k:  # gallery smaller than k
+            pad = k - best_s.shape[1]
+            best_s = torch.cat([best_s, best_s.new_full((n_q, pad), math.inf)], dim=1)
+            best_i = torch.cat([best_i, best_i.new_full((n_q, pad), -1)], dim=1)
+        best_i = best_i.masked_fill(torch.isinf(best_s), -1)  # only excluded items score +inf
+        distances = self._distances(best_s, queries)
+        if self.distance != "dot":  # the map from score to distance may round distinct scores together
+            distances, best_i = _order_ties_by_index(distances, best_i)
+            best_i = best_i.masked_fill(torch.isinf(distances), -1)  # pads sort last: keep them -1
+        return distances, best_i
+
+    def _distances(self, scores, queries):
+        if self.distance in ("euclidean", "squared_euclidean"):
+            d2 = (scores + queries.pow(2).sum(1, keepdim=True)).clamp_min(0.0)
+            if self.distance == "squared_euclidean":
+                return d2
+            return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+        if self.distance == "cosine":
+            return 1.0 + scores
+        return scores
+
+
+def _prepare(queries, gallery, distance, query_groups=None, gallery_groups=None):
+    """Validate and convert search inputs; returns them on the queries' device in a common dtype."""
+    queries = _as_float(check_embeddings(queries, "queries"))
+    gallery = _as_float(check_embeddings(gallery, "gallery"))
+    distance = check_distance(distance)
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"gallery: expected dimension {queries.shape[1]} to match queries, got {gallery.shape[1]}")
+    if gallery.shape[0] == 0:
+        raise ValueError("gallery: expected at least one item, got an empty (0, D) tensor")
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("query_groups and gallery_groups must be given together")
+    if query_groups is not None:
+        query_groups = _check_groups(query_groups, queries.shape[0], "query_groups").to(queries.device)
+        gallery_groups = _check_groups(gallery_groups, gallery.shape[0], "gallery_groups").to(queries.device)
+    dtype = torch.promote_types(queries.dtype, gallery.dtype)
+    queries, gallery = queries.to(dtype), gallery.to(device=queries.device, dtype=dtype)
+    return queries, gallery, distance, query_groups, gallery_groups
+
+
+def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "euclidean",
+        exclude_self: bool = False, query_groups: torch.Tensor | None = None,
+        gallery_groups: torch.Tensor | None = None, chunk_size: int = QUERY_CHUNK,
+        gallery_chunk_size: int = GALLERY_CHUNK):
+    """Exact k nearest neighbours of each query in the gallery.
+
+    Args:
+        queries: ``(Q, D)`` floating tensor.
+        gallery: ``(G, D)`` floating tensor.
+        k: number of neighbours (>= 1).
+        distance: ``euclidean``, ``squared_euclidean``, ``cosine`` or ``dot`` (see ``deepmetric.distances``).
+        exclude_self: query-in-gallery protocol: query ``i`` is gallery item ``i`` (needs ``Q <= G``)
+            and never appears in its own results.
+        query_groups, gallery_groups: ``(Q,)`` and ``(G,)`` integer group ids, given together; a query
+            never retrieves a gallery item of its own group (e.g. frames of the same video).
+        chunk_size: queries per chunk. gallery_chunk_size: gallery items per block; a running top-k is
+            merged block by block, so memory is ``O(chunk_size * (gallery_chunk_size + k))``.
+
+    Returns:
+        ``(distances, indices)``, both ``(Q, k)``: ascending distances (``cosine`` as ``1 - cos``,
+        ``dot`` negated) and int64 gallery indices. Ties keep gallery order. Slots beyond the
+        candidates left after exclusions hold index ``-1`` and distance ``+inf``.
+
+    >>> d, i = knn(torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [2.0], [0.0]]), k=2)
+    >>> i.tolist()
+    [[2, 0], [1, 0]]
+    """
+    queries, gallery, distance, query_groups, gallery_groups = _prepare(
+        queries, gallery, distance, query_groups, gallery_groups)
+    k = _check_positive_int(k, "k")
+    chunk_size = _check_positive_int(chunk_size, "chunk_size")
+    gallery_chunk_size = _check_positive_int(gallery_chunk_size, "gallery_chunk_size")
+    if exclude_self and queries.shape[0] > gallery.shape[0]:
+        raise ValueError(
+            f"exclude_self: query i must be gallery item i, but there are {queries.shape[0]} queries "
+            f"and only {gallery.shape[0]} gallery items")
+    searcher = _Searcher(gallery, distance, gallery_chunk_size)
+    out_d, out_i = [queries.new_empty((0, k))], [torch.empty((0, k), dtype=torch.long, device=queries.device)]
+    for q0 in range(0, queries.shape[0], chunk_size):
+        q1 = min(q0 + chunk_size, queries.shape[0])
+        d, i = searcher.search(
+            queries[q0:q1], k, torch.arange(q0, q1, device=queries.device) if exclude_self else None,
+            None if query_groups is None else query_groups[q0:q1], gallery_groups)
+        out_d.append(d)
+        out_i.append(i)
+    return torch.cat(out_d), torch.cat(out_i)
+
+
+class ExactIndex:
+    """Exact (brute-force) index over added vectors, searched with :func:`knn`.
+
+    >>> index = ExactIndex("euclidean")
+    >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
+    >>> index.search(torch.tensor([[4.0]]), k=1)[1].tolist()
+    [[20]]
+    """
+
+    def __init__(self, distance: str = "euclidean"):
+        self.distance = check_distance(distance)
+        self._vectors: torch.Tensor | None = None
+        self._ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._ids is None else int(self._ids.shape[0])
+
+    @property
+    def dim(self) -> int | None:
+        return None if self._vectors is None else int(self._vectors.shape[1])
+
+    def add(self, vectors: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Append ``(N, D)`` vectors with int64 ``ids`` (default: consecutive from ``len(self)``)."""
+        vectors = _as_float(check_embeddings(vectors, "vectors")).detach()
+        n = vectors.shape[0]
+        if self._vectors is not None and vectors.shape[1] != self._vectors.shape[1]:
+            raise ValueError(f"vectors: expected dimension {self._vectors.shape[1]} like the index, "
+                             f"got {vectors.shape[1]}")
+        if ids is None:
+            ids = torch.arange(len(self), len(self) + n, dtype=torch.long)
+        else:
+            ids = _check_groups(ids, n, "ids")
+            if ids.unique().numel() != n:
+                raise ValueError("ids: expected unique ids, got duplicates")
+        if self._ids is None:
+            self._vectors, self._ids = vectors, ids.to(vectors.device)
+            return
+        ids = ids.to(self._ids.device)
+        clash = torch.isin(ids, self._ids)
+        if bool(clash.any()):
+            raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
+        vectors = vectors.to(device=self._vectors.device, dtype=self._vectors.dtype)
+        self._vectors = torch.cat([self._vectors, vectors])
+        self._ids = torch.cat([self._ids, ids])
+
+    def search(self, queries: torch.Tensor, k: int):
+        """``(distances, ids)``, both ``(Q, k)``, ascending; padded slots hold id ``-1`` and ``+inf``."""
+        if len(self) == 0:
+            raise ValueError("search: the index is empty; add vectors first")
+        queries = check_embeddings(queries, "queries")
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"queries: expected dimension {self.dim} like the index, got {queries.shape[1]}")
+        distances, positions = knn(queries.to(self._vectors.device), self._vectors, k, self.distance)
+        ids = torch.where(positions >= 0, self._ids[positions.clamp_min(0)], positions)
+        return distances, ids
+
+    def save(self, directory) -> None:
+        raise NotImplementedError("ExactIndex.save: saving indexes is not implemented yet (planned)")
+
+    @classmethod
+    def load(cls, directory) -> "ExactIndex":
+        raise NotImplementedError("ExactIndex.load: loading indexes is not implemented yet (planned)")
+
+    def remove(self, ids: torch.Tensor) -> None:
+        raise NotImplementedError("ExactIndex.remove: removing vectors is not implemented yet (planned)")

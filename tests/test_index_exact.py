@@ -1,0 +1,242 @@
+"""Exact k-NN search: hand-worked cases, ties in gallery order, exclusions, padding, chunked merging."""
+import math
+
+import pytest
+import torch
+
+import deepmetric.index as dmi
+from deepmetric.distances import DISTANCES, as_ascending, pairwise
+from deepmetric.index import ExactIndex, knn
+
+CHUNKINGS = [dict(), dict(chunk_size=1, gallery_chunk_size=1), dict(chunk_size=3, gallery_chunk_size=4),
+             dict(chunk_size=5, gallery_chunk_size=7)]
+
+
+def brute_force(q, g, k, distance, exclude=None):
+    """Full (Q, G) distance matrix, excluded entries set to +inf, stable ascending sort, padded to k."""
+    scores = as_ascending(pairwise(q, g, distance), distance).clone()
+    if exclude is not None:
+        scores[exclude] = math.inf
+    d, i = scores.sort(dim=1, stable=True)
+    i = i.masked_fill(torch.isinf(d), -1)
+    if k > g.shape[0]:
+        pad = k - g.shape[0]
+        d = torch.cat([d, torch.full((q.shape[0], pad), math.inf)], 1)
+        i = torch.cat([i, torch.full((q.shape[0], pad), -1)], 1)
+    return d[:, :k], i[:, :k]
+
+
+def test_hand_worked_points_on_a_line():
+    # gallery x = 0, 1, 3, 6; query x = 2: distances 2, 1, 1, 4
+    # -> order: index 1 (d=1) and index 2 (d=1) tie, gallery order puts 1 first; then 0 (d=2), 3 (d=4)
+    g = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    q = torch.tensor([[2.0]])
+    for distance, expected_d in [("euclidean", [1, 1, 2, 4]), ("squared_euclidean", [1, 1, 4, 16])]:
+        for kw in CHUNKINGS:
+            d, i = knn(q, g, 4, distance, **kw)
+            assert i.tolist() == [[1, 2, 0, 3]]
+            assert d.tolist() == [expected_d]
+            assert i.dtype == torch.int64
+
+
+def test_dot_is_returned_negated_and_cosine_as_one_minus_cos():
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [-1.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    # dot similarities 1, 0, 3, -1 -> ascending negated: -3 (2), -1 (0), 0 (1), 1 (3)
+    d, i = knn(q, g, 4, "dot")
+    assert i.tolist() == [[2, 0, 1, 3]] and d.tolist() == [[-3.0, -1.0, 0.0, 1.0]]
+    # cosine distances 0, 1, 0, 2 -> 0 (0), 0 (2) tie in gallery order, 1 (1), 2 (3)
+    d, i = knn(q, g, 4, "cosine")
+    assert i.tolist() == [[0, 2, 1, 3]] and d.tolist() == [[0.0, 0.0, 1.0, 2.0]]
+
+
+def test_duplicates_keep_gallery_order_at_the_k_boundary():
+    # gallery: 5, 1, 5, 1, 5 (x), query 0: the two 1s first (indices 1, 3), then the 5s in order 0, 2, 4
+    g = torch.tensor([[5.0], [1.0], [5.0], [1.0], [5.0]])
+    q = torch.tensor([[0.0]])
+    for kw in CHUNKINGS:
+        assert knn(q, g, 3, **kw)[1].tolist() == [[1, 3, 0]]
+        assert knn(q, g, 4, **kw)[1].tolist() == [[1, 3, 0, 2]]
+        assert knn(q, g, 5, **kw)[1].tolist() == [[1, 3, 0, 2, 4]]
+
+
+def test_distances_rounded_together_keep_gallery_order():
+    # squared distances from the origin: item 0: 1 + (3 * 2^-13)^2 = 1 + 1.125 * 2^-23 -> float32 1 + 2^-23;
+    # item 1: exactly 1. Their square roots both round to 1.0 in float32 (sqrt(1 + 2^-23) < 1 + 2^-24),
+    # so the euclidean distances tie and gallery order (0 first) must win; squared distances do not tie.
+    g = torch.tensor([[1.0, 3 * 2.0 ** -13], [1.0, 0.0]])
+    q = torch.zeros(1, 2)
+    d, i = knn(q, g, 2, "euclidean")
+    assert d.tolist() == [[1.0, 1.0]] and i.tolist() == [[0, 1]]
+    assert torch.equal(i, brute_force(q, g, 2, "euclidean")[1])
+    assert knn(q, g, 2, "squared_euclidean")[1].tolist() == [[1, 0]]
+
+
+def test_many_identical_points_return_the_first_indices():
+    g = torch.ones(3000, 4)
+    q = torch.ones(6, 4)
+    for kw in [dict(), dict(chunk_size=2, gallery_chunk_size=700)]:
+        d, i = knn(q, g, 10, **kw)
+        assert (i == torch.arange(10)).all()
+        assert (d == 0).all()
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_equals_stable_brute_force_with_many_ties(distance):
+    gen = torch.Generator().manual_seed(0)
+    if distance == "cosine":  # axis-aligned vectors: cosines are exactly -1, 0 or 1
+        axes = torch.cat([torch.eye(3), -torch.eye(3)])
+        g = axes[torch.randint(0, 6, (40,), generator=gen)] * torch.randint(1, 4, (40, 1), generator=gen)
+        q = axes[torch.randint(0, 6, (13,), generator=gen)] * torch.randint(1, 4, (13, 1), generator=gen)
+    else:  # small integer coordinates: every distance is exact in float32 and ties abound
+        g = torch.randint(-2, 3, (40, 3), generator=gen).float()
+        q = torch.randint(-2, 3, (13, 3), generator=gen).float()
+    for k in (1, 5, 40, 43):
+        expected = brute_force(q, g, k, distance)
+        for kw in CHUNKINGS:
+            d, i = knn(q, g, k, distance, **kw)
+            assert torch.equal(i, expected[1]), (k, kw)
+            assert torch.equal(d, expected[0])
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_equals_brute_force_on_random_data(distance):
+    gen = torch.Generator().manual_seed(1)
+    q, g = torch.randn(37, 8, generator=gen), torch.randn(101, 8, generator=gen)
+    for k in (1, 10, 101):
+        expected_d, expected_i = brute_force(q, g, k, distance)
+        for kw in CHUNKINGS:
+            d, i = knn(q, g, k, distance, **kw)
+            assert torch.equal(i, expected_i)
+            torch.testing.assert_close(d, expected_d)
+
+
+def test_against_a_plain_python_loop():
+    gen = torch.Generator().manual_seed(2)
+    q, g = torch.randn(5, 3, generator=gen), torch.randn(9, 3, generator=gen)
+    d, i = knn(q, g, 4, chunk_size=2, gallery_chunk_size=3)
+    for a in range(5):
+        dists = [math.dist(q[a].tolist(), g[b].tolist()) for b in range(9)]
+        order = sorted(range(9), key=lambda b: (dists[b], b))[:4]
+        assert i[a].tolist() == order
+        assert d[a].tolist() == pytest.approx([dists[b] for b in order], abs=1e-5)
+
+
+def test_exclude_self_query_in_gallery():
+    # x = 0, 0, 2, 5: item 1 duplicates item 0; each item is excluded from its own results only
+    x = torch.tensor([[0.0], [0.0], [2.0], [5.0]])
+    for kw in CHUNKINGS:
+        d, i = knn(x, x, 3, exclude_self=True, **kw)
+        assert i.tolist() == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [2, 0, 1]]
+        assert d.tolist() == [[0, 2, 5], [0, 2, 5], [2, 2, 3], [3, 5, 5]]
+        # k = gallery size: one slot is left after excluding self -> padded
+        d, i = knn(x, x, 4, exclude_self=True, **kw)
+        assert i[:, 3].tolist() == [-1] * 4 and torch.isinf(d[:, 3]).all()
+
+
+def test_exclude_self_and_groups_equal_brute_force():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-2, 3, (30, 2), generator=gen).float()
+    groups = torch.randint(0, 6, (30,), generator=gen)
+    same_group = groups.unsqueeze(1) == groups.unsqueeze(0)
+    self_mask = torch.eye(30, dtype=torch.bool)
+    for distance in ("euclidean", "dot"):
+        for kw in CHUNKINGS:
+            for k in (3, 30, 35):
+                d, i = knn(x, x, k, distance, exclude_self=True, **kw)
+                assert torch.equal(i, brute_force(x, x, k, distance, self_mask)[1])
+                d, i = knn(x, x, k, distance, query_groups=groups, gallery_groups=groups, **kw)
+                assert torch.equal(i, brute_force(x, x, k, distance, same_group)[1])
+                valid = i >= 0
+                assert not (groups[i.clamp_min(0)] == groups.unsqueeze(1))[valid].any()
+                # every item outside the group is found when k covers the gallery
+                if k >= 30:
+                    assert torch.equal(valid.sum(1), (~same_group).sum(1))
+
+
+def test_groups_with_separate_query_and_gallery():
+    g = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    q = torch.tensor([[0.0], [3.0]])
+    # query 0 (group 7) must skip gallery items 0 and 1 (group 7); query 1 (group 9) skips item 3
+    d, i = knn(q, g, 3, query_groups=torch.tensor([7, 9]), gallery_groups=torch.tensor([7, 7, 8, 9]))
+    assert i.tolist() == [[2, 3, -1], [2, 1, 0]]
+    assert d.tolist() == [[2.0, 3.0, math.inf], [1.0, 2.0, 3.0]]
+
+
+def test_k_larger_than_gallery_pads():
+    g = torch.tensor([[1.0], [0.0]])
+    for kw in CHUNKINGS:
+        d, i = knn(torch.tensor([[0.0]]), g, 5, **kw)
+        assert i.tolist() == [[1, 0, -1, -1, -1]]
+        assert d[0, :2].tolist() == [0.0, 1.0] and torch.isinf(d[0, 2:]).all()
+
+
+def test_float64_is_kept_and_half_is_promoted():
+    x = torch.randn(6, 3, dtype=torch.float64)
+    assert knn(x, x, 2)[0].dtype == torch.float64
+    assert knn(x.half(), x.half(), 2)[0].dtype == torch.float32
+
+
+def test_bad_input_raises_clear_errors():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="dimension"):
+        knn(x, torch.randn(4, 2), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        knn(torch.tensor([[math.nan, 0.0, 0.0]]), x, 1)
+    with pytest.raises(ValueError, match="gallery.*NaN"):
+        knn(x, torch.tensor([[math.inf, 0.0, 0.0]]), 1)
+    for bad_k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k: expected an integer >= 1"):
+            knn(x, x, bad_k)
+    with pytest.raises(ValueError, match="unknown name"):
+        knn(x, x, 1, distance="manhattan")
+    with pytest.raises(ValueError, match="together"):
+        knn(x, x, 1, query_groups=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"query_groups: expected shape \(4,\)"):
+        knn(x, x, 1, query_groups=torch.zeros(3, dtype=torch.long), gallery_groups=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="query_groups: expected integer ids"):
+        knn(x, x, 1, query_groups=torch.zeros(4), gallery_groups=torch.zeros(4))
+    with pytest.raises(ValueError, match="exclude_self"):
+        knn(torch.randn(5, 3), x, 1, exclude_self=True)
+    with pytest.raises(TypeError, match="floating"):
+        knn(x.long(), x, 1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        knn(x, x, 1, chunk_size=0)
+    with pytest.raises(ValueError, match="overflow"):
+        knn(torch.full((1, 3), 1e30), torch.full((1, 3), -1e30), 1)
+
+
+def test_exact_index_add_search_ids():
+    index = dmi.create("exact", distance="euclidean")
+    assert isinstance(index, ExactIndex) and "exact" in dmi.names() and len(index) == 0
+    index.add(torch.tensor([[0.0], [10.0]]), ids=torch.tensor([100, 200]))
+    index.add(torch.tensor([[4.0], [10.0]]))  # default ids continue from len(index): 2, 3
+    assert len(index) == 4
+    d, ids = index.search(torch.tensor([[9.0], [1.0]]), k=3)
+    # query 9: 10 (id 200, d=1), 10 (id 3, d=1, later in the gallery), 4 (id 2, d=5)
+    # query 1: 0 (id 100, d=1), 4 (id 2, d=3), 10 (id 200, d=9)
+    assert ids.tolist() == [[200, 3, 2], [100, 2, 200]]
+    assert d.tolist() == [[1.0, 1.0, 5.0], [1.0, 3.0, 9.0]]
+    d, ids = index.search(torch.tensor([[0.0]]), k=6)
+    assert ids[0, 4:].tolist() == [-1, -1] and torch.isinf(d[0, 4:]).all()
+
+
+def test_exact_index_errors():
+    index = ExactIndex("cosine")
+    with pytest.raises(ValueError, match="empty"):
+        index.search(torch.zeros(1, 2), 1)
+    index.add(torch.randn(3, 2), ids=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(torch.randn(1, 2), ids=torch.tensor([2]))
+    with pytest.raises(ValueError, match="unique"):
+        index.add(torch.randn(2, 2), ids=torch.tensor([7, 7]))
+    with pytest.raises(ValueError, match="dimension"):
+        index.add(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(torch.randn(1, 3), 1)
+    with pytest.raises(ValueError, match="unknown name"):
+        ExactIndex("hamming")
+    for call in (lambda: index.save("x"), lambda: ExactIndex.load("x"), lambda: index.remove(torch.tensor([1]))):
+        with pytest.raises(NotImplementedError, match="not implemented yet"):
+            call()
+    assert len(index) == 3
