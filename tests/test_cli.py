@@ -38,6 +38,7 @@ def test_train_evaluate_embed(tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "e.npz") as f:
         assert f["X"].shape == (len(f["y"]), 64) and f["X"].dtype == np.float32
+        assert str(f["distance"]) == "euclidean"
         assert set(f["y"].tolist()) == {5, 6, 7, 8, 9}
 
 

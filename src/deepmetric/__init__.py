@@ -4,9 +4,9 @@
 >>> loss = dm.losses.create("triplet", margin=0.2)
 >>> miner = dm.mining.create("semi-hard", margin=0.2)
 """
-from deepmetric import distances, labels, losses, mining
+from deepmetric import data, distances, index, labels, losses, mining, models
 from deepmetric.evaluation import evaluate
 from deepmetric.tuples import Pairs, Quadlets, Triplets
 
 __version__ = "0.1.0"
-__all__ = ["distances", "labels", "losses", "mining", "evaluate", "Pairs", "Triplets", "Quadlets", "__version__"]
+__all__ = ["data", "distances", "index", "labels", "losses", "mining", "models", "evaluate", "Pairs", "Triplets", "Quadlets", "__version__"]

@@ -7,10 +7,7 @@ import tempfile
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
-
-from deepmetric._io import atomic_path, write_json
+from deepmetric._io import write_json
 
 TABLE_KEYS = ("precision_at_1", "recall_at_4", "map_at_r")
 
@@ -143,17 +140,12 @@ def evaluate(ctx, run_dir, data, split, json_file):
 @click.pass_context
 def embed(ctx, run_dir, data, split, out):
     """Write the embeddings of a data set under a trained run's model to an .npz file."""
-    emb, test, state = _run_embeddings(ctx, run_dir, data, split)
-    arrays = {"X": emb.numpy().astype(np.float32), "y": test.y.numpy(), "distance": np.array(state["distance"])}
-    for key in ("ids", "groups"):
-        if getattr(test, key, None) is not None:
-            arrays[key] = getattr(test, key).numpy()
+    from deepmetric.data import save_npz
     out = Path(out)
     if out.suffix != ".npz":
         raise click.ClickException(f"--out: expected a .npz file name, got {out}")
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    emb, test, state = _run_embeddings(ctx, run_dir, data, split)
+    save_npz(out, emb.numpy(), test.y.numpy(), ids=test.ids, groups=test.groups, distance=state["distance"])
     click.echo(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
 
 

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 
 from deepmetric._checks import check_labels
+from deepmetric._io import atomic_path
+from deepmetric.distances import check_distance
 from deepmetric.registry import Registry
 
 __all__ = [
@@ -327,23 +328,20 @@ def load_npz(path: str | os.PathLike) -> ArrayDataset:
                         name=f"npz:{path}")
 
 
-def save_npz(path: str | os.PathLike, x, y, ids=None, groups=None) -> Path:
-    """Write an embeddings/feature file (``X`` float32, ``y``, optional ``ids``, ``groups``) through a
-    temporary name moved into place, so a crash never leaves a half-written file."""
+def save_npz(path: str | os.PathLike, x, y, ids=None, groups=None, distance: str | None = None) -> Path:
+    """Write an embeddings/feature file (``X`` float32, ``y``, optional ``ids``, ``groups`` and the
+    ``distance`` the embeddings were trained for) through a temporary name moved into place, so a
+    crash never leaves a half-written file."""
     path = Path(path)
     arrays = {"X": np.asarray(x, dtype=np.float32), "y": np.asarray(y)}
     for key, value in (("ids", ids), ("groups", groups)):
         if value is not None:
             arrays[key] = np.asarray(value, dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    if distance is not None:
+        arrays["distance"] = np.asarray(check_distance(distance))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
