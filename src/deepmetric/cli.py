@@ -73,13 +73,11 @@ def demo(ctx, epochs, out):
                 type=click.Choice(["losses", "miners", "models", "datasets", "indexes"]))
 def list_cmd(kind):
     """List registered components (all kinds when KIND is omitted)."""
-    from deepmetric import losses, mining, models
+    from deepmetric import index, losses, mining, models
     from deepmetric.data import DATASETS
     registries = {"losses": losses.LOSSES, "miners": mining.MINERS, "models": models.MODELS,
-                  "datasets": DATASETS}
+                  "datasets": DATASETS, "indexes": index.INDEXES}
     for name in [kind] if kind else registries:
-        if name not in registries:
-            raise click.ClickException(f"no {name} are available in this release")
         click.echo(f"{name}: {', '.join(registries[name].names())}")
 
 

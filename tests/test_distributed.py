@@ -1,0 +1,47 @@
+"""Two real processes on torch.distributed (gloo, CPU): gathering embeddings and training."""
+import json
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from deepmetric.training.distributed import gather, rank_and_world
+
+
+def _gather_worker(rank, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        x = torch.full((rank + 2, 3), float(rank), requires_grad=True)  # ranks hold 2 and 3 rows
+        both = gather(x)
+        both.sum().backward()
+        out[rank] = (rank_and_world(), both.detach().tolist(), x.grad.tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_concatenates_ranks_in_order_and_keeps_local_gradient(tmp_path):
+    out = mp.Manager().dict()
+    mp.spawn(_gather_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+    expected = [[0.0] * 3] * 2 + [[1.0] * 3] * 3
+    for rank in (0, 1):
+        (r, world), both, grad = out[rank]
+        assert (r, world) == (rank, 2)
+        assert both == expected
+        assert grad == [[1.0] * 3] * (rank + 2)
+
+
+def _train_worker(rank, init_file, run_dir):
+    from deepmetric.training import resolve, train
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        train(resolve({}, ["epochs=1", "eval.nmi=false"]), run_dir, progress=False, log=lambda *a: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_training_writes_once_from_rank_zero(tmp_path):
+    run = tmp_path / "run"
+    mp.spawn(_train_worker, args=(str(tmp_path / "init"), str(run)), nprocs=2, join=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and "test" in metrics
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "report.html"]
