@@ -689,3 +689,185 @@ def test_docstring_examples_run():
     for module in [dm.losses, deepmetric.losses.pair, deepmetric.losses.triplet]:
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense formulations against the gathered ones (value and gradient), and the distance backward
+# ----------------------------------------------------------------------------------------------
+
+
+def random_dist(seed, b=7, r=9, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (2.0 * torch.rand(b, r, generator=g, dtype=dtype)).requires_grad_(), g
+
+
+def random_triplets(g, b, r, count, grouped):
+    a = torch.randint(0, b, (count,), generator=g)
+    p = torch.randint(0, r, (count,), generator=g)
+    n = torch.randint(0, r, (count,), generator=g)
+    if grouped:  # runs of equal (a, p), as miners emit them (sorted by pair)
+        a, p = a[: count // 6].repeat_interleave(6), p[: count // 6].repeat_interleave(6)
+        n = n[: a.numel()]
+    return a, p, n
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+@pytest.mark.parametrize("reduction", FL.REDUCTIONS)
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "runs"])
+def test_given_triplets_dense_gradient_equals_gathered_form(soft_margin, reduction, grouped):
+    dist, g = random_dist(1)
+    for count in (0, 1, 60, 600):
+        a, p, n = random_triplets(g, 7, 9, count, grouped)
+        ours = FL.given_triplets_margin_loss(dist, a, p, n, 0.3, soft_margin, reduction)
+        ref = FL.triplet_margin_loss(dist[a, p], dist[a, n], 0.3, soft_margin, reduction)
+        assert all_close(ours, ref, 1e-12), (count, float(ours), float(ref))
+        assert all_close(grads(ours, [dist])[0], grads(ref, [dist])[0], 1e-12)
+
+
+def test_given_triplets_float32_equals_pml_on_miner_output():
+    """Many triplets in runs (the semi-hard miner's output) through the module, against pml."""
+    x, labels, _, _ = pml_batch(9, batch=48)
+    triplets = dm.mining.create("semi-hard", margin=0.5)(x, labels)
+    assert len(triplets) > 200
+    assert_same_as_pml(
+        lambda: TripletMarginLoss(margin=0.5)(x, labels, triplets),
+        lambda: pml_losses.TripletMarginLoss(margin=0.5, distance=pml_lp())(x, labels, tuple(triplets)),
+        [x])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scatter_add_runs_equals_scatter_add(dtype):
+    g = torch.Generator().manual_seed(0)
+    for index in (torch.randint(0, 50, (400,), generator=g),                      # no runs: plain scatter
+                  torch.randint(0, 50, (40,), generator=g).repeat_interleave(10),  # runs (some repeated later)
+                  torch.zeros(5, dtype=torch.long), torch.zeros(1, dtype=torch.long), EMPTY):
+        values = torch.rand(index.numel(), generator=g).to(dtype)
+        ours = FL.scatter_add_runs_(torch.zeros(50, dtype=dtype), index, values)
+        ref = torch.zeros(50, dtype=torch.float64).index_put_((index,), values.double(), accumulate=True)
+        assert torch.allclose(ours.double(), ref, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+
+
+def random_masks(g, b, r, p=0.4):
+    pos = torch.rand(b, r, generator=g) < p
+    neg = ~pos & (torch.rand(b, r, generator=g) < 0.8)
+    return pos, neg
+
+
+@pytest.mark.parametrize("reduction", FL.REDUCTIONS)
+def test_masked_contrastive_and_ddml_equal_gathered_forms(reduction):
+    for seed in range(4):
+        dist, g = random_dist(seed)
+        pos, neg = random_masks(g, 7, 9)
+        if seed == 3:
+            pos = torch.zeros_like(pos)  # no positive pair at all
+        ours = FL.masked_contrastive_loss(dist, pos, neg, 0.4, 1.2, reduction)
+        ref = FL.contrastive_loss(dist[pos], dist[neg], 0.4, 1.2, reduction)
+        assert all_close(ours, ref, 1e-12) and ours.item() > 0
+        assert all_close(grads(ours, [dist])[0], grads(ref, [dist])[0], 1e-12)
+        ours = FL.masked_ddml_loss(dist, pos, neg, 1.5, 2.0, reduction)
+        ref = FL.ddml_loss(dist[pos], dist[neg], 1.5, 2.0, reduction)
+        assert all_close(ours, ref, 1e-12)
+        assert all_close(grads(ours, [dist])[0], grads(ref, [dist])[0], 1e-12)
+
+
+def reference_multi_similarity(sim, pos, neg, alpha, beta, base):
+    """The logsumexp form with a zero column for the 1 + ...: autograd does the gradient."""
+    def log1p_sum_exp(x, mask):
+        x = x.masked_fill(~mask, float("-inf"))
+        return torch.logsumexp(torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1), dim=1)
+    return (log1p_sum_exp(-alpha * (sim - base), pos) / alpha + log1p_sum_exp(beta * (sim - base), neg) / beta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 30.0], ids=["cosine-range", "large-dot"])
+@pytest.mark.parametrize("pos_density,neg_density", [(0.3, 0.8), (0.02, 0.8), (0.3, 0.03), (0.0, 0.0)],
+                         ids=["dense", "sparse-pos", "sparse-neg", "empty"])
+def test_multi_similarity_rows_equal_logsumexp_reference(dtype, scale, pos_density, neg_density):
+    """Large similarities make exp(beta (S - base)) overflow without the shift, and push many
+    exponents below log(tiny) (the clamped range); some rows have no positive or no negative.
+    Masks under 1/16 of the matrix take the list (sparse) path, the others the dense one."""
+    g = torch.Generator().manual_seed(0)
+    b, r = 12, 40
+    sim = (scale * (2 * torch.rand(b, r, generator=g, dtype=torch.float64) - 1)).to(dtype).requires_grad_()
+    pos = torch.rand(b, r, generator=g) < pos_density
+    neg = ~pos & (torch.rand(b, r, generator=g) < neg_density)
+    if pos_density:
+        pos[3, :3] = True  # a row with several positives, also on the sparse path
+    pos[0], neg[1], pos[2], neg[2] = False, False, False, False
+    sim64 = sim.detach().double().requires_grad_()  # the reference in float64 on the same values
+    for alpha, beta, base in [(2.0, 50.0, 0.5), (1.0, 5.0, -0.3)]:
+        ours = FL._MultiSimilarityRows.apply(sim, pos, neg, alpha, beta, base)
+        ref = reference_multi_similarity(sim64, pos, neg, alpha, beta, base)
+        assert torch.isfinite(ours).all() and ours[2].item() == 0.0
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert torch.allclose(ours.double(), ref, rtol=tol, atol=tol)
+        w = torch.rand(b, generator=g, dtype=torch.float64)
+        g_ours, = torch.autograd.grad(ours, sim, w.to(dtype))
+        g_ref, = torch.autograd.grad(ref, sim64, w)
+        assert torch.allclose(g_ours.double(), g_ref, rtol=tol, atol=tol)
+        assert torch.equal(g_ours[~(pos | neg)], torch.zeros_like(g_ours[~(pos | neg)]))
+
+
+def test_tuple_masks_equal_index_put():
+    from deepmetric.losses.base import tuple_masks
+    g = torch.Generator().manual_seed(0)
+    a1, p = torch.randint(0, 5, (30,), generator=g), torch.randint(0, 8, (30,), generator=g)
+    a2, n = torch.randint(0, 5, (12,), generator=g), torch.randint(0, 8, (12,), generator=g)
+    pos, neg = tuple_masks(Pairs(a1, p, a2, n), 5, 8)
+    expected_pos = torch.zeros(5, 8, dtype=torch.bool).index_put_((a1, p), torch.tensor(True))
+    expected_neg = torch.zeros(5, 8, dtype=torch.bool).index_put_((a2, n), torch.tensor(True))
+    assert torch.equal(pos, expected_pos) and torch.equal(neg, expected_neg)
+    pos, neg = tuple_masks(Triplets(EMPTY, EMPTY, EMPTY), 5, 8)
+    assert pos.shape == (5, 8) and not pos.any() and not neg.any()
+
+
+def plain_euclidean(x, y):
+    """The formula of distances.euclidean, through autograd."""
+    d2 = (x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2.0 * (x @ y.T)).clamp_min(0.0)
+    return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+
+
+def plain_cosine_similarity(x, y):
+    return torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
+
+
+@pytest.mark.parametrize("name,plain", [("euclidean", plain_euclidean), ("cosine_similarity", plain_cosine_similarity),
+                                        ("dot", lambda x, y: x @ y.T)])
+@pytest.mark.parametrize("same", [True, False], ids=["y-is-x", "y-other"])
+def test_distance_backward_equals_autograd_of_formula(name, plain, same):
+    """Same values bit for bit; gradients of the hand-written backward (euclidean) or the one-product
+    Gram backward (y is x) equal autograd's, with coincident and zero rows (finite, zero gradient
+    where points coincide); double backward works."""
+    fn = getattr(dm.distances, name)
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(7, 4, generator=g, dtype=dtype)
+        x[3] = x[1]
+        x[5] = 0.0
+        y = x if same else torch.cat([x[:2], torch.randn(4, 4, generator=g, dtype=dtype)])
+        assert torch.equal(fn(x, y), plain(x, y))
+        xs, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ys, yp = (xs, xp) if same else (y.clone().requires_grad_(), y.clone().requires_grad_())
+        out_s, out_p = fn(xs, ys), plain(xp, yp)
+        assert torch.equal(out_s, out_p)
+        w = torch.randn(out_s.shape, generator=g, dtype=dtype)
+        params_s, params_p = ([xs], [xp]) if same else ([xs, ys], [xp, yp])
+        for a, b in zip(torch.autograd.grad(out_s, params_s, w), torch.autograd.grad(out_p, params_p, w)):
+            assert torch.isfinite(a).all()
+            if dtype == torch.float64:
+                assert torch.allclose(a, b, rtol=1e-10, atol=1e-10 if name != "cosine_similarity" else 1e-2)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = x if same else torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    inputs = (x,) if same else (x, y)
+    call = (lambda a: fn(a, a)) if same else fn
+    assert torch.autograd.gradcheck(call, inputs) and torch.autograd.gradgradcheck(call, inputs)
+
+
+def test_euclidean_gradient_is_zero_for_coincident_points():
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    d = dm.distances.euclidean(x, x)
+    (grad,) = torch.autograd.grad(d[0, 1] + d[1, 0] + d[2, 2], [x])
+    assert torch.equal(grad, torch.zeros_like(grad))
+    x = torch.zeros(3, 2, requires_grad=True)
+    dm.distances.euclidean(x, x).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))

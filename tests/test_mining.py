@@ -627,3 +627,91 @@ def test_scale_semi_hard_and_batch_hard_match_chunked_numpy():
     hn = np.where(~same, d, np.inf).argmin(1)
     assert hard.a.tolist() == list(range(batch))
     assert np.array_equal(hard.p.numpy(), hp) and np.array_equal(hard.n.numpy(), hn)
+
+
+# ---------------------------------------------------------------- numpy (CPU) and torch code paths
+
+def both_paths(fn, *args, **kwargs):
+    """``fn`` run on numpy views (the CPU path) and with the torch path forced (other devices)."""
+    assert F.use_numpy(args[0]) == (args[0].dtype in (torch.float32, torch.float64))
+    fast = fn(*args, **kwargs)
+    original = F.use_numpy
+    F.use_numpy = lambda matrix: False
+    try:
+        slow = fn(*args, **kwargs)
+    finally:
+        F.use_numpy = original
+    return fast, slow
+
+
+def assert_same_tuples(fast, slow):
+    assert type(fast) is type(slow)
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype == torch.long and a.device == b.device
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_and_torch_paths_agree(seed, dtype):
+    """Integer coordinates make ties and exact margins frequent; rows without positives or negatives
+    occur; chunks of 1 and 7 pairs exercise the concatenation."""
+    gen = torch.Generator().manual_seed(seed)
+    b = int(torch.randint(1, 14, (), generator=gen))
+    r = b + int(torch.randint(0, 4, (), generator=gen))
+    x = torch.randint(0, 3, (b, 2), generator=gen).to(dtype)
+    rx = torch.randint(0, 3, (r, 2), generator=gen).to(dtype)
+    pos, neg = dm.labels.pair_masks(torch.randint(0, 3, (b,), generator=gen),
+                                    torch.randint(0, 3, (r,), generator=gen))
+    d = distances.euclidean(x, rx)
+    assert_same_tuples(*both_paths(F.batch_hard_triplets, d, pos, neg))
+    for kind in TYPES:
+        for hardest_only in (False, True):
+            for chunk in (1, 7, F.CHUNK_ELEMENTS):
+                assert_same_tuples(*both_paths(F.margin_triplets, d, pos, neg, 0.5, kind, hardest_only, chunk))
+    s = distances.cosine_similarity(x + 0.5, rx + 0.5)
+    assert_same_tuples(*both_paths(F.multi_similarity_pairs, s, pos, neg, 0.1))
+
+
+def test_both_paths_match_loops_on_random_data():
+    case = make_case(16, "few-classes", True, 3)
+    pos, neg = loop_relations(case)
+    pm, nm = torch.tensor(pos), torch.tensor(neg)
+    d = distances.euclidean(case[0], case[2])
+    s = distances.cosine_similarity(case[0], case[2])
+    for out in both_paths(F.margin_triplets, d, pm, nm, 0.4, "semihard"):
+        assert as_set(out) == sorted(loop_margin(d.tolist(), pos, neg, 0.4, "semihard"))
+    for out in both_paths(F.batch_hard_triplets, d, pm, nm):
+        assert as_set(out) == loop_batch_hard(d.tolist(), pos, neg)
+    for out in both_paths(F.multi_similarity_pairs, s, pm, nm, 0.1):
+        assert pair_sets(out) == tuple(sorted(v) for v in loop_multi_similarity(s.tolist(), pos, neg, 0.1))
+
+
+def test_empty_reference_set_and_half_precision():
+    """R = 0 gives no tuple on both paths; float16 (no numpy path) follows float16 arithmetic."""
+    d = torch.zeros(3, 0)
+    m = torch.zeros(3, 0, dtype=torch.bool)
+    for fn in (F.batch_hard_triplets, lambda *a: F.margin_triplets(*a, 0.2, "all")):
+        for out in both_paths(fn, d, m, m):
+            assert len(out) == 0 and all(t.dtype == torch.long for t in out)
+    for out in both_paths(F.multi_similarity_pairs, d, m, m, 0.1):
+        assert len(out) == 0
+    case = make_case(12, "few-classes", False, 4)
+    pos, neg = dm.labels.pair_masks(case[1])
+    d16 = distances.euclidean(case[0].float(), case[0].float()).half()
+    assert not F.use_numpy(d16)
+    h = d16.numpy()  # numpy float16 subtraction rounds like torch's
+    expected = [(a, p, n) for a in range(12) for p in range(12) for n in range(12)
+                if pos[a, p] and neg[a, n] and 0 < h[a, n] - h[a, p] <= np.float16(0.25)]
+    out = F.margin_triplets(d16, pos, neg, 0.25, "semihard")
+    assert len(expected) > 0 and as_set(out) == expected
+
+
+@pytest.mark.parametrize("ops", [F._NumpyOps, F._TorchOps(torch.device("cpu"))], ids=["numpy", "torch"])
+def test_nonzero_2d_equals_torch_nonzero(ops):
+    gen = torch.Generator().manual_seed(0)
+    for shape, p in [((5, 7), 0.3), ((1, 9), 0.9), ((6, 1), 0.5), ((4, 4), 0.0), ((3, 5), 1.0), ((0, 3), 0.5)]:
+        mask = torch.rand(shape, generator=gen) < p
+        rows, cols = F._nonzero_2d(ops, mask.numpy() if ops is F._NumpyOps else mask)
+        expected = mask.nonzero(as_tuple=True)
+        assert torch.equal(torch.as_tensor(rows), expected[0]) and torch.equal(torch.as_tensor(cols), expected[1])

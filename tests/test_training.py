@@ -57,6 +57,7 @@ def test_checkpoints_select_on_validation_classes_only(tmp_path):
     assert not fit_classes & set(test_set.classes.tolist())
     assert state["distance"] == "euclidean" and state["in_shape"] == [64]
     assert state["versions"]["torch"] == torch.__version__
+    assert state["data_files"] == {**train_set.files, **test_set.files}
     model, _ = load_run(tmp_path)
     assert not model.training
 

@@ -7,6 +7,8 @@ which direction a name ranks in.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
@@ -18,18 +20,86 @@ def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(0.0)
 
 
+def _euclidean_values(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``sqrt(d2)`` where ``d2 > 1e-12`` and 0 elsewhere (NaN included), with
+    ``d2 = |x|^2 + |y|^2 - 2 x.y`` computed as :func:`squared_euclidean` does, in place and without
+    autograd. ``y=None`` means ``y = x`` (one squared norm)."""
+    sq_x = x.pow(2).sum(1)
+    sq_y = sq_x if y is None else y.pow(2).sum(1)
+    d2 = (sq_x.unsqueeze(1) + sq_y.unsqueeze(0)).sub_((x @ (x if y is None else y).T).mul_(2.0))
+    # threshold_: d2 if d2 > 1e-12 else 0 (NaN stays NaN until nan_to_num_ maps it to 0)
+    return torch.nn.functional.threshold_(d2, 1e-12, 0.0).sqrt_().nan_to_num_(nan=0.0, posinf=math.inf)
+
+
+class _Euclidean(torch.autograd.Function):
+    """:func:`euclidean` with a hand-written backward (a few fused passes instead of autograd's
+    chain through clamp, sqrt and where). With ``G = dL/dD`` and ``W = G / D`` (0 where ``D = 0``)::
+
+        dL/dx_i = x_i sum_j W_ij - sum_j W_ij y_j,      dL/dy_j = y_j sum_i W_ij - sum_i W_ij x_i
+
+    and for ``y = x`` (``y`` given as None) the two parts add up to ``x * rowsum(W + W^T) - (W + W^T) x``
+    (one matrix product). The backward is written in differentiable operations, so double backward
+    works."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        d = _euclidean_values(x, y)
+        ctx.self_distance = y is None
+        ctx.save_for_backward(x, x if y is None else y, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, d = ctx.saved_tensors
+        # D > 0 means D >= 1e-6 (d2 > 1e-12), so the clamp only replaces the zeros, where sign(D) = 0
+        w = (grad * d.sign()) / d.clamp_min(1e-7)
+        if ctx.self_distance:
+            w = w + w.T
+            return x * w.sum(1, keepdim=True) - w @ x, None
+        grad_x = x * w.sum(1, keepdim=True) - w @ y if ctx.needs_input_grad[0] else None
+        grad_y = y * w.sum(0).unsqueeze(1) - w.T @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
 def euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``||x_i - y_j||_2``, with a zero gradient (not NaN) where two points coincide."""
-    d2 = squared_euclidean(x, y)
-    positive = d2 > 1e-12
-    return torch.where(positive, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+    """``||x_i - y_j||_2``, with a zero gradient (not NaN) where two points coincide.
+
+    Values: ``sqrt(d2)`` where ``d2 > 1e-12`` and 0 elsewhere, ``d2`` as in
+    :func:`squared_euclidean`. The gradient is that of this formula (``(x_i - y_j) / D_ij``, 0 where
+    ``D_ij = 0``), computed by a hand-written backward.
+    """
+    other = None if y is x else y
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return _Euclidean.apply(x, other)
+    return _euclidean_values(x, other)
+
+
+class _Gram(torch.autograd.Function):
+    """``x @ x.T`` with the backward ``(G + G^T) x``: one matrix product where autograd, seeing two
+    operands, does two. Written in differentiable operations (double backward works)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x
+
+
+def _matmul_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x @ y.T``, through :class:`_Gram` when ``y`` is ``x`` and a gradient is needed."""
+    if y is x and torch.is_grad_enabled() and x.requires_grad:
+        return _Gram.apply(x)
+    return x @ y.T
 
 
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x_i.y_j / (|x_i| |y_j|)``; zero vectors have similarity 0 to everything."""
     xn = torch.nn.functional.normalize(x, dim=1)
-    yn = torch.nn.functional.normalize(y, dim=1)
-    return xn @ yn.T
+    return _matmul_t(xn, xn) if y is x else xn @ torch.nn.functional.normalize(y, dim=1).T
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -39,7 +109,7 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Dot-product similarity ``x_i.y_j`` (ranked in descending order; search negates it)."""
-    return x @ y.T
+    return _matmul_t(x, y)
 
 
 _FUNCTIONS = {"euclidean": euclidean, "squared_euclidean": squared_euclidean, "cosine": cosine, "dot": dot}

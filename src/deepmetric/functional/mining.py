@@ -9,13 +9,14 @@ for ``dot``); :func:`multi_similarity_pairs` takes similarities ("larger is clos
 
 Memory is O(B * R): reductions are masked reductions over rows, and where the output itself can be
 O(B^3) (all margin-violating triplets) it is built over chunks of positive pairs, each a bounded
-``(chunk, R)`` comparison. Ties are broken towards the smallest column index (``torch.max`` /
-``torch.min`` along a row return the first extreme value).
+``(chunk, R)`` comparison. Ties are broken towards the smallest column index (``argmax`` /
+``argmin`` along a row return the first extreme value).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from deepmetric.tuples import Pairs, Triplets, empty_index
@@ -35,6 +36,119 @@ def _check_masks(matrix: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.T
                              f"got {mask.dtype} {tuple(mask.shape)}")
 
 
+# Array work of the miners runs on numpy views of CPU tensors (same memory, no copy): on CPU,
+# numpy's comparisons, flatnonzero, repeat and masked reductions are several times faster than
+# torch's (whose comparison and index kernels are slow for the large, dense (B, R) masks of mining).
+# Other devices, and dtypes numpy lacks, use torch. The algorithms are written once, against the
+# small set of operations of _NumpyOps / _TorchOps; indexing, arithmetic and comparisons are the
+# same in both libraries.
+
+
+class _NumpyOps:
+    @staticmethod
+    def arange(n):
+        return np.arange(n, dtype=np.int64)
+
+    @staticmethod
+    def cat(arrays):
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    @staticmethod
+    def where(cond, x, y):
+        return np.where(cond, x, y)
+
+    @staticmethod
+    def row_max(x):
+        return x.max(axis=1)
+
+    @staticmethod
+    def row_min(x):
+        return x.min(axis=1)
+
+    @staticmethod
+    def repeat(values, counts):
+        return np.repeat(values, counts)
+
+    @staticmethod
+    def flat_nonzero(mask):
+        return np.flatnonzero(mask).astype(np.int64, copy=False)
+
+    @staticmethod
+    def counts_and_columns(mask):
+        """Per-row counts of the True entries of a 2-D mask and their columns (row-major order):
+        binary searches of each row's first flat index in the sorted flat indices."""
+        n_rows, n_cols = mask.shape
+        flat = _NumpyOps.flat_nonzero(mask)
+        row_start = np.arange(n_rows, dtype=np.int64) * n_cols
+        counts = np.diff(np.searchsorted(flat, row_start), append=flat.size)
+        flat -= np.repeat(row_start, counts)
+        return counts, flat
+
+
+class _TorchOps:
+    def __init__(self, device):
+        self.device = device
+
+    def arange(self, n):
+        return torch.arange(n, device=self.device)
+
+    @staticmethod
+    def cat(tensors):
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+    @staticmethod
+    def where(cond, x, y):
+        return torch.where(cond, x, y)
+
+    @staticmethod
+    def row_max(x):
+        return x.amax(dim=1)
+
+    @staticmethod
+    def row_min(x):
+        return x.amin(dim=1)
+
+    @staticmethod
+    def repeat(values, counts):
+        return values.repeat_interleave(counts)
+
+    @staticmethod
+    def flat_nonzero(mask):
+        return mask.reshape(-1).nonzero().squeeze(1)
+
+    def counts_and_columns(self, mask):
+        n_rows, n_cols = mask.shape
+        flat = self.flat_nonzero(mask)
+        row_start = torch.arange(n_rows, device=self.device) * n_cols
+        first = torch.searchsorted(flat, row_start)
+        counts = torch.diff(first, append=first.new_tensor([flat.numel()]))
+        return counts, flat - row_start.repeat_interleave(counts)
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+
+
+def _backend(matrix: torch.Tensor, *masks: torch.Tensor):
+    """``(ops, matrix, masks, to_torch)``: the operations and the arrays to run a miner on, and a
+    function that turns its int64 index arrays back into tensors on ``matrix``'s device."""
+    if use_numpy(matrix):
+        return (_NumpyOps, matrix.detach().numpy(), [m.numpy() for m in masks],
+                lambda array: torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)))
+    return _TorchOps(matrix.device), matrix.detach(), list(masks), lambda t: t
+
+
+def use_numpy(matrix: torch.Tensor) -> bool:
+    """Whether the miners run on numpy views of ``matrix`` (a CPU float32/float64 tensor)."""
+    return matrix.device.type == "cpu" and matrix.dtype in _NUMPY_DTYPES
+
+
+def _nonzero_2d(ops, mask):
+    """``mask.nonzero(as_tuple=True)`` (lexicographic order) of a 2-D bool array: columns from the
+    sorted flat indices, rows by repeating row ids by the per-row counts (no division)."""
+    counts, cols = ops.counts_and_columns(mask)
+    return ops.repeat(ops.arange(mask.shape[0]), counts), cols
+
+
 def _empty_triplets(device) -> Triplets:
     return Triplets(empty_index(device), empty_index(device), empty_index(device))
 
@@ -51,22 +165,26 @@ def batch_hard_triplets(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: to
     Returns one triplet per such anchor, ordered by anchor.
     """
     _check_masks(dist, pos_mask, neg_mask)
-    valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
-    hardest_pos = dist.masked_fill(~pos_mask, -math.inf).max(dim=1).indices
-    hardest_neg = dist.masked_fill(~neg_mask, math.inf).min(dim=1).indices
-    anchors = valid.nonzero().flatten()
-    return Triplets(anchors, hardest_pos[anchors], hardest_neg[anchors])
+    if dist.shape[1] == 0:
+        return _empty_triplets(dist.device)
+    ops, d, (pos, neg), to_torch = _backend(dist, pos_mask, neg_mask)
+    anchors = ops.flat_nonzero(pos.any(1) & neg.any(1))
+    d, pos, neg = d[anchors], pos[anchors], neg[anchors]
+    hardest_pos = ops.where(pos, d, -math.inf).argmax(1)
+    hardest_neg = ops.where(neg, d, math.inf).argmin(1)
+    return Triplets(to_torch(anchors), to_torch(hardest_pos), to_torch(hardest_neg))
 
 
-def _triplet_condition(margin_ap_an: torch.Tensor, margin: float, type_of_triplets: str) -> torch.Tensor:
-    """Which triplets qualify, from ``m = D(a, n) - D(a, p)`` (the triplet's margin)."""
+def _triplet_condition(m, margin: float, type_of_triplets: str):
+    """Which triplets qualify, from ``m = D(a, n) - D(a, p)`` (the triplet's margin); for
+    ``"hard"``, ``m <= margin and m <= 0`` is tested as ``m <= min(margin, 0)``."""
     if type_of_triplets == "easy":
-        return margin_ap_an > margin
-    keep = margin_ap_an <= margin
+        return m > margin
     if type_of_triplets == "hard":
-        keep &= margin_ap_an <= 0
-    elif type_of_triplets == "semihard":
-        keep &= margin_ap_an > 0
+        return m <= min(margin, 0.0)
+    keep = m <= margin
+    if type_of_triplets == "semihard":
+        keep &= m > 0
     return keep
 
 
@@ -97,31 +215,36 @@ def margin_triplets(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.
     _check_masks(dist, pos_mask, neg_mask)
     if type_of_triplets not in TRIPLET_TYPES:
         raise ValueError(f"type_of_triplets: expected one of {', '.join(TRIPLET_TYPES)}, got {type_of_triplets!r}")
-    # Anchors without any negative can produce no triplet: skip their positive pairs early.
-    pos_mask = pos_mask & neg_mask.any(dim=1, keepdim=True)
-    pair_a, pair_p = pos_mask.nonzero(as_tuple=True)
-    if pair_a.numel() == 0:
+    if dist.shape[1] == 0:
         return _empty_triplets(dist.device)
-    chunk = max(1, chunk_elements // max(1, dist.shape[1]))
+    ops, d, (pos, neg), to_torch = _backend(dist, pos_mask, neg_mask)
+    pair_a, pair_p = _nonzero_2d(ops, pos)
+    has_neg = neg.any(1)[pair_a]  # anchors without any negative can produce no triplet
+    pair_a, pair_p = pair_a[has_neg], pair_p[has_neg]
+    if pair_a.shape[0] == 0:
+        return _empty_triplets(dist.device)
+    chunk = max(1, chunk_elements // dist.shape[1])
     out_a, out_p, out_n = [], [], []
-    for start in range(0, pair_a.numel(), chunk):
+    for start in range(0, pair_a.shape[0], chunk):
         a = pair_a[start:start + chunk]
         p = pair_p[start:start + chunk]
-        rows = dist[a]                                   # (c, R): D(a, .)
-        m = rows - dist[a, p].unsqueeze(1)               # D(a, n) - D(a, p)
-        keep = neg_mask[a] & _triplet_condition(m, margin, type_of_triplets)
+        rows = d[a]                                       # (c, R): D(a, .), a copy
+        m = rows - d[a, p][:, None]                       # D(a, n) - D(a, p)
+        keep = _triplet_condition(m, margin, type_of_triplets)
+        keep &= neg[a]
         if hardest_only:
-            n = rows.masked_fill(~keep, math.inf).min(dim=1).indices
-            has = keep.any(dim=1)
+            rows[~keep] = math.inf
+            has = keep.any(1)
             out_a.append(a[has])
             out_p.append(p[has])
-            out_n.append(n[has])
+            out_n.append(rows.argmin(1)[has])
         else:
-            r, n = keep.nonzero(as_tuple=True)
-            out_a.append(a[r])
-            out_p.append(p[r])
+            # positive pair r gives (a[r], p[r], n) for every kept negative n of its row
+            counts, n = ops.counts_and_columns(keep)
+            out_a.append(ops.repeat(a, counts))
+            out_p.append(ops.repeat(p, counts))
             out_n.append(n)
-    return Triplets(torch.cat(out_a), torch.cat(out_p), torch.cat(out_n))
+    return Triplets(*(to_torch(ops.cat(out)) for out in (out_a, out_p, out_n)))
 
 
 def semi_hard_triplets(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, margin: float = 0.2,
@@ -217,8 +340,14 @@ def multi_similarity_pairs(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: 
     side keep nothing). Pairs come out in lexicographic order.
     """
     _check_masks(sim, pos_mask, neg_mask)
-    hardest_neg = sim.masked_fill(~neg_mask, -math.inf).max(dim=1, keepdim=True).values
-    hardest_pos = sim.masked_fill(~pos_mask, math.inf).min(dim=1, keepdim=True).values
-    a1, p = (pos_mask & (sim - epsilon < hardest_neg)).nonzero(as_tuple=True)
-    a2, n = (neg_mask & (sim + epsilon > hardest_pos)).nonzero(as_tuple=True)
-    return Pairs(a1, p, a2, n)
+    if sim.shape[1] == 0:
+        empty = empty_index(sim.device)
+        return Pairs(empty, empty, empty, empty)
+    ops, s, (pos, neg), to_torch = _backend(sim, pos_mask, neg_mask)
+    hardest_neg = ops.row_max(ops.where(neg, s, -math.inf))
+    hardest_pos = ops.row_min(ops.where(pos, s, math.inf))
+    # positive pairs are few (a handful per anchor): test them from their list, not on the matrix
+    a1, p = _nonzero_2d(ops, pos)
+    keep = s[a1, p] - epsilon < hardest_neg[a1]
+    a2, n = _nonzero_2d(ops, (s + epsilon > hardest_pos[:, None]) & neg)
+    return Pairs(to_torch(a1[keep]), to_torch(p[keep]), to_torch(a2), to_torch(n))

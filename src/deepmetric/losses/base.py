@@ -46,9 +46,10 @@ def _check_index(name: str, index, size: int, device) -> torch.Tensor:
         got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
         raise TypeError(f"tuples.{name}: expected a 1-D integer tensor of indices, got {got}")
     index = index.to(device=device, dtype=torch.long)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
-        raise ValueError(f"tuples.{name}: expected indices in [0, {size}), got values in "
-                         f"[{int(index.min())}, {int(index.max())}]")
+    if index.numel():
+        low, high = (int(v) for v in torch.aminmax(index))
+        if low < 0 or high >= size:
+            raise ValueError(f"tuples.{name}: expected indices in [0, {size}), got values in [{low}, {high}]")
     return index
 
 
@@ -90,11 +91,15 @@ def tuple_masks(tuples: Pairs | Triplets, n: int, n_ref: int, device=None):
     """``(n, n_ref)`` bool masks of the positive and negative pairs in ``tuples`` (each pair once,
     however often it is given)."""
     a1, p, a2, neg = as_pairs(tuples)
-    pos_mask = torch.zeros(n, n_ref, dtype=torch.bool, device=device)
-    neg_mask = torch.zeros(n, n_ref, dtype=torch.bool, device=device)
-    pos_mask[a1, p] = True
-    neg_mask[a2, neg] = True
-    return pos_mask, neg_mask
+    return _index_mask(a1, p, n, n_ref, device), _index_mask(a2, neg, n, n_ref, device)
+
+
+def _index_mask(rows: torch.Tensor, cols: torch.Tensor, n: int, n_ref: int, device) -> torch.Tensor:
+    """``(n, n_ref)`` bool mask, True at ``(rows[k], cols[k])``: ``index_fill_`` of the flat indices
+    (faster than a 2-D ``index_put_``)."""
+    mask = torch.zeros(n * n_ref, dtype=torch.bool, device=device)
+    mask.index_fill_(0, torch.add(cols, rows, alpha=n_ref), True)
+    return mask.view(n, n_ref)
 
 
 class MetricLoss(nn.Module):

@@ -7,7 +7,9 @@ pair enters. Given :class:`~deepmetric.tuples.Triplets` are used as the pairs ``
 """
 from __future__ import annotations
 
-from deepmetric.distances import pairwise
+import torch
+
+from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import losses as F
 from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance, check_number
 
@@ -48,11 +50,9 @@ class ContrastiveLoss(MetricLoss):
         dist = pairwise(x, ref_x, self.distance)
         if tuples is None:
             pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
-            pos_dist, neg_dist = dist[pos], dist[neg]
-        else:
-            a1, p, a2, n = as_pairs(tuples)
-            pos_dist, neg_dist = dist[a1, p], dist[a2, n]
-        return F.contrastive_loss(pos_dist, neg_dist, self.pos_margin, self.neg_margin, self.reduction)
+            return F.masked_contrastive_loss(dist, pos, neg, self.pos_margin, self.neg_margin, self.reduction)
+        a1, p, a2, n = as_pairs(tuples)
+        return F.contrastive_loss(dist[a1, p], dist[a2, n], self.pos_margin, self.neg_margin, self.reduction)
 
     def extra_repr(self) -> str:
         return (f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, "
@@ -96,11 +96,9 @@ class DDMLLoss(MetricLoss):
         dist = pairwise(x, ref_x, self.distance)
         if tuples is None:
             pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
-            pos_dist, neg_dist = dist[pos], dist[neg]
-        else:
-            a1, p, a2, n = as_pairs(tuples)
-            pos_dist, neg_dist = dist[a1, p], dist[a2, n]
-        return F.ddml_loss(pos_dist, neg_dist, self.tau, self.beta, self.reduction)
+            return F.masked_ddml_loss(dist, pos, neg, self.tau, self.beta, self.reduction)
+        a1, p, a2, n = as_pairs(tuples)
+        return F.ddml_loss(dist[a1, p], dist[a2, n], self.tau, self.beta, self.reduction)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, beta={self.beta}, reduction={self.reduction!r}"
@@ -146,12 +144,16 @@ class MultiSimilarityLoss(MetricLoss):
         self.reduction = F.check_reduction(reduction)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels):
-        mat = pairwise(x, ref_x, self.distance)
-        sim = 1.0 - mat if self.distance == "cosine" else mat
+        if self.distance == "cosine":  # S = cos directly (pairwise gives the distance 1 - cos)
+            sim = cosine_similarity(x, ref_x)
+        else:
+            sim = pairwise(x, ref_x, self.distance)
         pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
-        if tuples is not None and bool((pos & neg).any()):
-            i, j = (pos & neg).nonzero()[0].tolist()
-            raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
+        if tuples is not None:
+            both = torch.logical_and(pos, neg)
+            if both.numel() and bool(both.view(torch.uint8).amax()):  # (faster than both.any())
+                i, j = both.nonzero()[0].tolist()
+                raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
         return F.multi_similarity_loss(sim, pos, neg, self.alpha, self.beta, self.base, self.reduction)
 
     def extra_repr(self) -> str:

@@ -68,7 +68,7 @@ class TripletMarginLoss(MetricLoss):
         dist = as_ascending(pairwise(x, ref_x, self.distance), self.distance)
         if isinstance(tuples, Triplets):
             a, p, n = tuples
-            return F.triplet_margin_loss(dist[a, p], dist[a, n], self.margin, self.soft_margin, self.reduction)
+            return F.given_triplets_margin_loss(dist, a, p, n, self.margin, self.soft_margin, self.reduction)
         pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
         return F.all_triplets_margin_loss(dist, pos, neg, self.margin, self.soft_margin, self.reduction,
                                           self.max_elements)

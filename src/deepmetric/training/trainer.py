@@ -154,7 +154,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
-            "data_files": dict(getattr(train_set, "files", {}) or {})}
+            "data_files": {**train_set.files, **test_set.files}}
 
     for epoch in range(start, config["epochs"]):
         sampler.set_epoch(epoch)
