@@ -871,3 +871,22 @@ def test_euclidean_gradient_is_zero_for_coincident_points():
     x = torch.zeros(3, 2, requires_grad=True)
     dm.distances.euclidean(x, x).sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("pos_density", [0.02, 0.3], ids=["sparse-pos", "dense-pos"])
+def test_dense_forms_accept_non_contiguous_matrices(pos_density):
+    """A transposed (column-major) matrix gives the same values and gradients as a contiguous one."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(40, 12, generator=g, dtype=torch.float64)
+    pos = torch.rand(12, 40, generator=g) < pos_density
+    pos[0, :2] = True
+    neg = ~pos & (torch.rand(12, 40, generator=g) < 0.7)
+    a, p, n = random_triplets(g, 12, 40, 120, True)
+    for fn in (lambda m: FL.multi_similarity_loss(m, pos, neg),
+               lambda m: FL.masked_contrastive_loss(m, pos, neg, 0.2, 0.6),
+               lambda m: FL.given_triplets_margin_loss(m, a, p, n, 0.3)):
+        strided = base.clone().requires_grad_()
+        contiguous = base.T.contiguous().requires_grad_()
+        v1, v2 = fn(strided.T), fn(contiguous)
+        assert not strided.T.is_contiguous() and all_close(v1, v2, 1e-12) and v2.item() > 0
+        assert all_close(grads(v1, [strided])[0].T, grads(v2, [contiguous])[0], 1e-12)

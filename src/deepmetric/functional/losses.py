@@ -409,7 +409,7 @@ class _MultiSimilarityRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sim, pos_mask, neg_mask, alpha, beta, base):
-        s = sim.detach()
+        s = sim.detach().contiguous()
         n_rows, n_cols = s.shape
         losses, grad = s.new_zeros(n_rows), None
         # L_i = sum over the two sides of 1/|c| log(1 + sum_k exp(c (S_ik - base))), c = beta or -alpha;
