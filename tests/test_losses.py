@@ -308,6 +308,20 @@ def test_triplet_given_triplets_and_pairs_equal_pml(use_ref):
         params)
 
 
+def tuples_for_mode(mode, pos, neg, g, triplet_fraction):
+    """(deepmetric tuples, pml tuples) for a comparison mode: all pairs (None), a random subset of the
+    pairs, or a random subset of the triplets built from them."""
+    if mode == "pairs":
+        pos, neg = subset(pos, g), subset(neg, g)
+        theirs = (as_index(pos, 0), as_index(pos, 1), as_index(neg, 0), as_index(neg, 1))
+        return Pairs(*theirs), theirs
+    if mode == "triplets":
+        trip = subset(loop_triplets(pos, neg), g, triplet_fraction)
+        theirs = (as_index(trip, 0), as_index(trip, 1), as_index(trip, 2))
+        return Triplets(*theirs), theirs
+    return None, None
+
+
 @pytest.mark.parametrize("use_ref", [False, True], ids=["self", "ref"])
 @pytest.mark.parametrize("mode", ["all", "pairs", "triplets"])
 def test_contrastive_equals_pml(use_ref, mode):
@@ -315,15 +329,7 @@ def test_contrastive_equals_pml(use_ref, mode):
     params = [x] if rx is None else [x, rx]
     g = torch.Generator().manual_seed(1)
     pos, neg = loop_pairs(labels.tolist(), None if rx is None else ref_labels.tolist())
-    ours_tuples = theirs_tuples = None
-    if mode == "pairs":
-        pos, neg = subset(pos, g), subset(neg, g)
-        theirs_tuples = (as_index(pos, 0), as_index(pos, 1), as_index(neg, 0), as_index(neg, 1))
-        ours_tuples = Pairs(*theirs_tuples)
-    elif mode == "triplets":
-        trip = subset(loop_triplets(pos, neg), g, 0.2)
-        theirs_tuples = (as_index(trip, 0), as_index(trip, 1), as_index(trip, 2))
-        ours_tuples = Triplets(*theirs_tuples)
+    ours_tuples, theirs_tuples = tuples_for_mode(mode, pos, neg, g, triplet_fraction=0.2)
     assert_same_as_pml(
         lambda: ContrastiveLoss(pos_margin=0.5, neg_margin=4.0)(x, labels, ours_tuples, rx, ref_labels),
         lambda: pml_losses.ContrastiveLoss(pos_margin=0.5, neg_margin=4.0, distance=pml_lp())(
@@ -339,15 +345,7 @@ def test_multi_similarity_equals_pml(use_ref, mode):
     params = [x] if rx is None else [x, rx]
     g = torch.Generator().manual_seed(2)
     pos, neg = loop_pairs(labels.tolist(), None if rx is None else ref_labels.tolist())
-    ours_tuples = theirs_tuples = None
-    if mode == "pairs":
-        pos, neg = subset(pos, g), subset(neg, g)
-        theirs_tuples = (as_index(pos, 0), as_index(pos, 1), as_index(neg, 0), as_index(neg, 1))
-        ours_tuples = Pairs(*theirs_tuples)
-    elif mode == "triplets":
-        trip = subset(loop_triplets(pos, neg), g, 0.1)
-        theirs_tuples = (as_index(trip, 0), as_index(trip, 1), as_index(trip, 2))
-        ours_tuples = Triplets(*theirs_tuples)
+    ours_tuples, theirs_tuples = tuples_for_mode(mode, pos, neg, g, triplet_fraction=0.1)
     assert_same_as_pml(
         lambda: MultiSimilarityLoss(alpha=2.0, beta=40.0, base=0.3)(x, labels, ours_tuples, rx, ref_labels),
         lambda: pml_losses.MultiSimilarityLoss(alpha=2.0, beta=40.0, base=0.3)(
