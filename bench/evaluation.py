@@ -1,0 +1,159 @@
+"""Query-in-gallery evaluation and index search against pytorch-metric-learning and faiss.
+
+    .venv/bin/python bench/evaluation.py [--sizes 20000 100000] [--million 1000000]
+
+Part 1: P@1 + R-precision + MAP@R, query-in-gallery, on N Gaussian-cluster embeddings (D = 128,
+1,000 classes, MAP@R about 0.5): deepmetric's exact ``evaluate`` and its approximate (IVF) mode
+against pytorch-metric-learning's AccuracyCalculator (k = "max_bin_count", faiss exact search).
+Each measurement runs in its own process (the data are generated there with the same seed), so the
+peak resident memory of each is its own; time counts the metric computation only (data generation
+and imports excluded). Ratios > 1 mean deepmetric is faster / smaller.
+
+Part 2: 1,000,000 x 128 vectors (same generator), faiss ``ivf-pq`` and ``hnsw`` through
+deepmetric.index: build time, query time for 1,000 queries (k = 10), index memory, recall@10
+against exact search.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+D, CLASSES, SPREAD = 128, 1000, 0.6  # SPREAD chosen so that MAP@R is about 0.5 (printed below)
+
+
+def gaussian_clusters(n: int, seed: int = 0):
+    """``n`` points of ``CLASSES`` Gaussian clusters in ``D`` dimensions, classes in random order."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(CLASSES, D, generator=g)
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    x = centres[y] + SPREAD * torch.randn(n, D, generator=g)
+    return x, y
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(kind: str, n: int) -> dict:
+    """One measurement in this process; returns seconds, peak memory and the metrics."""
+    x, y = gaussian_clusters(n)
+    keys = ("precision_at_1", "r_precision", "map_at_r")
+    if kind == "pml":
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+        calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                                  k="max_bin_count", device=torch.device("cpu"))
+        before = peak_rss_mb()
+        t0 = time.perf_counter()
+        out = calc.get_accuracy(x, y, ref_includes_query=True)
+        seconds = time.perf_counter() - t0
+        metrics = {"precision_at_1": out["precision_at_1"], "r_precision": out["r_precision"],
+                   "map_at_r": out["mean_average_precision_at_r"]}
+    else:
+        import deepmetric as dm
+        options = {} if kind == "exact" else {"index": kind}
+        dm.evaluate(x[:2000], y[:2000], ks=(1,), nmi=False, **options)  # warm-up (thread pools, allocator)
+        before = peak_rss_mb()
+        t0 = time.perf_counter()
+        out = dm.evaluate(x, y, ks=(1,), nmi=False, **options)
+        seconds = time.perf_counter() - t0
+        metrics = {key: out[key] for key in keys}
+    return {"seconds": seconds, "peak_mb": peak_rss_mb(), "before_mb": before, **metrics}
+
+
+def in_process(kind: str, n: int) -> dict:
+    """Run ``run_worker`` in a fresh interpreter so that peak memory is measured alone."""
+    cmd = [sys.executable, __file__, "--worker", kind, "--sizes", str(n)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def machine_peak_gflops() -> tuple[float, float]:
+    """(theoretical float32 peak from the clock and AVX2 FMA width, sgemm GFLOPS measured here)."""
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    mhz = max(float(v) for v in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info))
+    flags = re.search(r"flags\s*:(.*)", info).group(1).split()
+    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 16  # 2 FMA units x lanes x 2
+    theoretical = torch.get_num_threads() * mhz / 1000 * per_cycle
+    a, b = torch.randn(4096, 128), torch.randn(128, 4096)
+    c = a @ b
+    t0 = time.perf_counter()
+    for _ in range(20):
+        torch.mm(a, b, out=c)
+    measured = 20 * 2 * 4096 * 4096 * 128 / (time.perf_counter() - t0) / 1e9
+    return theoretical, measured
+
+
+def part1(sizes):
+    theoretical, sgemm = machine_peak_gflops()
+    print(f"machine: {torch.get_num_threads()} threads, float32 peak {theoretical:.0f} GFLOPS "
+          f"(clock x AVX2 FMA), sgemm (4096x128 @ 128x4096) reaches {sgemm:.0f} GFLOPS")
+    print("| N | pml s | exact s | ratio | pml MB | exact MB | ratio | GFLOPS (share of peak) "
+          "| ivf s | ivf / exact speed-up | MAP@R pml / exact / ivf |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        pml, exact, ivf = (in_process(kind, n) for kind in ("pml", "exact", "ivf-flat"))
+        for name, r in (("pml", pml), ("exact", exact)):
+            for key in ("precision_at_1", "r_precision", "map_at_r"):
+                if abs(r[key] - pml[key]) > 1e-6:
+                    print(f"  WARNING: {name} {key} {r[key]:.6f} differs from pml {pml[key]:.6f}")
+        gflops = n * n * D / exact["seconds"] / 1e9  # the symmetric search computes n^2/2 dot products
+        print(f"| {n:,} | {pml['seconds']:.2f} | {exact['seconds']:.2f} | {pml['seconds'] / exact['seconds']:.2f}x "
+              f"| {pml['peak_mb']:.0f} | {exact['peak_mb']:.0f} | {pml['peak_mb'] / exact['peak_mb']:.2f}x "
+              f"| {gflops:.0f} ({gflops / theoretical:.0%}) | {ivf['seconds']:.2f} "
+              f"| {exact['seconds'] / ivf['seconds']:.1f}x "
+              f"| {pml['map_at_r']:.4f} / {exact['map_at_r']:.4f} / {ivf['map_at_r']:.4f} |", flush=True)
+
+
+def part2(n: int, n_queries: int = 1000, k: int = 10):
+    import deepmetric as dm
+    x, _ = gaussian_clusters(n + n_queries, seed=1)
+    gallery, queries = x[:n], x[n:]
+    t0 = time.perf_counter()
+    _, truth = dm.index.knn(queries, gallery, k)
+    exact_s = time.perf_counter() - t0
+    print(f"\n{n:,} x {D} vectors, {n_queries:,} queries, k = {k}; exact search of the queries: {exact_s:.2f} s")
+    print("| backend | build s | query s (1,000) | index MB (saved files) | recall@10 |")
+    print("|---|---|---|---|---|")
+    for name, options in (("ivf-pq", {}), ("hnsw", {})):
+        index = dm.index.create(name, distance="euclidean", **options)
+        t0 = time.perf_counter()
+        index.add(gallery)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, found = index.search(queries, k)
+        query = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            index.save(Path(tmp) / "index")
+            mb = sum(f.stat().st_size for f in (Path(tmp) / "index").iterdir()) / 2**20
+        recall = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist())) / truth.numel()
+        print(f"| {name} | {build:.1f} | {query:.3f} | {mb:.0f} | {recall:.3f} |", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    parser.add_argument("--million", type=int, default=1000000, help="gallery size of part 2 (0 skips it)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.sizes[0])))
+        return
+    part1(args.sizes)
+    if args.million:
+        part2(args.million)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("KMP_WARNINGS", "0")
+    main()
