@@ -7,6 +7,9 @@ results into a ``(Q, k)`` relevance matrix and reads every ranking metric from i
 """
 from __future__ import annotations
 
+import math
+from typing import Callable, NamedTuple
+
 import numpy as np
 import torch
 
@@ -14,7 +17,7 @@ from deepmetric._checks import check_pair
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import clustering, ranking
 from deepmetric.index.exact import _Searcher
-from deepmetric.labels import is_multilabel
+from deepmetric.labels import is_hierarchical, is_multilabel
 
 DEFAULT_KS = (1, 2, 4, 8, 10, 100)
 #: bound on the elements of one chunk's (queries x depth) results
@@ -50,10 +53,178 @@ def _check_ks(ks, k):
     return tuple(int(v) for v in ks), None if k is None else int(k)
 
 
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- the engine
+
+class _View(NamedTuple):
+    """One notion of relevance, read from the results of a shared search.
+
+    ``judge(base)`` turns a chunk's ``base`` (the bool relevance or the int shared levels of its results)
+    into ``(rel, gains)``; ``n_relevant`` ``(Q,)`` counts relevant items after exclusions and
+    ``ideal_counts`` ``(Q, G)`` the items of gain ``> g`` (:func:`ranking.ideal_gains`).
+    """
+    n_relevant: torch.Tensor
+    ideal_counts: torch.Tensor
+    judge: Callable
+
+
+def _binary(rel):
+    return rel, rel
+
+
+def _nans(n: int, device) -> torch.Tensor:
+    return torch.full((n,), math.nan, dtype=torch.float64, device=device)
+
+
+def _chunk_metrics(rel, gains, n_relevant, ideal_counts, report_ks, full_map) -> dict:
+    """Per-query metrics of queries that all have ``n_relevant > 0``."""
+    scores = {"precision_at_1": ranking.precision_at_1(rel)}
+    ideal = ranking.ideal_gains(ideal_counts, report_ks[-1]) if report_ks else None
+    for v in report_ks:
+        scores[f"recall_at_{v}"] = ranking.recall_at_k(rel, v)
+        scores[f"precision_at_{v}"] = ranking.precision_at_k(rel, v)
+        scores[f"map_at_{v}"] = ranking.map_at_k(rel, v, n_relevant)
+        scores[f"ndcg_at_{v}"] = ranking.ndcg_at_k(gains, v, ideal)
+    scores["r_precision"] = ranking.r_precision(rel, n_relevant)
+    scores["map_at_r"] = ranking.map_at_r(rel, n_relevant)
+    scores["mrr"] = ranking.reciprocal_rank(rel)
+    if full_map:
+        scores["map"] = ranking.average_precision(rel, n_relevant)
+    return scores
+
+
+def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, report_ks, full_map,
+            chunk_size) -> list[dict]:
+    """Search the queries once, chunk by chunk, and read every metric of every view from the results.
+
+    Returns, per view, ``{metric: (Q,) float64}`` with NaN for the queries the view does not score
+    (no relevant item). The depth of a chunk is the largest of its queries' ``R`` and of the reported
+    ks (the whole gallery with ``full_map``), so metrics at R are exact; MRR is made exact by searching
+    the queries whose first relevant item lies beyond that depth again, four times deeper each round.
+    """
+    n_q, n_g = queries.shape[0], searcher.n
+    retrievable = n_g - int(self_mode)
+    n_rel = torch.stack([view.n_relevant for view in views], dim=1)
+    active = (n_rel > 0).any(dim=1).nonzero().flatten()
+    floor = max(max(report_ks, default=1), n_g if full_map else 1)
+    out = [{} for _ in views]
+    unfound = torch.zeros_like(n_rel, dtype=torch.bool)  # scored, first relevant item not reached yet
+
+    def depth_of(rows):
+        return max(floor, int(n_rel[rows].max()))
+
+    def search(rows, depth):
+        _, indices = searcher.search(queries[rows], depth, rows if self_mode else None,
+                                     None if q_groups is None else q_groups[rows], g_groups)
+        return base_fn(indices, rows)
+
+    if active.numel() == 0:
+        return out
+    step = max(1, min(chunk_size, _RESULTS_BLOCK // depth_of(active)))
+    for s in range(0, active.numel(), step):
+        rows = active[s:s + step]
+        depth = depth_of(rows)
+        base = search(rows, depth)
+        for v, view in enumerate(views):
+            scored = view.n_relevant[rows] > 0
+            rel, gains = view.judge(base[scored])
+            scores = _chunk_metrics(rel, gains, view.n_relevant[rows][scored], view.ideal_counts[rows][scored],
+                                    report_ks, full_map)
+            for name, values in scores.items():
+                if name not in out[v]:
+                    out[v][name] = _nans(n_q, queries.device)
+                out[v][name][rows[scored]] = values
+            if depth < retrievable:
+                unfound[rows[scored], v] = ~rel.any(dim=1)
+
+    depth = floor
+    while bool(unfound.any()):
+        redo = unfound.any(dim=1).nonzero().flatten()
+        depth = min(n_g, 4 * max(depth, depth_of(redo)))
+        step = max(1, min(chunk_size, _RESULTS_BLOCK // depth))
+        for s in range(0, redo.numel(), step):
+            rows = redo[s:s + step]
+            base = search(rows, depth)
+            for v, view in enumerate(views):
+                todo = unfound[rows, v]
+                rel, _ = view.judge(base[todo])
+                found = rel.any(dim=1)
+                done = rows[todo][found]
+                out[v]["mrr"][done] = ranking.reciprocal_rank(rel[found])
+                unfound[done, v] = False
+        if depth >= n_g:  # every retrievable item was returned: nothing can be left
+            break
+    return out
+
+
+def _means(values: dict, n_relevant: torch.Tensor) -> dict:
+    scored = n_relevant > 0
+    return {name: float(v[scored].mean()) for name, v in values.items()}
+
+
+def _counts(n_relevant: torch.Tensor) -> dict:
+    return {"num_queries": int(n_relevant.shape[0]), "queries_without_relevant": int((n_relevant == 0).sum())}
+
+
+def _within_parent(queries, q_labels, gallery, g_labels, level, distance, self_mode, q_groups, g_groups,
+                   report_ks, full_map, chunk_size) -> dict:
+    """Per-query metrics at ``level`` when each query ranks only the gallery items of its own parent
+    (the items equal to it at columns ``0..level-1``); one search per parent."""
+    q_parent, g_parent = ranking._flat_ids(q_labels[:, :level], g_labels[:, :level])
+    n_parents = int(torch.cat([q_parent, g_parent]).max()) + 1
+    q_split = torch.bincount(q_parent, minlength=n_parents).tolist()
+    g_split = torch.bincount(g_parent, minlength=n_parents).tolist()
+    q_members = q_parent.argsort(stable=True).split(q_split)
+    g_members = g_parent.argsort(stable=True).split(g_split)  # self mode: the same rows as the queries
+    values: dict[str, torch.Tensor] = {}
+    for q_rows, g_rows in zip(q_members, g_members):
+        if q_rows.numel() == 0 or g_rows.numel() == 0:
+            continue
+        ql, gl = q_labels[q_rows, level], g_labels[g_rows, level]
+        qg = None if q_groups is None else q_groups[q_rows]
+        gg = None if g_groups is None else g_groups[g_rows]
+        n_rel = ranking.count_relevant(ql, gl, self_mode, qg, gg)
+        parent = _scores(_Searcher(gallery[g_rows], distance), queries[q_rows],
+                         lambda indices, rows, ql=ql, gl=gl: ranking.relevance(indices, ql[rows], gl),
+                         [_View(n_rel, n_rel.unsqueeze(1), _binary)], self_mode, qg, gg, report_ks, full_map,
+                         chunk_size)[0]
+        for name, v in parent.items():
+            if name not in values:
+                values[name] = _nans(queries.shape[0], queries.device)
+            values[name][q_rows] = v
+    return values
+
+
+def _per_class(values: dict, n_relevant: torch.Tensor, labels: torch.Tensor):
+    """``({class: {metric: mean over its scored queries, ..., num_queries, queries_without_relevant}},
+    {metric: unweighted mean over the classes with a scored query})``."""
+    classes, inverse = torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)
+    n_classes = classes.shape[0]
+    scored = n_relevant > 0
+    n_all = torch.bincount(inverse, minlength=n_classes)
+    n_scored = torch.bincount(inverse[scored], minlength=n_classes)
+    means = {name: torch.zeros(n_classes, dtype=torch.float64, device=v.device).index_add_(
+        0, inverse[scored], v[scored]) / n_scored for name, v in values.items()}
+    lists = {name: m.tolist() for name, m in means.items()}
+    keys = classes.tolist() if labels.dim() == 1 else ["/".join(map(str, row)) for row in classes.tolist()]
+    per_class = {}
+    for c, (key, total, n) in enumerate(zip(keys, n_all.tolist(), n_scored.tolist())):
+        entry = {name: m[c] for name, m in lists.items()} if n else {}
+        per_class[key] = {**entry, "num_queries": total, "queries_without_relevant": total - n}
+    has = n_scored > 0
+    return per_class, {name: float(m[has].mean()) for name, m in means.items()}
+
+
 def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | None = None,
              distance: str = "euclidean", groups=None, gallery_groups=None, ks=DEFAULT_KS,
-             nmi: bool = True, seed: int = 0, chunk_size: int = 1024) -> dict:
-    """Retrieval and clustering metrics of embeddings, as a dict of python numbers.
+             nmi: bool = True, seed: int = 0, chunk_size: int = 1024, full_map: bool = False,
+             per_class: bool = False, relevance_fn=None) -> dict:
+    """Retrieval and clustering metrics of embeddings, as a dict of python numbers, from one search.
 
     Protocols:
 
@@ -61,19 +232,37 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
       (itself excluded).
     * ``evaluate(q, q_labels, gallery=g, gallery_labels=g_labels)``: separate query and gallery sets.
 
-    Labels are flat ``(N,)`` int, hierarchical ``(N, L)`` int (relevant = same finest class) or
-    multi-label ``(N, C)`` bool (relevant = at least one label shared). ``groups`` (and
-    ``gallery_groups`` with a separate gallery) are integer ids; a query never retrieves an item of
-    its own group, and such items do not count as relevant.
+    ``groups`` (and ``gallery_groups`` with a separate gallery) are integer ids; a query never
+    retrieves an item of its own group, and such items do not count as relevant. Queries with no
+    relevant item in the gallery are excluded from every mean and counted in
+    ``queries_without_relevant`` (never scored as zero).
 
-    The search depth is ``max(largest number of relevant items of any query, largest reported k,
-    k)``, so MAP@R and R-precision are exact. Queries with no relevant item in the gallery are
-    excluded from every mean and counted in ``queries_without_relevant``.
+    Labels (DESIGN.md): flat ``(N,)`` int (relevant = same class); multi-label ``(N, C)`` bool
+    (relevant = at least one label shared); hierarchical ``(N, L)`` int, column 0 the coarsest: the
+    top-level keys are at the finest level (relevant = all columns equal) except ``ndcg_at_{k}``,
+    which is graded (gain = number of shared leading levels), and ``level_{l}`` holds every metric at
+    level ``l`` (relevant = equal at columns ``0..l``, binary NDCG); for ``l >= 1``,
+    ``level_{l}_within_parent`` ranks for each query only the gallery items of its own parent (equal at
+    columns ``0..l-1``). ``relevance_fn(query_labels, result_labels) -> bool tensor`` replaces the
+    relevance of any label form (then no levels): ``query_labels`` is ``(c, ...)``, ``result_labels``
+    ``(c, m, ...)`` and the result ``(c, m)``; it is also called against the whole gallery (chunked
+    over queries) to count each query's relevant items.
 
-    Keys: ``precision_at_1``; ``recall_at_{k}`` (hit rate) for ``k`` in ``ks`` (and the given ``k``)
-    up to the number of items a query can retrieve; ``precision_at_{k}`` for the given ``k``;
-    ``r_precision``; ``map_at_r``; ``nmi`` and ``ami`` (k-means on the query embeddings, one cluster
-    per class, ``seed``; not for multi-label); ``num_queries``; ``queries_without_relevant``.
+    Keys (all means over the scored queries, see :mod:`deepmetric.evaluation.ranking` for the
+    formulas): ``precision_at_1``; for every reported k (``ks`` and ``k``, up to the number of items a
+    query can retrieve) ``recall_at_{k}`` (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by
+    ``min(k, R)``) and ``ndcg_at_{k}``; ``r_precision``; ``map_at_r``; ``mrr`` (exact: queries whose
+    first relevant item lies beyond the search depth are searched again deeper); ``map`` (AP over the
+    full ranking, with ``full_map=True``: every query ranks the whole gallery, chunk by chunk);
+    ``nmi``, ``ami`` (and whatever else :func:`clustering.clustering_scores` reports: k-means on the
+    query embeddings, one cluster per class, ``seed``; not for multi-label); ``num_queries``;
+    ``queries_without_relevant``. With ``per_class=True`` (flat or hierarchical labels):
+    ``per_class`` = ``{class: {metric: mean over its scored queries, num_queries,
+    queries_without_relevant}}`` (class = the label, or ``"a/b/..."`` for a hierarchy's finest class)
+    and ``class_mean`` = the unweighted mean over classes of each metric.
+
+    The search depth is the largest of the queries' numbers of relevant items (at every level of a
+    hierarchy) and of the reported ks, so MAP@R and R-precision are exact.
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
     >>> evaluate(x, torch.tensor([0, 0, 1, 1]), nmi=False)["map_at_r"]
@@ -89,6 +278,12 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     ks, k = _check_ks(ks, k)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    full_map, per_class = _check_flag(full_map, "full_map"), _check_flag(per_class, "per_class")
+    if relevance_fn is not None and not callable(relevance_fn):
+        raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
+                        f"got {type(relevance_fn).__name__}")
+    if per_class and is_multilabel(q_labels):
+        raise ValueError("per_class: needs one class per query; multi-label (bool) labels have none")
     n_q, n_g = queries.shape[0], gallery.shape[0]
     if n_q == 0:
         raise ValueError("embeddings: expected at least one query, got an empty (0, D) tensor")
@@ -109,38 +304,42 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if q_groups is not None:
         q_groups, g_groups = q_groups.to(device), g_groups.to(device)
 
-    n_relevant = ranking.count_relevant(q_labels, g_labels, self_mode, q_groups, g_groups)
-    keep = (n_relevant > 0).nonzero().flatten()
-    if keep.numel() == 0:
+    levels = q_labels.shape[1] if is_hierarchical(q_labels) and relevance_fn is None else 0
+    if levels:
+        counts = torch.stack([ranking.count_relevant(q_labels[:, :level + 1], g_labels[:, :level + 1], self_mode,
+                                                     q_groups, g_groups) for level in range(levels)], dim=1)
+        views = [_View(counts[:, -1], counts, lambda shared: (shared == levels, shared))]
+        views += [_View(counts[:, level], counts[:, level:level + 1],
+                        lambda shared, level=level: _binary(shared > level)) for level in range(levels)]
+
+        def base_fn(indices, rows):
+            return ranking.graded_relevance(indices, q_labels[rows], g_labels)
+    else:
+        n_rel = ranking.count_relevant(q_labels, g_labels, self_mode, q_groups, g_groups, relevance_fn)
+        views = [_View(n_rel, n_rel.unsqueeze(1), _binary)]
+
+        def base_fn(indices, rows):
+            return ranking.relevance(indices, q_labels[rows], g_labels, relevance_fn)
+    if not bool((views[0].n_relevant > 0).any()):
         raise ValueError("labels/gallery_labels: no query has a relevant item in the gallery "
                          "(after excluding itself and its group), so no ranking metric is defined")
 
     retrievable = n_g - int(self_mode)
     report_ks = sorted({v for v in ks + (() if k is None else (k,)) if v <= retrievable})
-    min_depth = max(report_ks + [1, k or 1])
-    per_query: dict[str, list[torch.Tensor]] = {}
-    searcher = _Searcher(gallery, distance)
-    step = max(1, min(chunk_size, _RESULTS_BLOCK // max(min_depth, int(n_relevant.max()))))
-    for s in range(0, keep.numel(), step):
-        rows = keep[s:s + step]
-        n_rel = n_relevant[rows]
-        depth = min(max(min_depth, int(n_rel.max())), n_g)
-        _, indices = searcher.search(queries[rows], depth, rows if self_mode else None,
-                                     None if q_groups is None else q_groups[rows], g_groups)
-        rel = ranking.relevance(indices, q_labels[rows], g_labels)
-        scores = {"precision_at_1": ranking.precision_at_1(rel)}
-        for v in report_ks:
-            scores[f"recall_at_{v}"] = ranking.recall_at_k(rel, v)
-        if k is not None and k <= retrievable:
-            scores[f"precision_at_{k}"] = ranking.precision_at_k(rel, k)
-        scores["r_precision"] = ranking.r_precision(rel, n_rel)
-        scores["map_at_r"] = ranking.map_at_r(rel, n_rel)
-        for name, value in scores.items():
-            per_query.setdefault(name, []).append(value)
+    options = dict(self_mode=self_mode, q_groups=q_groups, g_groups=g_groups, report_ks=report_ks,
+                   full_map=full_map, chunk_size=chunk_size)
+    values = _scores(_Searcher(gallery, distance), queries, base_fn, views, **options)
 
-    results = {name: float(torch.cat(values).mean()) for name, values in per_query.items()}
+    results = _means(values[0], views[0].n_relevant)
     if nmi and not is_multilabel(q_labels):
         results.update(clustering.clustering_scores(queries, q_labels, seed=seed))
-    results["num_queries"] = int(n_q)
-    results["queries_without_relevant"] = int(n_q - keep.numel())
+    results.update(_counts(views[0].n_relevant))
+    for level in range(levels):
+        results[f"level_{level}"] = {**_means(values[level + 1], counts[:, level]), **_counts(counts[:, level])}
+    for level in range(1, levels):
+        # an item relevant at `level` shares the parent, so the counts are those of the whole gallery
+        within = _within_parent(queries, q_labels, gallery, g_labels, level, distance, **options)
+        results[f"level_{level}_within_parent"] = {**_means(within, counts[:, level]), **_counts(counts[:, level])}
+    if per_class:
+        results["per_class"], results["class_mean"] = _per_class(values[0], views[0].n_relevant, q_labels)
     return results

@@ -1,0 +1,149 @@
+"""Evaluation of binary codes by Hamming ranking, as the deep-hashing literature reports it.
+
+Protocol of DPSH (Li et al. 2016, "Feature Learning based Deep Supervised Hashing with Pairwise
+Labels"), HashNet (Cao et al. 2017) and CSQ (Yuan et al. 2020): every query code ranks the database
+codes by Hamming distance (ties in database order) and a database item is relevant when it shares the
+query's class (flat labels) or at least one label (multi-label, e.g. NUS-WIDE, MS-COCO).
+
+With ``rel(i)`` the relevance of the ``i``-th ranked item, ``P(i) = (1/i) sum_{j<=i} rel(j)`` and ``R``
+the number of relevant items in the database:
+
+* ``AP = (1/R) sum_i P(i) rel(i)`` over the full ranking (``map``);
+* ``AP@K = (1/R_K) sum_{i<=K} P(i) rel(i)`` with ``R_K = sum_{i<=K} rel(i)``, the relevant items
+  *found* in the top ``K`` (``map_at_{K}``; DPSH's ``CalcTopMap``, also HashNet's and CSQ's code);
+  a query with ``R_K = 0`` scores 0;
+* ``P@N = (1/N) sum_{i<=N} rel(i)`` (``precision_at_{N}``);
+* within Hamming radius ``r``: precision = relevant items at distance ``<= r`` over all items at
+  distance ``<= r`` (0 when there is none), recall = the same relevant count over ``R``.
+
+Queries with no relevant item in the database (``R = 0``) are excluded from every mean and counted in
+``queries_without_relevant``, never scored as zero.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deepmetric._checks import check_embeddings, check_labels
+from deepmetric.codes import hamming_distances, to_bits
+from deepmetric.distances import euclidean
+from deepmetric.labels import same_mask
+
+__all__ = ["hashing_scores"]
+
+#: bound on the elements of one chunk's (queries x database) tensors
+_BLOCK = 1 << 21
+
+
+def _labels(labels, n: int, name: str) -> torch.Tensor:
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(np.array(labels))
+    return check_labels(labels, n, name)
+
+
+def _count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | None = None,
+                   precision_ns=(100, 500, 1000), radius: int | None = 2, query_real=None, db_real=None,
+                   chunk_size: int | None = None) -> dict:
+    """Hamming-ranking metrics of binary codes as a dict of python numbers.
+
+    ``query_codes`` ``(Q, b)`` and ``db_codes`` ``(N, b)`` are codes in any form
+    :func:`deepmetric.codes.to_bits` accepts (``{-1, +1}``, ``{0, 1}``, bool; real values by sign).
+    Labels are flat ``(n,)`` integers or multi-label ``(n, C)`` bool (relevant = at least one shared
+    label), numpy or torch.
+
+    Keys (formulas in the module docstring):
+
+    * ``map``: mAP of the full Hamming ranking of the database, ties in database order; with
+      ``query_real`` ``(Q, D)`` and ``db_real`` ``(N, D)`` (the real-valued codes before ``sign``),
+      items at equal Hamming distance are re-ranked by the euclidean distance of their real codes;
+    * ``map_at_{K}`` for ``top_k = K``: the deep-hashing mAP@K, AP over the top K divided by the
+      number of relevant items found in the top K; a query with none found scores 0, as in DPSH's
+      ``CalcTopMap`` (a ``K`` larger than the database ranks all of it);
+    * ``precision_at_{n}`` for each ``n`` in ``precision_ns`` up to the database size;
+    * ``precision_within_radius_{r}`` and ``recall_within_radius_{r}`` for ``radius = r`` (skipped
+      with ``radius=None``); an empty radius counts as precision 0;
+    * ``num_queries`` and ``queries_without_relevant`` (queries excluded from every mean).
+
+    Work is chunked over queries (``chunk_size`` queries at a time, by default so that a chunk holds
+    about 2 million query-database entries), so memory is ``O(chunk_size * N)``.
+
+    >>> q, db = torch.tensor([[1, 1]]), torch.tensor([[1, -1], [1, 1], [-1, -1]])
+    >>> hashing_scores(q, torch.tensor([0]), db, torch.tensor([0, 0, 1]), precision_ns=(1,))["map"]
+    1.0
+    """
+    q_bits, db_bits = to_bits(query_codes, "query_codes"), to_bits(db_codes, "db_codes")
+    if q_bits.shape[1] != db_bits.shape[1]:
+        raise ValueError(f"db_codes: expected codes of {q_bits.shape[1]} bits to match query_codes, "
+                         f"got {db_bits.shape[1]}")
+    n_q, n_db = q_bits.shape[0], db_bits.shape[0]
+    if n_q == 0 or n_db == 0:
+        raise ValueError(f"query_codes/db_codes: expected at least one code each, got {n_q} and {n_db}")
+    device = q_bits.device
+    db_bits = db_bits.to(device)
+    q_labels = _labels(query_labels, n_q, "query_labels").to(device)
+    db_labels = _labels(db_labels, n_db, "db_labels").to(device)
+    if db_labels.shape[1:] != q_labels.shape[1:] or db_labels.dtype != q_labels.dtype:
+        raise ValueError(f"db_labels: expected the same label form as query_labels {tuple(q_labels.shape[1:])} "
+                         f"{q_labels.dtype}, got {tuple(db_labels.shape[1:])} {db_labels.dtype}")
+    if (query_real is None) != (db_real is None):
+        raise ValueError("query_real and db_real must be given together")
+    if query_real is not None:
+        query_real = check_embeddings(query_real, "query_real")
+        db_real = check_embeddings(db_real, "db_real")
+        if query_real.shape[0] != n_q or db_real.shape[0] != n_db or db_real.shape[1] != query_real.shape[1]:
+            raise ValueError(f"query_real/db_real: expected shapes ({n_q}, D) and ({n_db}, D), got "
+                             f"{tuple(query_real.shape)} and {tuple(db_real.shape)}")
+        dtype = torch.promote_types(query_real.dtype, db_real.dtype)
+        query_real, db_real = query_real.to(device, dtype), db_real.to(device, dtype)
+    top_k = None if top_k is None else _count(top_k, "top_k", 1)
+    ns = sorted({_count(n, "precision_ns", 1) for n in precision_ns})
+    ns = [n for n in ns if n <= n_db]
+    radius = None if radius is None else _count(radius, "radius", 0)
+    step = _count(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
+
+    positions = torch.arange(1, n_db + 1, device=device, dtype=torch.float64)
+    per_query: dict[str, list[torch.Tensor]] = {}
+    for s in range(0, n_q, step):
+        rows = slice(s, s + step)
+        relevant = same_mask(q_labels[rows], db_labels)
+        n_rel = relevant.sum(1).double()
+        keep = n_rel > 0
+        if not keep.any():
+            continue
+        relevant, n_rel = relevant[keep], n_rel[keep]
+        ham = hamming_distances(q_bits[rows][keep], db_bits)
+        if query_real is None:
+            order = torch.sort(ham, dim=1, stable=True).indices
+        else:  # lexicographic (Hamming, euclidean, database index): two stable sorts
+            order = torch.sort(euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
+            order = order.gather(1, torch.sort(ham.gather(1, order), dim=1, stable=True).indices)
+        rel = relevant.gather(1, order)
+        hits = rel.cumsum(1).double()
+        precision_rel = hits / positions * rel  # P(i) rel(i)
+        scores = {"map": precision_rel.sum(1) / n_rel}
+        if top_k is not None:
+            k = min(top_k, n_db)
+            scores[f"map_at_{top_k}"] = precision_rel[:, :k].sum(1) / hits[:, k - 1].clamp_min(1)
+        for n in ns:
+            scores[f"precision_at_{n}"] = hits[:, n - 1] / n
+        if radius is not None:
+            within = ham <= radius
+            n_within, found = within.sum(1).double(), (within & relevant).sum(1).double()
+            scores[f"precision_within_radius_{radius}"] = found / n_within.clamp_min(1)
+            scores[f"recall_within_radius_{radius}"] = found / n_rel
+        for name, value in scores.items():
+            per_query.setdefault(name, []).append(value.double())
+    if not per_query:
+        raise ValueError("query_labels/db_labels: no query has a relevant item in the database, "
+                         "so no hashing metric is defined")
+    results = {name: float(torch.cat(values).mean()) for name, values in per_query.items()}
+    n_kept = torch.cat(per_query["map"]).numel()
+    results["num_queries"] = n_q
+    results["queries_without_relevant"] = n_q - n_kept
+    return results

@@ -1,0 +1,104 @@
+"""`deepmetric evaluate RUN_DIR`: every applicable metric in a table and in --json, with --k,
+--full-map and --per-class passed through, hierarchy levels as columns, clear errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import deepmetric as dm
+from deepmetric.cli import format_table, main
+from deepmetric.data import load_npz, load_split
+from deepmetric.training import embed, load_run
+
+DIGITS = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_evaluate") / "run"
+    result = run("train", DIGITS, "--set", "epochs=1", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def expected_metrics(run_dir, x, y, **options):
+    """What the command must report: dm.evaluate on the run's embeddings, as JSON would store it."""
+    model, state = load_run(run_dir)
+    metrics = dm.evaluate(embed(model, x), y, distance=state["distance"], **options)
+    return json.loads(json.dumps(metrics))
+
+
+def table_row(output, name):
+    return next(line.split() for line in output.splitlines() if line.split()[:1] == [name])
+
+
+def test_evaluate_prints_and_writes_every_metric(run_dir, tmp_path):
+    out = tmp_path / "m.json"
+    result = run("evaluate", run_dir, "--json", out, "--k", 5, "--full-map", "--per-class")
+    assert result.exit_code == 0, result.output
+    _, test = load_split("digits", split="zero-shot")
+    expected = expected_metrics(run_dir, test.x, test.y, k=5, full_map=True, per_class=True)
+    written = json.loads(out.read_text())
+    assert written == expected
+    for key in ("precision_at_5", "map_at_5", "ndcg_at_5", "map", "mrr", "nmi", "ami"):
+        assert key in written
+    assert set(written["per_class"]) == {"5", "6", "7", "8", "9"}
+    # the table: one row per metric, columns "test" and "class_mean"; then one row per class
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["test", "class_mean"]
+    assert table_row(result.stdout, "map_at_r") == [
+        "map_at_r", f"{expected['map_at_r']:.4f}", f"{expected['class_mean']['map_at_r']:.4f}"]
+    assert table_row(result.stdout, "num_queries") == ["num_queries", str(len(test.y)), "-"]
+    assert "per class:" in result.stdout
+    first_class = expected["per_class"]["5"]
+    assert table_row(result.stdout, "class")[:3] == ["class", "5", f"{first_class['precision_at_1']:.4f}"]
+
+
+def test_evaluate_without_options_reports_the_defaults(run_dir, tmp_path):
+    result = run("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert {"precision_at_1", "recall_at_100", "map_at_100", "ndcg_at_8", "r_precision", "map_at_r",
+            "mrr", "nmi", "ami"} <= rows
+    assert "map" not in rows and "per class:" not in result.stdout
+    assert not list(tmp_path.iterdir())  # nothing written without --json
+
+
+def test_evaluate_hierarchical_labels_shows_every_level(run_dir, tmp_path):
+    digits = load_split("digits", split="all")[1]
+    y = np.stack([digits.y.numpy() % 2, digits.y.numpy()], axis=1)  # parent: odd/even, child: the digit
+    np.savez(tmp_path / "tree.npz", X=digits.x.numpy().astype(np.float32), y=y)
+    out = tmp_path / "m.json"
+    result = run("evaluate", run_dir, "--data", f"npz:{tmp_path / 'tree.npz'}", "--split", "all", "--json", out)
+    assert result.exit_code == 0, result.output
+    data = load_npz(tmp_path / "tree.npz")
+    expected = expected_metrics(run_dir, data.x, data.y)
+    assert json.loads(out.read_text()) == expected
+    assert result.stdout.splitlines()[0].split() == ["test", "level_0", "level_1", "level_1_within_parent"]
+    assert table_row(result.stdout, "precision_at_1") == ["precision_at_1"] + [
+        f"{column['precision_at_1']:.4f}" for column in (
+            expected, expected["level_0"], expected["level_1"], expected["level_1_within_parent"])]
+
+
+def test_evaluate_errors_are_clear(run_dir):
+    result = run("evaluate", run_dir, "--k", 0)
+    assert result.exit_code != 0
+    assert "ks/k: expected integers >= 1, got 0" in result.output
+    result = run("evaluate", run_dir, "--k", "many")
+    assert result.exit_code != 0 and "'many' is not a valid integer" in result.output
+
+
+def test_format_table_hand_worked():
+    table = format_table({"a": {"x": 0.5, "n": 3}, "bb": {"x": 1.0}}, keys=("x", "n"))
+    # first column as wide as the longest name + 2, then each column max(len(key) + 2, 12) wide
+    assert table.splitlines() == [
+        "    " + "x".rjust(12) + "n".rjust(12),
+        "a   " + "0.5000".rjust(12) + "3".rjust(12),
+        "bb  " + "1.0000".rjust(12) + "-".rjust(12),
+    ]
