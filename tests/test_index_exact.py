@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-import deepmetric.index as dmi
 from deepmetric.distances import DISTANCES, as_ascending, pairwise
-from deepmetric.index import ExactIndex, knn
+from deepmetric.index import knn
 
 CHUNKINGS = [dict(), dict(chunk_size=1, gallery_chunk_size=1), dict(chunk_size=3, gallery_chunk_size=4),
              dict(chunk_size=5, gallery_chunk_size=7)]
@@ -204,39 +203,3 @@ def test_bad_input_raises_clear_errors():
         knn(x, x, 1, chunk_size=0)
     with pytest.raises(ValueError, match="overflow"):
         knn(torch.full((1, 3), 1e30), torch.full((1, 3), -1e30), 1)
-
-
-def test_exact_index_add_search_ids():
-    index = dmi.create("exact", distance="euclidean")
-    assert isinstance(index, ExactIndex) and "exact" in dmi.names() and len(index) == 0
-    index.add(torch.tensor([[0.0], [10.0]]), ids=torch.tensor([100, 200]))
-    index.add(torch.tensor([[4.0], [10.0]]))  # default ids continue from len(index): 2, 3
-    assert len(index) == 4
-    d, ids = index.search(torch.tensor([[9.0], [1.0]]), k=3)
-    # query 9: 10 (id 200, d=1), 10 (id 3, d=1, later in the gallery), 4 (id 2, d=5)
-    # query 1: 0 (id 100, d=1), 4 (id 2, d=3), 10 (id 200, d=9)
-    assert ids.tolist() == [[200, 3, 2], [100, 2, 200]]
-    assert d.tolist() == [[1.0, 1.0, 5.0], [1.0, 3.0, 9.0]]
-    d, ids = index.search(torch.tensor([[0.0]]), k=6)
-    assert ids[0, 4:].tolist() == [-1, -1] and torch.isinf(d[0, 4:]).all()
-
-
-def test_exact_index_errors():
-    index = ExactIndex("cosine")
-    with pytest.raises(ValueError, match="empty"):
-        index.search(torch.zeros(1, 2), 1)
-    index.add(torch.randn(3, 2), ids=torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="already in the index"):
-        index.add(torch.randn(1, 2), ids=torch.tensor([2]))
-    with pytest.raises(ValueError, match="unique"):
-        index.add(torch.randn(2, 2), ids=torch.tensor([7, 7]))
-    with pytest.raises(ValueError, match="dimension"):
-        index.add(torch.randn(1, 3))
-    with pytest.raises(ValueError, match="dimension"):
-        index.search(torch.randn(1, 3), 1)
-    with pytest.raises(ValueError, match="unknown name"):
-        ExactIndex("hamming")
-    for call in (lambda: index.save("x"), lambda: ExactIndex.load("x"), lambda: index.remove(torch.tensor([1]))):
-        with pytest.raises(NotImplementedError, match="not implemented yet"):
-            call()
-    assert len(index) == 3

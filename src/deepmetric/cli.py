@@ -9,16 +9,23 @@ from pathlib import Path
 import click
 from deepmetric._io import write_json
 
-TABLE_KEYS = ("precision_at_1", "recall_at_4", "map_at_r")
+TABLE_KEYS = ("precision_at_1", "recall_at_4", "r_precision", "map_at_r", "mrr")
 
 
-def format_table(rows: dict[str, dict], keys=TABLE_KEYS) -> str:
-    """A plain text table: one row per name, one column per metric key."""
-    width = max(len(name) for name in rows) + 2
-    lines = ["".ljust(width) + "".join(k.rjust(16) for k in keys)]
+def format_table(rows: dict, keys=TABLE_KEYS) -> str:
+    """A plain text table: one row per name, one column per key (floats to 4 decimals, integers as
+    they are, ``-`` where a row has no such key)."""
+    def cell(value):
+        if value is None:
+            return "-"
+        return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+    width = max([len(str(name)) for name in rows] + [0]) + 2
+    widths = [max(len(str(k)) + 2, 12) for k in keys]
+    lines = ["".ljust(width) + "".join(str(k).rjust(w) for k, w in zip(keys, widths))]
     for name, metrics in rows.items():
-        lines.append(name.ljust(width) + "".join(
-            (f"{metrics[k]:.4f}" if k in metrics else "-").rjust(16) for k in keys))
+        lines.append(str(name).ljust(width) + "".join(
+            cell(metrics.get(k)).rjust(w) for k, w in zip(keys, widths)))
     return "\n".join(lines)
 
 
@@ -117,17 +124,35 @@ def _run_embeddings(ctx, run_dir, data, split):
 @click.option("--data", default=None, help="Data SPEC (default: the run's data).")
 @click.option("--split", default=None, help="Split whose test part is evaluated (default: the run's; 'all' for everything).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Also write metrics to this JSON file.")
+@click.option("-k", "--k", "k", type=int, default=None,
+              help="Also report recall, precision, mAP and NDCG at this k "
+                   "(besides 1, 2, 4, 8, 10, 100 where the gallery allows).")
+@click.option("--full-map", is_flag=True,
+              help="Also report mAP over the full ranking (every query ranks the whole gallery).")
+@click.option("--per-class", is_flag=True,
+              help="Also report every metric per class and the unweighted mean over classes.")
 @click.pass_context
-def evaluate(ctx, run_dir, data, split, json_file):
-    """Evaluate a trained run on the test part of its data (query-in-gallery)."""
+def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class):
+    """Evaluate a trained run on the test part of its data (query-in-gallery): every applicable metric,
+    one column per hierarchy level when the labels have levels."""
     from deepmetric.evaluation import evaluate as evaluate_embeddings
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
-    metrics = evaluate_embeddings(emb, test.y, distance=state["distance"])
-    click.echo(format_table({"test": metrics}))
+    metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
+                                  per_class=per_class)
+    columns = {"test": {name: v for name, v in metrics.items() if not isinstance(v, dict)}}
+    columns.update((name, v) for name, v in metrics.items() if name.startswith("level_"))
+    if per_class:
+        columns["class_mean"] = metrics["class_mean"]
+    names = dict.fromkeys(name for column in columns.values() for name in column)
+    click.echo(format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
+                            keys=list(columns)))
+    if per_class:
+        click.echo("\nper class:")
+        click.echo(format_table({f"class {c}": m for c, m in metrics["per_class"].items()},
+                                keys=TABLE_KEYS + ("num_queries", "queries_without_relevant")))
     if json_file:
         write_json(json_file, metrics)
-    else:
-        click.echo(json.dumps(metrics, indent=2))
+        click.echo(f"metrics written to {json_file}")
 
 
 @main.command()
@@ -145,6 +170,96 @@ def embed(ctx, run_dir, data, split, out):
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
     save_npz(out, emb.numpy(), test.y.numpy(), ids=test.ids, groups=test.groups, distance=state["distance"])
     click.echo(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
+
+
+@main.group("index")
+def index_group():
+    """Build and search nearest-neighbour indexes over embeddings files."""
+
+
+def _read_vectors(path) -> dict:
+    """Arrays of an embeddings .npz read without pickles: ``X`` (N, D), optional ``ids`` (integers or
+    strings) and ``distance`` (the one the embeddings were trained for)."""
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path}: cannot read as npz without pickles: {err}") from None
+    if "X" not in arrays or arrays["X"].ndim != 2:
+        raise ValueError(f"{path}: expected an (N, D) array 'X', got arrays {sorted(arrays)}")
+    if "distance" in arrays:
+        arrays["distance"] = str(arrays["distance"])
+    return arrays
+
+
+def _float_array(x):
+    import numpy as np
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
+
+
+@index_group.command("build")
+@click.argument("embeddings", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
+@click.option("--backend", default="exact", show_default=True,
+              help="exact, flat, ivf-flat, hnsw, ivf-pq, binary, or any faiss factory string (e.g. IVF64,PQ16).")
+@click.option("--distance", default=None,
+              help="Distance (default: the one recorded in the file, else euclidean; hamming for binary).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, e.g. nlist=256 or ef_search=128 (repeatable).")
+def index_build(embeddings, out, backend, distance, options):
+    """Index the vectors X of EMBEDDINGS (.npz as written by `deepmetric embed`) and save it to --out."""
+    import torch
+    import yaml
+    from deepmetric import index as dmi
+    kwargs = {}
+    for item in options:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option: expected KEY=VALUE, got {item!r}")
+        kwargs[key] = yaml.safe_load(raw)
+    arrays = _read_vectors(embeddings)
+    x = arrays["X"]
+    if backend == "binary":
+        index = dmi.create("binary", distance=distance or "hamming", **kwargs)
+    else:
+        distance = distance or arrays.get("distance") or "euclidean"
+        x = _float_array(x)
+        if backend in dmi.INDEXES and backend != "faiss":
+            index = dmi.create(backend, distance=distance, **kwargs)
+        else:
+            index = dmi.create("faiss", factory=backend, distance=distance, **kwargs)
+    index.add(torch.from_numpy(x), arrays.get("ids"))
+    index.save(out)
+    article = "an" if index.backend[0] in "aeiou" else "a"
+    click.echo(f"wrote {article} {index.backend} index of {len(index)} vectors (dimension {index.dim}, "
+               f"distance {index.distance}) to {out}")
+
+
+@index_group.command("search")
+@click.argument("index_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("queries", type=click.Path(dir_okay=False, exists=True))
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours per query.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON {ids, distances} (Q x k lists) on stdout.")
+def index_search(index_dir, queries, k, as_json):
+    """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); empty slots are null."""
+    import math
+
+    import torch
+    from deepmetric import index as dmi
+    index = dmi.load(index_dir)
+    x = _read_vectors(queries)["X"]
+    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x)), k)
+    names = index.names(ids)
+    rows = [[None if math.isinf(v) else v for v in row] for row in distances.tolist()]
+    if as_json:
+        click.echo(json.dumps({"ids": names, "distances": rows}))
+        return
+    click.echo(f"{index.backend} index of {len(index)} items ({index.distance} distance); "
+               f"top {k} of {len(names)} queries:")
+    for q, (row_ids, row_distances) in enumerate(zip(names, rows)):
+        hits = ", ".join(f"{i} ({d:.4g})" for i, d in zip(row_ids, row_distances) if i is not None)
+        click.echo(f"query {q}: {hits or '(no results)'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,12 @@
 """Evaluation of embeddings the way the metric-learning literature reports it.
 
-``evaluate`` runs one exact k-NN search (chunked over queries, so memory stays bounded), turns the
-results into a ``(Q, k)`` relevance matrix and reads every ranking metric from it
+``evaluate`` runs one exact k-NN search (query-in-gallery: one symmetric pass over all items with
+:func:`deepmetric.index.exact.self_knn` when the results fit in memory; otherwise, and for separate
+query and gallery sets, chunked over queries so memory stays bounded), turns the results into a
+``(Q, k)`` relevance matrix and reads every ranking metric from it
 (:mod:`deepmetric.evaluation.ranking`); clustering metrics come from k-means on the query embeddings
-(:mod:`deepmetric.evaluation.clustering`).
+(:mod:`deepmetric.evaluation.clustering`). Verification (pairs) and hashing (Hamming ranking) metrics
+live in :mod:`~deepmetric.evaluation.verification` and :mod:`~deepmetric.evaluation.hashing`.
 """
 from __future__ import annotations
 
@@ -15,15 +18,20 @@ import torch
 
 from deepmetric._checks import check_pair
 from deepmetric.distances import check_distance
-from deepmetric.evaluation import clustering, ranking
-from deepmetric.index.exact import _Searcher
+from deepmetric.evaluation import clustering, hashing, ranking, verification
+from deepmetric.evaluation.hashing import hashing_scores
+from deepmetric.evaluation.verification import verification_scores
+from deepmetric.index.exact import _Searcher, self_knn
 from deepmetric.labels import is_hierarchical, is_multilabel
 
 DEFAULT_KS = (1, 2, 4, 8, 10, 100)
 #: bound on the elements of one chunk's (queries x depth) results
 _RESULTS_BLOCK = 1 << 22
+#: bound on the (queries x depth) results of the one-pass query-in-gallery search (about 400 MB)
+_SELF_RESULTS = 1 << 25
 
-__all__ = ["evaluate", "clustering", "ranking", "DEFAULT_KS"]
+__all__ = ["evaluate", "hashing_scores", "verification_scores", "clustering", "hashing", "ranking",
+           "verification", "DEFAULT_KS"]
 
 
 def _as_tensor(x, name: str):
@@ -118,13 +126,20 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
     def depth_of(rows):
         return max(floor, int(n_rel[rows].max()))
 
+    if active.numel() == 0:
+        return out
+    ranked = None  # query-in-gallery: one symmetric search of every item, when its results fit in memory
+    exact_self = self_mode and not full_map and isinstance(searcher, _Searcher)
+    if exact_self and n_q * depth_of(active) <= _SELF_RESULTS:
+        ranked = self_knn(queries, depth_of(active), searcher.distance, q_groups)[1]
+
     def search(rows, depth):
+        if ranked is not None and depth <= ranked.shape[1]:
+            return base_fn(ranked[rows, :depth], rows)
         _, indices = searcher.search(queries[rows], depth, rows if self_mode else None,
                                      None if q_groups is None else q_groups[rows], g_groups)
         return base_fn(indices, rows)
 
-    if active.numel() == 0:
-        return out
     step = max(1, min(chunk_size, _RESULTS_BLOCK // depth_of(active)))
     for s in range(0, active.numel(), step):
         rows = active[s:s + step]
@@ -220,10 +235,38 @@ def _per_class(values: dict, n_relevant: torch.Tensor, labels: torch.Tensor):
     return per_class, {name: float(m[has].mean()) for name, m in means.items()}
 
 
+class _IndexSearcher:
+    """Search through a :mod:`deepmetric.index` backend (e.g. ``ivf-flat``, ``hnsw``) with the interface
+    of the exact searcher; the gallery is added with its positions as ids. For query-in-gallery, one
+    more neighbour is fetched and the query itself dropped from its list."""
+
+    def __init__(self, gallery: torch.Tensor, distance: str, name: str, options: dict):
+        from deepmetric import index as indexes
+        self.n, self.distance = gallery.shape[0], distance
+        self.index = indexes.create(name, distance=distance, **options)
+        self.index.add(gallery)
+
+    def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
+        if query_groups is not None:
+            raise ValueError("groups: excluding groups needs the exact search; leave index=None")
+        width = min(k + int(self_index is not None), self.n)
+        distances, ids = self.index.search(queries, width)
+        if self_index is not None:
+            drop = ids == self_index.unsqueeze(1)
+            drop[~drop.any(dim=1), -1] = True  # the query was not among its neighbours: drop the last
+            distances, ids = distances[~drop].view(-1, width - 1), ids[~drop].view(-1, width - 1)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), -1)], 1)
+            distances = torch.cat([distances, distances.new_full((ids.shape[0], pad), math.inf)], 1)
+        return distances, ids
+
+
 def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | None = None,
              distance: str = "euclidean", groups=None, gallery_groups=None, ks=DEFAULT_KS,
              nmi: bool = True, seed: int = 0, chunk_size: int = 1024, full_map: bool = False,
-             per_class: bool = False, relevance_fn=None) -> dict:
+             per_class: bool = False, relevance_fn=None, index: str | None = None,
+             index_options: dict | None = None) -> dict:
     """Retrieval and clustering metrics of embeddings, as a dict of python numbers, from one search.
 
     Protocols:
@@ -263,6 +306,11 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
     The search depth is the largest of the queries' numbers of relevant items (at every level of a
     hierarchy) and of the reported ks, so MAP@R and R-precision are exact.
+
+    Approximate mode: ``index="ivf-flat"`` (or any name of :mod:`deepmetric.index`, with
+    ``index_options`` such as ``{"nlist": 256, "nprobe": 16}``) builds that index over the gallery and
+    reads the ranked lists from it instead of the exact search; the metrics are then those of the
+    approximate ranking (faster on large galleries; not with ``groups``).
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
     >>> evaluate(x, torch.tensor([0, 0, 1, 1]), nmi=False)["map_at_r"]
@@ -328,7 +376,11 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     report_ks = sorted({v for v in ks + (() if k is None else (k,)) if v <= retrievable})
     options = dict(self_mode=self_mode, q_groups=q_groups, g_groups=g_groups, report_ks=report_ks,
                    full_map=full_map, chunk_size=chunk_size)
-    values = _scores(_Searcher(gallery, distance), queries, base_fn, views, **options)
+    if index is None:
+        searcher = _Searcher(gallery, distance)
+    else:
+        searcher = _IndexSearcher(gallery, distance, index, dict(index_options or {}))
+    values = _scores(searcher, queries, base_fn, views, **options)
 
     results = _means(values[0], views[0].n_relevant)
     if nmi and not is_multilabel(q_labels):

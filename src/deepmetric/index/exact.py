@@ -173,6 +173,189 @@ class _Searcher:
         return scores
 
 
+# ----------------------------------------------------------------------------- query-in-gallery search
+
+#: rows (and columns) of one block of the symmetric search, and the width of the groups of a block's
+#: row or column screened together by their minimum
+SELF_BLOCK = 2048
+_GROUP = 64
+#: gallery items sampled to estimate each row's k-th distance before the search
+_SAMPLE = 4096
+
+
+def _symmetric_factors(x: torch.Tensor, distance: str):
+    """``(a, b)`` such that ``a_i . b_j`` is symmetric in i and j and ranks j like the distance from i.
+
+    ``euclidean`` / ``squared_euclidean``: ``a = [x, |x|^2, 1]``, ``b = [-2x, 1, |x|^2]``, so the product
+    is ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j``; ``cosine``: ``-cos``; ``dot``: ``-x_i.x_j``.
+    """
+    if distance in ("euclidean", "squared_euclidean"):
+        sq = x.pow(2).sum(1, keepdim=True)
+        ones = torch.ones_like(sq)
+        return torch.cat([x, sq, ones], 1), torch.cat([-2.0 * x, ones, sq], 1)
+    if distance == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x, -x
+
+
+def _symmetric_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
+    if distance in ("euclidean", "squared_euclidean"):
+        d2 = scores.clamp_min(0.0)
+        if distance == "squared_euclidean":
+            return d2
+        return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+    if distance == "cosine":
+        return 1.0 + scores
+    return scores
+
+
+def _topk_by_value_then_id(values: torch.Tensor, ids: torch.Tensor, k: int):
+    """The ``k`` entries of each row smallest by (value, id), sorted that way."""
+    k = min(k, values.shape[1])
+    v, where = torch.topk(values, min(k + 1, values.shape[1]), dim=1, largest=False, sorted=True)
+    out_v, out_i = v[:, :k], ids.gather(1, where[:, :k])
+    if v.shape[1] > k:  # rows with values equal to the k-th beyond it: choose the smallest ids exactly
+        ambiguous = (v[:, k] == v[:, k - 1]).nonzero().flatten()
+        if ambiguous.numel():
+            sub_v, sub_i = _sort_by_value_then_index(values[ambiguous], ids[ambiguous])
+            out_v[ambiguous], out_i[ambiguous] = sub_v[:, :k], sub_i[:, :k]
+    return _order_ties_by_index(out_v, out_i)
+
+
+class _RunningTopK:
+    """Top-k of a block of rows over the columns seen so far, updated from sparse candidates.
+
+    ``thr`` is each row's admission threshold: the smaller of an estimate made before the search and
+    the k-th best value kept so far. Candidates wait in ``pending`` and are merged in batches.
+    """
+
+    def __init__(self, n_rows: int, k: int, estimate: torch.Tensor):
+        self.k, self.estimate = k, estimate
+        self.values = estimate.new_empty((n_rows, 0))
+        self.ids = torch.empty((n_rows, 0), dtype=torch.long, device=estimate.device)
+        self.pending, self.n_pending = [], 0
+        self.thr = estimate
+
+    def add(self, rows: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
+        if rows.numel():
+            self.pending.append((rows, ids, values))
+            self.n_pending += rows.numel()
+            if self.n_pending > self.values.shape[0] * 2 * self.k:
+                self.merge()
+
+    def merge(self) -> None:
+        if not self.pending:
+            return
+        rows, ids, values = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending, self.n_pending = [], 0
+        n_rows = self.values.shape[0]
+        order = torch.sort(rows).indices
+        rows, ids, values = rows[order], ids[order], values[order]
+        counts = torch.bincount(rows, minlength=n_rows)
+        pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        width = int(counts.max())
+        dense_v = values.new_full((n_rows, width), math.inf)
+        dense_i = ids.new_full((n_rows, width), -1)
+        dense_v[rows, pos], dense_i[rows, pos] = values, ids
+        self.values, self.ids = _topk_by_value_then_id(
+            torch.cat([self.values, dense_v], 1), torch.cat([self.ids, dense_i], 1), self.k)
+        if self.values.shape[1] == self.k:
+            self.thr = torch.minimum(self.estimate, self.values[:, -1])
+
+
+def _candidates(s: torch.Tensor, thr: torch.Tensor, by_row: bool):
+    """``(rows, cols)`` of the entries of ``s`` at or below their row's (``by_row``) or column's threshold.
+
+    Entries are screened 64 at a time by their minimum, so only groups holding a candidate are read again.
+    """
+    n_rows, n_cols = s.shape
+    if (n_cols if by_row else n_rows) % _GROUP:
+        nz = (s <= (thr[:, None] if by_row else thr[None, :])).nonzero()
+        return nz[:, 0], nz[:, 1]
+    if by_row:
+        grouped = s.view(n_rows, n_cols // _GROUP, _GROUP)
+        hit = (grouped.amin(2) <= thr[:, None]).nonzero()
+        r, g = hit[:, 0], hit[:, 1]
+        inside = (grouped[r, g] <= thr[r, None]).nonzero()
+        return r[inside[:, 0]], g[inside[:, 0]] * _GROUP + inside[:, 1]
+    grouped = s.view(n_rows // _GROUP, _GROUP, n_cols)
+    hit = (grouped.amin(1) <= thr[None, :]).nonzero()
+    g, c = hit[:, 0], hit[:, 1]
+    inside = (grouped[g, :, c] <= thr[c, None]).nonzero()
+    return g[inside[:, 0]] * _GROUP + inside[:, 1], c[inside[:, 0]]
+
+
+def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch.Tensor | None = None,
+             block_size: int = SELF_BLOCK, seed: int = 0):
+    """Exact k nearest neighbours of every item among the others (query-in-gallery), exploiting symmetry.
+
+    Same results as ``knn(x, x, k, distance, exclude_self=True, query_groups=groups,
+    gallery_groups=groups)``, for about half the arithmetic: the score matrix ``S`` of
+    :func:`_symmetric_factors` is symmetric, so each block ``S[I, J]`` with ``I <= J`` is computed once
+    and ranked both along its rows (for the items of I) and along its columns (for the items of J).
+
+    Ranking a block costs a pass over it rather than a sort. Each row keeps a threshold: first an
+    estimate of its k-th score from a random sample of the gallery, chosen so that about 2k items fall
+    below it, then the k-th best score found so far. Only entries at or below their row's threshold
+    are collected (groups of 64 entries are screened by their minimum) and merged into the running
+    top-k. A row whose estimate proved too low (fewer than k items below it) is searched again with
+    :func:`knn`, so the result is always exact. Memory: ``O(n * k + block_size^2)``.
+    """
+    n = x.shape[0]
+    a, b = _symmetric_factors(x, distance)
+    bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
+    buffer = x.new_empty(min(block_size, n) * min(block_size, n))
+
+    def scores(rows: slice, cols: torch.Tensor | slice, out: torch.Tensor) -> torch.Tensor:
+        torch.mm(a[rows], b[cols].T, out=out)
+        if groups is not None:
+            out.masked_fill_(groups[rows, None] == groups[None, cols], math.inf)
+        return out
+
+    # thresholds: about 2k of the n - 1 other items are expected at or below the q-th of m sampled scores
+    m = min(n, _SAMPLE)
+    q = math.ceil(2 * k * m / max(n - 1, 1))
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(x.device)
+    estimate = x.new_full((n,), math.inf)
+    if q <= m // 2:
+        for i0, i1 in bounds:
+            s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
+            s[torch.arange(i0, i1, device=x.device)[:, None] == sample[None, :]] = math.inf
+            estimate[i0:i1] = s.kthvalue(q, dim=1).values
+    states = [_RunningTopK(i1 - i0, k, estimate[i0:i1]) for i0, i1 in bounds]
+
+    for bi, (i0, i1) in enumerate(bounds):
+        for bj in range(bi, len(bounds)):
+            j0, j1 = bounds[bj]
+            s = scores(slice(i0, i1), slice(j0, j1), buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0))
+            if bi == bj:
+                s.fill_diagonal_(math.inf)
+            rows, cols = _candidates(s, states[bi].thr, by_row=True)
+            states[bi].add(rows, cols + j0, s[rows, cols])
+            if bj != bi:
+                rows, cols = _candidates(s, states[bj].thr, by_row=False)
+                states[bj].add(cols, rows + i0, s[rows, cols])
+
+    for state in states:
+        state.merge()
+        if state.values.shape[1] < k:  # no row has k items under its threshold: keep the columns aligned
+            pad = k - state.values.shape[1]
+            state.values = torch.cat([state.values, state.values.new_full((state.values.shape[0], pad), math.inf)], 1)
+            state.ids = torch.cat([state.ids, state.ids.new_full((state.ids.shape[0], pad), -1)], 1)
+    values = torch.cat([state.values for state in states])
+    ids = torch.cat([state.ids for state in states]).masked_fill(torch.isinf(values), -1)
+    distances = _symmetric_distances(values, distance)
+    if distance != "dot":
+        distances, ids = _order_ties_by_index(distances, ids)
+        ids = ids.masked_fill(torch.isinf(distances), -1)
+    # rows with fewer than k results although their estimate was finite: the estimate was too low
+    redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
+    if redo.numel():
+        distances[redo], ids[redo] = _Searcher(x, distance).search(
+            x[redo], k, redo, None if groups is None else groups[redo], groups)
+    return distances, ids
+
+
 def _prepare(queries, gallery, distance, query_groups=None, gallery_groups=None):
     """Validate and convert search inputs; returns them on the queries' device in a common dtype."""
     queries = _as_float(check_embeddings(queries, "queries"))
@@ -205,7 +388,8 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
         k: number of neighbours (>= 1).
         distance: ``euclidean``, ``squared_euclidean``, ``cosine`` or ``dot`` (see ``deepmetric.distances``).
         exclude_self: query-in-gallery protocol: query ``i`` is gallery item ``i`` (needs ``Q <= G``)
-            and never appears in its own results.
+            and never appears in its own results. When ``queries is gallery`` (and ``query_groups is
+            gallery_groups``), :func:`self_knn` computes the same result with half the arithmetic.
         query_groups, gallery_groups: ``(Q,)`` and ``(G,)`` integer group ids, given together; a query
             never retrieves a gallery item of its own group (e.g. frames of the same video).
         chunk_size: queries per chunk. gallery_chunk_size: gallery items per block; a running top-k is
@@ -220,6 +404,7 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
     >>> i.tolist()
     [[2, 0], [1, 0]]
     """
+    symmetric = queries is gallery and query_groups is gallery_groups  # query-in-gallery on one tensor
     queries, gallery, distance, query_groups, gallery_groups = _prepare(
         queries, gallery, distance, query_groups, gallery_groups)
     k = _check_positive_int(k, "k")
@@ -229,6 +414,8 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
         raise ValueError(
             f"exclude_self: query i must be gallery item i, but there are {queries.shape[0]} queries "
             f"and only {gallery.shape[0]} gallery items")
+    if exclude_self and symmetric:
+        return self_knn(queries, k, distance, query_groups, min(gallery_chunk_size, SELF_BLOCK))
     searcher = _Searcher(gallery, distance, gallery_chunk_size)
     out_d, out_i = [queries.new_empty((0, k))], [torch.empty((0, k), dtype=torch.long, device=queries.device)]
     for q0 in range(0, queries.shape[0], chunk_size):
@@ -239,70 +426,3 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
         out_d.append(d)
         out_i.append(i)
     return torch.cat(out_d), torch.cat(out_i)
-
-
-class ExactIndex:
-    """Exact (brute-force) index over added vectors, searched with :func:`knn`.
-
-    >>> index = ExactIndex("euclidean")
-    >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
-    >>> index.search(torch.tensor([[4.0]]), k=1)[1].tolist()
-    [[20]]
-    """
-
-    def __init__(self, distance: str = "euclidean"):
-        self.distance = check_distance(distance)
-        self._vectors: torch.Tensor | None = None
-        self._ids: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return 0 if self._ids is None else int(self._ids.shape[0])
-
-    @property
-    def dim(self) -> int | None:
-        return None if self._vectors is None else int(self._vectors.shape[1])
-
-    def add(self, vectors: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        """Append ``(N, D)`` vectors with int64 ``ids`` (default: consecutive from ``len(self)``)."""
-        vectors = _as_float(check_embeddings(vectors, "vectors")).detach()
-        n = vectors.shape[0]
-        if self._vectors is not None and vectors.shape[1] != self._vectors.shape[1]:
-            raise ValueError(f"vectors: expected dimension {self._vectors.shape[1]} like the index, "
-                             f"got {vectors.shape[1]}")
-        if ids is None:
-            ids = torch.arange(len(self), len(self) + n, dtype=torch.long)
-        else:
-            ids = _check_groups(ids, n, "ids")
-            if ids.unique().numel() != n:
-                raise ValueError("ids: expected unique ids, got duplicates")
-        if self._ids is None:
-            self._vectors, self._ids = vectors, ids.to(vectors.device)
-            return
-        ids = ids.to(self._ids.device)
-        clash = torch.isin(ids, self._ids)
-        if bool(clash.any()):
-            raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
-        vectors = vectors.to(device=self._vectors.device, dtype=self._vectors.dtype)
-        self._vectors = torch.cat([self._vectors, vectors])
-        self._ids = torch.cat([self._ids, ids])
-
-    def search(self, queries: torch.Tensor, k: int):
-        """``(distances, ids)``, both ``(Q, k)``, ascending; padded slots hold id ``-1`` and ``+inf``."""
-        if len(self) == 0:
-            raise ValueError("search: the index is empty; add vectors first")
-        queries = check_embeddings(queries, "queries")
-        if queries.shape[1] != self.dim:
-            raise ValueError(f"queries: expected dimension {self.dim} like the index, got {queries.shape[1]}")
-        distances, positions = knn(queries.to(self._vectors.device), self._vectors, k, self.distance)
-        ids = torch.where(positions >= 0, self._ids[positions.clamp_min(0)], positions)
-        return distances, ids
-
-    def save(self, directory) -> None:
-        raise NotImplementedError("ExactIndex.save: saving indexes is not implemented yet (planned)")
-
-    @classmethod
-    def load(cls, directory) -> "ExactIndex":
-        raise NotImplementedError("ExactIndex.load: loading indexes is not implemented yet (planned)")
-
-    def remove(self, ids: torch.Tensor) -> None:
-        raise NotImplementedError("ExactIndex.remove: removing vectors is not implemented yet (planned)")

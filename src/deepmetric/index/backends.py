@@ -1,0 +1,447 @@
+"""Index backends: exact (torch), faiss float indexes (flat, IVF, HNSW, IVF-PQ, any factory string)
+and binary codes (faiss ``IndexBinaryFlat``, multi-index hashing for radius search).
+
+Distances, always returned in ascending order (DESIGN.md):
+
+* ``euclidean``: ``||x - y||`` (faiss L2 gives ``||x - y||^2``; its square root is returned);
+* ``squared_euclidean``: ``||x - y||^2``;
+* ``cosine``: ``1 - x.y / (|x| |y|)`` (vectors normalised, then faiss inner product);
+* ``dot``: ``-x.y`` (faiss inner product, negated);
+* ``hamming`` (binary only): the number of differing bits.
+
+>>> import deepmetric.index as dmi
+>>> index = dmi.create("flat", distance="euclidean")
+>>> index.add(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), ids=["origin", "far"])
+>>> d, ids = index.search(torch.tensor([[3.0, 3.0]]), k=2)
+>>> index.names(ids), d.tolist()
+([['far', 'origin']], [[1.0, 4.242640495300293]])
+"""
+from __future__ import annotations
+
+import re
+
+import faiss
+import numpy as np
+import torch
+
+from deepmetric._checks import check_embeddings
+from deepmetric.codes import pack_bits, to_bits
+from deepmetric.distances import check_distance
+from deepmetric.index.base import INDEXES, Index, read_npy
+from deepmetric.index.exact import knn
+
+
+def _float_vectors(x, name: str) -> torch.Tensor:
+    """A finite floating ``(N, D)`` tensor (numpy arrays accepted), float32 unless float64, detached."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    x = check_embeddings(x, name).detach()
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _faiss_message(err: Exception) -> str:
+    """faiss' own explanation without the C++ location prefix."""
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return text.removeprefix("Error: ")
+
+
+# --------------------------------------------------------------------------------------------------
+# exact
+
+
+@INDEXES.register("exact")
+class ExactIndex(Index):
+    """Exact (brute-force) k-NN over the added vectors by blocked matrix products in torch
+    (:func:`deepmetric.index.knn`): ``d(q, x_i)`` for every stored ``x_i``, the k smallest kept,
+    ties in insertion order. Supports every float distance and :meth:`remove`.
+
+    >>> index = ExactIndex("euclidean")
+    >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
+    >>> index.search(torch.tensor([[4.0]]), k=1)[1].tolist()
+    [[20]]
+    """
+
+    backend = "exact"
+
+    def __init__(self, distance: str = "euclidean"):
+        super().__init__(check_distance(distance))
+        self._vectors: torch.Tensor | None = None
+
+    def _prepare(self, vectors, name):
+        x = _float_vectors(vectors, name)
+        self._check_dim(x.shape[1], name)
+        return x, int(x.shape[1])
+
+    def _add(self, x, labels):
+        if self._vectors is None:
+            self._vectors = x.clone()
+        else:
+            self._vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
+
+    def _search(self, queries, k):
+        distances, positions = knn(queries.to(self._vectors.device), self._vectors, k, self.distance)
+        labels = torch.from_numpy(self._labels).to(positions.device)
+        ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
+        return distances.float(), ids
+
+    def _remove(self, labels, positions, keep):
+        self._vectors = self._vectors[torch.from_numpy(keep).to(self._vectors.device)]
+
+    def _write(self, directory):
+        with open(directory / "vectors.npy", "wb") as f:
+            np.save(f, self._vectors.cpu().numpy(), allow_pickle=False)
+        return ["vectors.npy"]
+
+    def _read(self, directory, manifest):
+        shape = (manifest["count"], manifest["dimension"])
+        self._vectors = torch.from_numpy(read_npy(directory / "vectors.npy", shape, [np.float32, np.float64]))
+
+
+# --------------------------------------------------------------------------------------------------
+# faiss float indexes
+#
+# faiss' Python objects own their C++ index: ``index_factory`` and ``read_index`` return owning,
+# already downcast objects, while ``downcast_index`` returns a non-owning view. Only views of an
+# index kept alive elsewhere are taken here.
+
+
+def _unwrap(index):
+    """The index inside faiss' id map (if any; a view owned by the map), else ``index``."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def _with_ids(index):
+    """``index`` if it stores user ids itself (IVF, an id map), else wrapped in ``IndexIDMap``
+    (which keeps a reference to it)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if isinstance(index, faiss.IndexIDMap) or isinstance(inner, faiss.IndexIVF):
+        return index
+    return faiss.IndexIDMap(index)
+
+
+@INDEXES.register("faiss")
+class FaissIndex(Index):
+    """Any faiss float index, built from a faiss factory string (Douze et al. 2024, "The Faiss
+    library"), e.g. ``create("faiss", factory="IVF64,PQ16", nprobe=8)``.
+
+    Euclidean distances use faiss' L2 metric (``||x - y||^2``, square-rooted for ``euclidean``);
+    ``cosine`` and ``dot`` its inner product on normalised resp. raw vectors. Indexes that need
+    training (IVF, PQ) train on the first :meth:`add` or an explicit :meth:`train`. User ids are
+    kept by faiss (natively for IVF, else in an ``IndexIDMap``); :meth:`remove` works where faiss can
+    (flat, IVF) and raises NotImplementedError elsewhere (e.g. HNSW).
+
+    Args:
+        factory: faiss index factory string (``"Flat"``, ``"IVF100,Flat"``, ``"HNSW32"``, ...).
+        distance: ``euclidean``, ``squared_euclidean``, ``cosine`` or ``dot``.
+        nprobe: inverted lists visited per query (IVF indexes).
+        ef_search: candidate list size at search time (HNSW indexes).
+    """
+
+    backend = "faiss"
+    _file = "index.faiss"
+
+    def __init__(self, factory: str, distance: str = "euclidean", nprobe: int | None = None,
+                 ef_search: int | None = None):
+        if not isinstance(factory, str) or not factory.strip():
+            raise ValueError(f"factory: expected a faiss index factory string such as 'IVF64,PQ16', got {factory!r}")
+        super().__init__(check_distance(distance))
+        self.factory = factory
+        self._parameters = {name: _positive(value, option) for name, option, value in
+                            (("nprobe", "nprobe", nprobe), ("efSearch", "ef_search", ef_search))
+                            if value is not None}
+        self._ef_construction: int | None = None
+        self._index = None
+        self.options = {"factory": factory, "nprobe": nprobe, "ef_search": ef_search}
+
+    @property
+    def _metric(self):
+        return faiss.METRIC_L2 if self.distance in ("euclidean", "squared_euclidean") else faiss.METRIC_INNER_PRODUCT
+
+    def _configure(self, index) -> None:
+        """Apply search-time parameters (and HNSW's efConstruction) to the unwrapped index."""
+        for name, value in self._parameters.items():
+            try:
+                faiss.ParameterSpace().set_index_parameter(index, name, value)
+            except RuntimeError as err:
+                option = {"nprobe": "nprobe", "efSearch": "ef_search"}[name]
+                raise ValueError(f"{option}: does not apply to the faiss index {self.factory!r}: "
+                                 f"{_faiss_message(err)}") from None
+        if self._ef_construction is not None:
+            index.hnsw.efConstruction = self._ef_construction
+
+    def _build(self, d: int) -> None:
+        try:
+            index = faiss.index_factory(d, self.factory, self._metric)
+        except RuntimeError as err:
+            raise ValueError(f"factory: faiss cannot build {self.factory!r} for dimension {d} and distance "
+                             f"{self.distance}: {_faiss_message(err)}") from None
+        self._configure(index)
+        self._index = _with_ids(index)
+
+    def _prepare(self, vectors, name):
+        x = _float_vectors(vectors, name)
+        self._check_dim(x.shape[1], name)
+        x = x.float()
+        if self.distance == "cosine":
+            x = torch.nn.functional.normalize(x, dim=1)
+        return np.ascontiguousarray(x.cpu().numpy()), int(x.shape[1])
+
+    def train(self, vectors) -> None:
+        """Train the index (IVF centroids, PQ codebooks) on ``(N, D)`` vectors without adding them;
+        a no-op for indexes that need no training or are trained already."""
+        x, d = self._prepare(vectors, "vectors")
+        if self._index is None:
+            self._build(d)
+            self._dim = d
+        self._train(x)
+
+    def _train(self, x: np.ndarray) -> None:
+        if self._index.is_trained:
+            return
+        try:
+            self._index.train(x)
+        except RuntimeError as err:
+            raise ValueError(f"vectors: cannot train the {self.backend} index {self.factory!r} on "
+                             f"{x.shape[0]} vectors: {_faiss_message(err)}") from None
+
+    def _add(self, x, labels):
+        if self._index is None:
+            self._build(x.shape[1])
+        self._train(x)
+        self._index.add_with_ids(x, labels)
+
+    def _search(self, queries, k):
+        distances, ids = self._index.search(queries, k)
+        if self.distance == "euclidean":
+            distances = np.sqrt(np.maximum(distances, 0.0))
+        elif self.distance == "squared_euclidean":
+            distances = np.maximum(distances, 0.0)
+        elif self.distance == "cosine":
+            distances = 1.0 - distances
+        else:
+            distances = -distances
+        distances[ids < 0] = np.inf
+        return torch.from_numpy(distances.astype(np.float32, copy=False)), torch.from_numpy(ids)
+
+    def _remove(self, labels, positions, keep):
+        try:
+            removed = self._index.remove_ids(np.ascontiguousarray(labels, dtype=np.int64))
+        except RuntimeError as err:
+            raise NotImplementedError(f"remove: the {self.backend} index ({self.factory}) cannot remove "
+                                      f"vectors: {_faiss_message(err)}") from None
+        if removed != len(labels):
+            raise RuntimeError(f"remove: faiss removed {removed} of {len(labels)} vectors")
+
+    def _write(self, directory):
+        faiss.write_index(self._index, str(directory / self._file))
+        return [self._file]
+
+    def _read(self, directory, manifest):
+        path = directory / self._file
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise ValueError(f"{path}: cannot read as a faiss index: {_faiss_message(err)}") from None
+        if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
+            raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
+                             f"{manifest['count']} of dimension {manifest['dimension']}")
+        self._configure(_unwrap(index))
+        self._index = index
+
+
+@INDEXES.register("flat")
+class FlatIndex(FaissIndex):
+    """faiss exact search (``IndexFlatL2`` / ``IndexFlatIP``): every stored vector compared with
+    every query. Supports :meth:`remove`."""
+
+    backend = "flat"
+
+    def __init__(self, distance: str = "euclidean"):
+        super().__init__("Flat", distance)
+        self.options = {}
+
+
+@INDEXES.register("ivf-flat")
+class IVFFlatIndex(FaissIndex):
+    """Inverted file (Sivic & Zisserman 2003; Jégou et al. 2011): k-means splits the space into
+    ``nlist`` cells (trained on the first add); a query visits the ``nprobe`` nearest cells and
+    compares exact distances inside them (faiss ``IVF{nlist},Flat``). Supports :meth:`remove`."""
+
+    backend = "ivf-flat"
+
+    def __init__(self, distance: str = "euclidean", nlist: int = 100, nprobe: int = 8):
+        nlist = _positive(nlist, "nlist")
+        super().__init__(f"IVF{nlist},Flat", distance, nprobe=nprobe)
+        self.options = {"nlist": nlist, "nprobe": nprobe}
+
+
+@INDEXES.register("hnsw")
+class HNSWIndex(FaissIndex):
+    """Hierarchical navigable small-world graph (Malkov & Yashunin 2018): each vector linked to
+    ``M`` neighbours per layer; ``ef_construction`` candidates when inserting, ``ef_search`` when
+    searching (faiss ``HNSW{M},Flat``). Cannot remove vectors."""
+
+    backend = "hnsw"
+
+    def __init__(self, distance: str = "euclidean", M: int = 32, ef_construction: int = 40, ef_search: int = 64):
+        M = _positive(M, "M")
+        super().__init__(f"HNSW{M},Flat", distance, ef_search=ef_search)
+        self._ef_construction = _positive(ef_construction, "ef_construction")
+        self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
+
+
+@INDEXES.register("ivf-pq")
+class IVFPQIndex(FaissIndex):
+    """IVFADC (Jégou, Douze & Schmid 2011, "Product quantization for nearest neighbor search"):
+    an inverted file of ``nlist`` cells whose residuals are product-quantised into ``m`` sub-vectors
+    of ``nbits`` bits each; distances are asymmetric approximations ``||x - q(y)||^2`` (faiss
+    ``IVF{nlist},PQ{m}x{nbits}np``: no polysemous training, which only serves Hamming-filtered search
+    and costs seconds). ``m`` must divide the dimension; training needs at least
+    ``max(nlist, 2^nbits)`` vectors. Supports :meth:`remove`."""
+
+    backend = "ivf-pq"
+
+    def __init__(self, distance: str = "euclidean", nlist: int = 100, m: int = 8, nbits: int = 8, nprobe: int = 8):
+        nlist, self.m, nbits = _positive(nlist, "nlist"), _positive(m, "m"), _positive(nbits, "nbits")
+        super().__init__(f"IVF{nlist},PQ{self.m}x{nbits}np", distance, nprobe=nprobe)
+        self.options = {"nlist": nlist, "m": self.m, "nbits": nbits, "nprobe": nprobe}
+
+    def _build(self, d):
+        if d % self.m:
+            raise ValueError(f"m: expected a divisor of the dimension {d} (sub-vectors of equal length), got {self.m}")
+        super()._build(d)
+
+
+# --------------------------------------------------------------------------------------------------
+# binary codes
+
+
+def _padded(codes: np.ndarray) -> np.ndarray:
+    """``codes`` copied into a buffer with a zeroed tail of at least 8 bytes: faiss' multi-hash reads
+    8 bytes at a time from inside a code, which may run up to 7 bytes past the last one."""
+    n, size = codes.shape
+    buffer = np.zeros((n + -(-8 // size), size), dtype=np.uint8)
+    buffer[:n] = codes
+    return buffer[:n]
+
+
+@INDEXES.register("binary")
+class BinaryIndex(Index):
+    """Binary codes (deep hashing) packed 8 bits to a byte, searched by Hamming distance
+    ``H(q, x) = popcount(q XOR x)`` with faiss ``IndexBinaryFlat`` (exact, brute force).
+
+    :meth:`add` and :meth:`search` take ``(N, b)`` codes in any form :func:`deepmetric.codes.to_bits`
+    accepts (``{-1, +1}`` or real values binarised by sign, ``{0, 1}``, bool); ``dim`` is ``b``.
+    Results are ordered by distance, ties in insertion order. :meth:`radius_search` finds every
+    code within a Hamming radius by multi-index hashing.
+
+    >>> index = BinaryIndex()
+    >>> index.add(torch.tensor([[1, 1, 1, 1], [1, -1, -1, 1]]), ids=["a", "b"])
+    >>> d, ids = index.search(torch.tensor([[1, 1, -1, 1]]), k=2)
+    >>> index.names(ids), d.tolist()
+    ([['a', 'b']], [[1.0, 1.0]])
+    """
+
+    backend = "binary"
+    _file = "codes.faiss"
+
+    def __init__(self, distance: str = "hamming"):
+        if distance != "hamming":
+            raise ValueError(f"distance: the binary index measures Hamming distance ('hamming'), got {distance!r}")
+        super().__init__(distance)
+        self._index = None
+        self._multi_hash: dict[tuple[int, int, int], object] = {}
+
+    def _prepare(self, codes, name):
+        bits = to_bits(codes, name)
+        self._check_dim(bits.shape[1], name)
+        return pack_bits(bits, name), int(bits.shape[1])
+
+    def _add(self, packed, labels):
+        if self._index is None:
+            self._index = faiss.IndexBinaryFlat(8 * packed.shape[1])
+        self._index.add(packed)
+        self._multi_hash.clear()
+
+    def _search(self, packed, k):
+        distances, positions = self._index.search(packed, k)
+        distances = distances.astype(np.float32)
+        distances[positions < 0] = np.inf
+        order = np.lexsort((positions, distances))  # per row: by distance, then insertion order
+        distances = np.take_along_axis(distances, order, axis=1)
+        positions = np.take_along_axis(positions, order, axis=1)
+        ids = np.where(positions >= 0, self._labels[positions.clip(min=0)], -1)
+        return torch.from_numpy(distances), torch.from_numpy(ids)
+
+    def _multi_hash_index(self, radius: int):
+        """``IndexBinaryMultiHash`` exact for ``radius``: the ``d`` bits are cut into ``m`` substrings
+        of ``s = floor(d / m)`` bits; two codes within ``r`` bits differ in at most ``floor(r / m)`` bits
+        in one substring (pigeonhole, Norouzi et al. 2012), so probing every substring hash with up
+        to ``floor(r / m)`` flipped bits finds them all. ``m = r + 1`` (exact-match probes) unless the
+        substrings would exceed 56 bits, the width faiss reads at once."""
+        d = self._index.d
+        nhash = min(max(radius + 1, -(-d // 56)), d)
+        key = (nhash, d // nhash, radius // nhash)
+        if key not in self._multi_hash:
+            multi_hash = faiss.IndexBinaryMultiHash(d, key[0], key[1])
+            multi_hash.nflip = key[2]
+            multi_hash.add(_padded(self._index.reconstruct_n(0, self._index.ntotal)))
+            self._multi_hash = {key: multi_hash}
+        return self._multi_hash[key]
+
+    def radius_search(self, queries, radius: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every stored code within Hamming distance ``radius`` (inclusive) of each query.
+
+        Multi-index hashing (Norouzi, Punjani & Fleet 2012, "Fast search in Hamming space with
+        multi-index hashing") with faiss ``IndexBinaryMultiHash``, exact (see ``_multi_hash_index``).
+
+        Returns:
+            ``(distances, ids)``: two lists with one 1-D tensor per query, float32 Hamming distances
+            in ascending order (ties in insertion order) and the matching int64 ids.
+        """
+        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+            raise ValueError(f"radius: expected an integer number of bits >= 0, got {radius!r}")
+        if len(self) == 0:
+            raise ValueError("radius_search: the index is empty; add codes first")
+        packed, _ = self._prepare(queries, "queries")
+        if packed.shape[0] == 0:
+            return [], []
+        # faiss keeps distances < threshold: radius + 1 keeps those <= radius
+        multi_hash = self._multi_hash_index(int(radius))
+        lims, distances, positions = multi_hash.range_search(_padded(packed), int(radius) + 1)
+        counts = np.diff(lims.astype(np.int64))
+        query = np.repeat(np.arange(packed.shape[0]), counts)
+        order = np.lexsort((positions, distances, query))
+        distances = torch.from_numpy(distances[order].astype(np.float32))
+        ids = torch.from_numpy(self._labels[positions[order]])
+        counts = counts.tolist()
+        return list(distances.split(counts)), list(ids.split(counts))
+
+    def _remove(self, labels, positions, keep):
+        self._index.remove_ids(np.ascontiguousarray(positions, dtype=np.int64))  # keeps insertion order
+        self._multi_hash.clear()
+
+    def _write(self, directory):
+        faiss.write_index_binary(self._index, str(directory / self._file))
+        return [self._file]
+
+    def _read(self, directory, manifest):
+        path = directory / self._file
+        try:
+            index = faiss.read_index_binary(str(path))
+        except RuntimeError as err:
+            raise ValueError(f"{path}: cannot read as a faiss binary index: {_faiss_message(err)}") from None
+        if index.d != 8 * -(-manifest["dimension"] // 8) or index.ntotal != manifest["count"]:
+            raise ValueError(f"{path}: holds {index.ntotal} codes of {index.d} bits, the manifest says "
+                             f"{manifest['count']} of {manifest['dimension']} bits")
+        self._index = index
+
+
+__all__ = ["ExactIndex", "FaissIndex", "FlatIndex", "IVFFlatIndex", "HNSWIndex", "IVFPQIndex", "BinaryIndex"]

@@ -1,0 +1,398 @@
+"""The ``Index`` protocol shared by every backend: user ids, search, remove, and save/load.
+
+Every backend (DESIGN.md "Contracts") answers to::
+
+    index.add(vectors, ids=None)            # ids: unique non-negative int64, or strings
+    distances, ids = index.search(queries, k)  # torch (Q, k) float32 ascending, int64 ids
+    index.remove(ids)                       # where the backend can; else NotImplementedError
+    index.save(directory); deepmetric.index.load(directory)
+    len(index), index.dim, index.distance
+
+Ids. An index holds either int64 ids (the user's own, or consecutive from one past the largest
+id when none are given) or string ids, which are mapped to int64 labels ``0, 1, ...`` and kept
+beside them; ``search`` always returns int64 labels and :meth:`Index.names` maps them back to the
+user's ids. Slots beyond the items available hold id ``-1`` and distance ``+inf``, so user ids
+must be non-negative.
+
+Saved layout (one directory)::
+
+    manifest.json   format version, backend, options, distance, dimension, count, id type,
+                    deepmetric version, size and sha256 of every other file, and a checksum of
+                    the manifest itself
+    ids.npy         (count,) int64 labels in insertion order
+    ids.json        the string ids, aligned with ids.npy (string-id indexes only)
+    <backend files> e.g. vectors.npy (exact), index.faiss (faiss), codes.faiss (binary)
+
+Saving writes everything into a temporary sibling directory and renames it into place; an
+existing index is moved aside first and deleted only once the new one is in place (put back if
+the rename fails), so a crash never leaves a half-written index. Loading checks every file's
+presence, size and checksum before reading anything, never unpickles, and names the bad file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmetric.registry import Registry
+
+INDEXES = Registry("index", "indexes")
+MANIFEST = "manifest.json"
+FORMAT = "deepmetric-index"
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file, read afresh (no cache: a verification must see the bytes on disk)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), the checksum field excluded."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray, bool]:
+    """``(array, is_string)``: int64 ids (non-negative) or a numpy str array, validated.
+
+    Accepts an integer torch tensor or numpy array, a list/tuple of ints, or a list/tuple/array of
+    strings; ``n`` is the expected count (None: any).
+    """
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    elif isinstance(ids, (list, tuple)):
+        if len(ids) and all(isinstance(i, str) for i in ids):
+            ids = np.array(ids, dtype=str)
+        elif any(isinstance(i, str) for i in ids):
+            raise TypeError(f"{name}: expected all strings or all integers, got a mix")
+        else:
+            ids = np.array(ids, dtype=np.int64) if len(ids) == 0 else np.asarray(ids)
+    if not isinstance(ids, np.ndarray):
+        raise TypeError(f"{name}: expected int64 ids (tensor, array or list) or a list of strings, "
+                        f"got {type(ids).__name__}")
+    if ids.ndim != 1 or (n is not None and ids.shape[0] != n):
+        expected = f"({n},) to match the vectors" if n is not None else "(N,)"
+        raise ValueError(f"{name}: expected shape {expected}, got {ids.shape}")
+    if ids.dtype.kind == "U":
+        return ids, True
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer or string ids, got dtype {ids.dtype}")
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected ids that fit in int64, got {ids.max()}")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{name}: expected non-negative ids (-1 marks empty result slots), "
+                         f"got {ids[ids < 0][:5].tolist()}")
+    return ids, False
+
+
+def _lookup(values: np.ndarray, keys: np.ndarray, name: str) -> np.ndarray:
+    """Positions of ``keys`` in the array of distinct ``values`` (ValueError naming missing keys)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    where = np.searchsorted(ordered, keys).clip(max=max(len(values) - 1, 0))
+    found = ordered[where] == keys if len(values) else np.zeros(len(keys), bool)
+    if not found.all():
+        raise ValueError(f"{name}: not in the index: {keys[~found][:5].tolist()}")
+    return order[where]
+
+
+def read_npy(path: Path, shape: tuple, dtypes) -> np.ndarray:
+    """An ``.npy`` file read without pickles and checked against the manifest's shape and dtypes."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path}: cannot read as .npy: {err}") from None
+    names = "/".join(np.dtype(d).name for d in dtypes)
+    if array.shape != shape or array.dtype.name not in names.split("/"):
+        raise ValueError(f"{path}: expected shape {shape} and dtype {names} as the manifest says, "
+                         f"got {array.shape} {array.dtype}")
+    return array
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The verified manifest of a saved index: every listed file present, of the recorded size and
+    sha256; the manifest's own checksum matches. Errors name the offending file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        left = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        hint = (f"; an interrupted save left the previous index at {left[0]} (rename it back)"
+                if left else "")
+        raise FileNotFoundError(f"index: no index directory {directory}{hint}")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing manifest (not a saved deepmetric index?)")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: corrupt manifest (not valid JSON: {err})") from None
+    if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
+        raise ValueError(f"{path}: checksum mismatch (the manifest is corrupted or was modified)")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: expected format {FORMAT} version {FORMAT_VERSION}, got "
+                         f"{manifest.get('format')} version {manifest.get('format_version')}")
+    for name, entry in manifest["files"].items():
+        file = directory / name
+        if Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{path}: bad file name {name!r} (expected a plain file name)")
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST})")
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise ValueError(f"{file}: size {size} bytes, the manifest says {entry['size']} "
+                             f"(truncated or modified file)")
+        if _sha256(file) != entry["sha256"]:
+            raise ValueError(f"{file}: checksum mismatch (the file is corrupted or was modified after saving)")
+    return manifest
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but a missing path, an empty directory or a saved index."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"directory: {target} exists and is not a directory")
+    if any(target.iterdir()) and not (target / MANIFEST).is_file():
+        raise ValueError(f"directory: {target} exists and is not a saved index (no {MANIFEST}); "
+                         f"refusing to replace it")
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is kept aside until the new one is in place."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Index:
+    """Base of every backend: ids, validation, ``search``/``remove`` plumbing and save/load.
+
+    A backend sets ``backend`` (its registry name) and ``options`` (the keyword arguments that
+    rebuild it, stored in the manifest) and implements ``_prepare`` (validate and convert input,
+    return it with its dimension), ``_add``, ``_search``, ``_remove``, ``_write`` and ``_read``.
+    """
+
+    backend = ""
+
+    def __init__(self, distance: str):
+        self.distance = distance
+        self.options: dict = {}
+        self._dim: int | None = None
+        self._labels = np.empty(0, dtype=np.int64)
+        self._names: np.ndarray | None = None  # string ids aligned with _labels
+        self._string_ids: bool | None = None  # fixed by the first add
+
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
+
+    def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}(distance={self.distance!r}{options}; n={len(self)}, dim={self.dim})"
+
+    @property
+    def dim(self) -> int | None:
+        """Dimension of the vectors (bits for binary codes); None until the first add."""
+        return self._dim
+
+    def _check_dim(self, d: int, name: str) -> None:
+        if self._dim is not None and d != self._dim:
+            raise ValueError(f"{name}: expected dimension {self._dim} like the index, got {d}")
+
+    # ---------------------------------------------------------------------------------- ids
+
+    def _new_labels(self, ids, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """int64 labels for ``n`` new items and their string ids (None for int ids), validated."""
+        if ids is None:
+            if self._string_ids:
+                raise ValueError("ids: this index has string ids; pass one string id per vector")
+            start = int(self._labels.max()) + 1 if len(self) else 0
+            return np.arange(start, start + n, dtype=np.int64), None
+        ids, is_string = _parse_ids(ids, n)
+        if self._string_ids is not None and is_string != self._string_ids:
+            kinds = ("int64", "string") if self._string_ids else ("string", "int64")
+            raise TypeError(f"ids: this index has {kinds[1]} ids, got {kinds[0]} ids")
+        unique, counts = np.unique(ids, return_counts=True)
+        if unique.shape[0] != n:
+            raise ValueError(f"ids: expected unique ids, got duplicates: {unique[counts > 1][:5].tolist()}")
+        known = self._names if is_string else self._labels
+        if known is not None:
+            clash = np.isin(ids, known)
+            if clash.any():
+                raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
+        if not is_string:
+            return ids, None
+        start = int(self._labels.max()) + 1 if len(self) else 0
+        return np.arange(start, start + n, dtype=np.int64), ids
+
+    def names(self, ids) -> list:
+        """The user's ids for int64 labels returned by :meth:`search`, as nested lists of the same
+        shape: strings for a string-id index, ints otherwise, None for empty slots (``-1``)."""
+        labels = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected int64 labels as returned by search, got dtype {labels.dtype}")
+        out = np.full(labels.shape, None, dtype=object)
+        valid = labels >= 0
+        values = labels[valid]
+        if self._string_ids:
+            values = self._names[_lookup(self._labels, values, "ids")]
+        else:
+            _lookup(self._labels, values, "ids")
+        out[valid] = values.tolist()
+        return out.tolist()
+
+    # ------------------------------------------------------------------------------ protocol
+
+    def add(self, vectors, ids=None) -> None:
+        """Add ``(N, D)`` vectors with unique ids (int64 or strings; default consecutive int64
+        from one past the largest id). The first add fixes the dimension and the id type."""
+        vectors, d = self._prepare(vectors, "vectors")
+        labels, names = self._new_labels(ids, int(vectors.shape[0]))
+        self._add(vectors, labels)
+        self._dim = d
+        self._labels = np.concatenate([self._labels, labels])
+        if self._string_ids is None:
+            self._string_ids = names is not None
+        if names is not None:
+            self._names = names if self._names is None else np.concatenate([self._names, names])
+
+    def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(distances, ids)``, both ``(Q, k)``: float32 distances in ascending order and int64 ids
+        (labels for string ids; see :meth:`names`). Empty slots hold id -1 and distance +inf."""
+        k = _check_k(k)
+        if len(self) == 0:
+            raise ValueError("search: the index is empty; add vectors first")
+        queries, _ = self._prepare(queries, "queries")
+        return self._search(queries, k)
+
+    def remove(self, ids) -> int:
+        """Remove the items with these ids (all must be in the index); returns how many."""
+        ids, is_string = _parse_ids(ids)
+        if len(ids) == 0:
+            return 0
+        if self._string_ids is not None and is_string != self._string_ids:
+            raise TypeError(f"ids: this index has {'string' if self._string_ids else 'int64'} ids")
+        known = (self._names if self._names is not None else np.empty(0, dtype=str)) if is_string else self._labels
+        positions = _lookup(known, np.unique(ids), "ids")
+        keep = np.ones(len(self), dtype=bool)
+        keep[positions] = False
+        self._remove(self._labels[positions], positions, keep)
+        self._labels = self._labels[keep]
+        if self._names is not None:
+            self._names = self._names[keep]
+        return int(positions.shape[0])
+
+    # ---------------------------------------------------------------------------- save/load
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the index to ``directory`` atomically (see the module docstring); returns the path."""
+        from deepmetric import __version__
+
+        if self._dim is None:
+            raise ValueError("save: the index has no dimension yet; add vectors first")
+        target = Path(directory)
+        _check_replaceable(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            files = list(self._write(tmp))
+            _write_npy(tmp / "ids.npy", self._labels)
+            files.append("ids.npy")
+            if self._string_ids:
+                (tmp / "ids.json").write_text(json.dumps(self._names.tolist()) + "\n")
+                files.append("ids.json")
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "backend": self.backend,
+                "options": self.options, "distance": self.distance, "dimension": self._dim,
+                "count": len(self), "ids": "string" if self._string_ids else "int64",
+                "deepmetric_version": __version__,
+                "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                          for name in files},
+            }
+            manifest["checksum"] = _manifest_checksum(manifest)
+            # no trailing newline: cutting any byte off the end breaks the JSON
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _move_into_place(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Index":
+        """Read an index saved by :meth:`save`, verifying the manifest first. ``Index.load`` (and
+        ``deepmetric.index.load``) builds whichever backend the manifest names."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        klass = INDEXES.get(manifest["backend"]) if cls is Index else cls
+        if klass.backend != manifest["backend"]:
+            raise ValueError(f"{directory}: holds a {manifest['backend']!r} index, not {cls.backend!r}; "
+                             f"use deepmetric.index.load")
+        index = klass(distance=manifest["distance"], **manifest["options"])
+        count = manifest["count"]
+        index._dim = manifest["dimension"]
+        index._read(directory, manifest)
+        index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
+        index._string_ids = manifest["ids"] == "string"
+        if index._string_ids:
+            names = json.loads((directory / "ids.json").read_text())
+            if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):
+                raise ValueError(f"{directory / 'ids.json'}: expected a list of {count} strings")
+            index._names = np.array(names, dtype=str)
+        return index
+
+    # ------------------------------------------------------------------------ backend hooks
+
+    def _prepare(self, vectors, name: str) -> tuple[object, int]:
+        """``(converted, dimension)``: validated input in the backend's form, dimension checked."""
+        raise NotImplementedError
+
+    def _add(self, vectors, labels: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _remove(self, labels: np.ndarray, positions: np.ndarray, keep: np.ndarray) -> None:
+        raise NotImplementedError(f"remove: the {self.backend} index cannot remove vectors")
+
+    def _write(self, directory: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _read(self, directory: Path, manifest: dict) -> None:
+        raise NotImplementedError
+
+
+def load(directory: str | os.PathLike) -> Index:
+    """Load a saved index of any backend (dispatching on its manifest); see :meth:`Index.load`."""
+    return Index.load(directory)

@@ -1,0 +1,589 @@
+"""Index backends: hand-worked searches, faiss flat against exact, recall of approximate indexes,
+binary top-k and radius search against brute force, ids (int64 and strings), remove, save/load with
+a verified manifest (byte flips, truncation, crashes during save), training and bad input."""
+import json
+import math
+import os
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import deepmetric.index as dmi
+from deepmetric.codes import hamming_distances
+from deepmetric.index import BinaryIndex, ExactIndex
+
+FLOAT_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
+# small settings so that every backend works on a few hundred vectors
+SMALL = {"exact": {}, "flat": {}, "ivf-flat": dict(nlist=4, nprobe=4), "hnsw": dict(M=8),
+         "ivf-pq": dict(nlist=4, m=4, nbits=4, nprobe=4), "faiss": dict(factory="IVF4,Flat", nprobe=4)}
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def clustered(n, d, seed, n_clusters=30, per_cluster=10):
+    """Two-level Gaussian clusters: unit-variance centres, ``per_cluster`` sub-centres at 0.3 around
+    each, points at 0.05 around a random sub-centre, so that a point's nearest neighbours (its
+    sub-cluster) are well defined."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, d, generator=gen).repeat_interleave(per_cluster, 0)
+    sub = centres + 0.3 * torch.randn(centres.shape, generator=gen)
+    return sub[torch.randint(0, sub.shape[0], (n,), generator=gen)] + 0.05 * torch.randn(n, d, generator=gen)
+
+
+def random_codes(n, bits, seed):
+    return torch.randint(0, 2, (n, bits), generator=torch.Generator().manual_seed(seed)).bool()
+
+
+def built(name, distance=None, n=300, d=8, seed=0, ids=None):
+    kwargs = dict(SMALL[name]) if name in SMALL else {}
+    if name == "binary":
+        index = dmi.create("binary")
+        index.add(random_codes(n, 20, seed), ids)
+        return index
+    index = dmi.create(name, distance=distance or "euclidean", **kwargs)
+    index.add(randn(n, d, seed=seed), ids)
+    return index
+
+
+def queries_for(index, q=7, seed=99):
+    return random_codes(q, index.dim, seed) if index.backend == "binary" else randn(q, index.dim, seed=seed)
+
+
+def brute_force_order(dist_row, k):
+    """Plain loop: positions sorted by (distance, position), the first k."""
+    return sorted(range(len(dist_row)), key=lambda j: (dist_row[j], j))[:k]
+
+
+# --------------------------------------------------------------------------------------------------
+# registry and hand-worked searches
+
+
+def test_registry_lists_every_backend():
+    assert dmi.names() == sorted(["binary", "exact", "faiss", "flat", "hnsw", "ivf-flat", "ivf-pq"])
+    with pytest.raises(KeyError, match="unknown index 'annoy'; known indexes: binary, exact"):
+        dmi.create("annoy")
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "hnsw", "faiss"])
+def test_every_distance_hand_worked(name):
+    # gallery a = (1, 0), b = (3, 4), c = (0, 2); query q = (2, 0)
+    # squared euclidean: |q-a|^2 = 1, |q-b|^2 = 1 + 16 = 17, |q-c|^2 = 4 + 4 = 8 -> a, c, b
+    # cosine: cos(q, a) = 1, cos(q, b) = 6 / (2 * 5) = 0.6, cos(q, c) = 0 -> 1 - cos = 0, 0.4, 1
+    # dot: q.a = 2, q.b = 6, q.c = 0 -> negated -6 (b), -2 (a), 0 (c)
+    expected = {"euclidean": ([10, 30, 20], [1.0, math.sqrt(8), math.sqrt(17)]),
+                "squared_euclidean": ([10, 30, 20], [1.0, 8.0, 17.0]),
+                "cosine": ([10, 20, 30], [0.0, 0.4, 1.0]),
+                "dot": ([20, 10, 30], [-6.0, -2.0, 0.0])}
+    options = {"ivf-flat": dict(nlist=1, nprobe=1), "faiss": dict(factory="IVF1,Flat")}.get(name, {})
+    for distance, (ids, dists) in expected.items():
+        index = dmi.create(name, distance=distance, **options)
+        index.add(torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, 2.0]]), ids=torch.tensor([10, 20, 30]))
+        d, i = index.search(torch.tensor([[2.0, 0.0]]), k=4)
+        assert i.dtype == torch.int64 and d.dtype == torch.float32 and d.shape == (1, 4)
+        assert i.tolist() == [ids + [-1]], (name, distance)
+        assert d[0, :3].tolist() == pytest.approx(dists, abs=1e-5)
+        assert d[0, 3] == math.inf
+
+
+def test_exact_index_add_search_ids():
+    index = dmi.create("exact", distance="euclidean")
+    assert isinstance(index, ExactIndex) and len(index) == 0 and index.dim is None
+    index.add(torch.tensor([[0.0], [10.0]]), ids=torch.tensor([100, 200]))
+    index.add(torch.tensor([[4.0], [10.0]]))  # default ids continue from the largest id: 201, 202
+    assert len(index) == 4 and index.dim == 1
+    d, ids = index.search(torch.tensor([[9.0], [1.0]]), k=3)
+    # query 9: 10 (id 200, d=1), 10 (id 202, d=1, later in the gallery), 4 (id 201, d=5)
+    # query 1: 0 (id 100, d=1), 4 (id 201, d=3), 10 (id 200, d=9)
+    assert ids.tolist() == [[200, 202, 201], [100, 201, 200]]
+    assert d.tolist() == [[1.0, 1.0, 5.0], [1.0, 3.0, 9.0]]
+    d, ids = index.search(torch.tensor([[0.0]]), k=6)
+    assert ids[0, 4:].tolist() == [-1, -1] and torch.isinf(d[0, 4:]).all()
+    assert index.names(ids) == [[100, 201, 200, 202, None, None]]
+
+
+def test_exact_index_errors():
+    index = ExactIndex("cosine")
+    with pytest.raises(ValueError, match="empty"):
+        index.search(torch.zeros(1, 2), 1)
+    index.add(torch.randn(3, 2), ids=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(torch.randn(1, 2), ids=torch.tensor([2]))
+    with pytest.raises(ValueError, match="unique"):
+        index.add(torch.randn(2, 2), ids=torch.tensor([7, 7]))
+    with pytest.raises(ValueError, match="vectors: expected dimension 2 like the index, got 3"):
+        index.add(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="queries: expected dimension 2 like the index, got 3"):
+        index.search(torch.randn(1, 3), 1)
+    with pytest.raises(ValueError, match="unknown name"):
+        ExactIndex("hamming")
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(torch.tensor([[math.nan, 0.0]]), 1)
+    with pytest.raises(ValueError, match=r"ids: expected shape \(2,\)"):
+        index.add(torch.randn(2, 2), ids=torch.tensor([8]))
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(torch.randn(1, 2), ids=torch.tensor([-1]))
+    with pytest.raises(TypeError, match="integer or string ids"):
+        index.add(torch.randn(1, 2), ids=torch.tensor([1.5]))
+    with pytest.raises(ValueError, match="k: expected an integer >= 1"):
+        index.search(torch.randn(1, 2), 0)
+    assert len(index) == 3
+
+
+def test_exact_index_does_not_alias_the_callers_tensor():
+    x = torch.tensor([[0.0], [5.0]])
+    index = ExactIndex()
+    index.add(x)
+    x[0, 0] = 100.0
+    assert index.search(torch.tensor([[1.0]]), 1)[1].tolist() == [[0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# faiss against exact
+
+
+def assert_same_neighbours(d, i, d_ref, i_ref, tol=1e-4):
+    """Distances equal to ``tol``; ids equal at every slot whose distance is not tied (within ``tol``)
+    with a neighbouring slot, so only the order among ties may differ."""
+    torch.testing.assert_close(d, d_ref, atol=tol, rtol=0)
+    gap_prev = torch.cat([torch.full((d.shape[0], 1), math.inf), d_ref[:, 1:] - d_ref[:, :-1]], 1)
+    gap_next = torch.cat([d_ref[:, 1:] - d_ref[:, :-1], torch.full((d.shape[0], 1), math.inf)], 1)
+    untied = (gap_prev > tol) & (gap_next > tol)
+    assert untied.float().mean() > 0.8  # the comparison is not vacuous
+    assert torch.equal(i[untied], i_ref[untied])
+
+
+@pytest.mark.parametrize("distance", FLOAT_DISTANCES)
+def test_faiss_flat_agrees_with_exact(distance):
+    g, q = randn(500, 16, seed=1), randn(40, 16, seed=2)
+    exact, flat = dmi.create("exact", distance=distance), dmi.create("flat", distance=distance)
+    ids = torch.randperm(500, generator=torch.Generator().manual_seed(3)) * 7
+    exact.add(g, ids)
+    flat.add(g, ids)
+    for k in (1, 10, 500):
+        assert_same_neighbours(*flat.search(q, k), *exact.search(q, k))
+
+
+def recall_at_10(index, q, exact_ids):
+    found = index.search(q, 10)[1]
+    return float((found.unsqueeze(2) == exact_ids.unsqueeze(1)).any(2).float().mean())
+
+
+@pytest.mark.parametrize("name,options,bound", [
+    ("ivf-flat", dict(nlist=30, nprobe=4), 0.9),
+    ("hnsw", dict(M=16, ef_search=32), 0.9),
+    ("ivf-pq", dict(nlist=30, m=8, nbits=6, nprobe=4), 0.5),
+    ("faiss", dict(factory="IVF30,PQ16x4np", nprobe=4), 0.5),
+])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_recall_at_10_against_exact_on_clustered_data(name, options, bound, distance):
+    x = clustered(3200, 32, seed=4)
+    g, q = x[:3000], x[3000:]
+    exact = dmi.create("exact", distance=distance)
+    exact.add(g)
+    exact_ids = exact.search(q, 10)[1]
+    index = dmi.create(name, distance=distance, **options)
+    index.add(g)
+    recall = recall_at_10(index, q, exact_ids)
+    print(f"recall@10 of {name} {options} ({distance}) against exact: {recall:.3f}")
+    assert recall >= bound
+
+
+# --------------------------------------------------------------------------------------------------
+# binary codes
+
+
+def test_binary_hand_worked():
+    # codes a = 1111, b = 1001 (as +-1), c = 0000; query 1101:
+    # H(q, a) = 1 (bit 2), H(q, b) = 1 (bit 1), H(q, c) = 3 -> a and b tie, insertion order keeps a first
+    index = BinaryIndex()
+    index.add(torch.tensor([[1, 1, 1, 1], [1, -1, -1, 1], [-1, -1, -1, -1]]), ids=["a", "b", "c"])
+    d, ids = index.search(torch.tensor([[1.0, 1.0, -1.0, 1.0]]), k=4)
+    assert index.names(ids) == [["a", "b", "c", None]]
+    assert d.tolist() == [[1.0, 1.0, 3.0, math.inf]]
+    distances, found = index.radius_search(torch.tensor([[1, 1, -1, 1]]), 1)
+    assert index.names(found[0]) == ["a", "b"] and distances[0].tolist() == [1.0, 1.0]
+    assert index.dim == 4 and index.distance == "hamming"
+
+
+@pytest.mark.parametrize("bits", [20, 64])
+def test_binary_search_equals_brute_force_loop(bits):
+    # 20 bits: many ties (checks the insertion order) and a padded last byte
+    db, q = random_codes(400, bits, 5), random_codes(25, bits, 6)
+    ids = torch.arange(400) * 3 + 1
+    index = BinaryIndex()
+    index.add(db, ids)
+    hd = hamming_distances(q, db)
+    for k in (1, 10, 400, 405):
+        d, found = index.search(q, k)
+        for a in range(25):
+            row = hd[a].tolist()
+            order = brute_force_order(row, k)
+            pad = k - len(order)
+            assert found[a].tolist() == [int(ids[j]) for j in order] + [-1] * pad
+            assert d[a].tolist() == [float(row[j]) for j in order] + [math.inf] * pad
+
+
+def near_duplicate_codes(n, bits, seed):
+    """Codes in small families: a random base code and copies with 0 to 3 bits flipped."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 2, (n // 4 + 1, bits), generator=gen).bool()
+    codes = base[torch.randint(0, base.shape[0], (n,), generator=gen)].clone()
+    flips = torch.randint(0, bits, (n, 3), generator=gen)
+    n_flips = torch.randint(0, 4, (n,), generator=gen)
+    for f in range(3):
+        rows = (n_flips > f).nonzero().flatten()
+        codes[rows, flips[rows, f]] ^= True
+    return codes
+
+
+def check_radius_search(index, db, ids, q, radius):
+    hd = hamming_distances(q, db)
+    distances, found = index.radius_search(q, radius)
+    assert len(distances) == len(found) == q.shape[0]
+    for a in range(q.shape[0]):
+        row = hd[a].tolist()
+        within = sorted((row[j], j) for j in range(len(row)) if row[j] <= radius)
+        assert found[a].tolist() == [int(ids[j]) for _, j in within]
+        assert distances[a].tolist() == [float(h) for h, _ in within]
+        assert found[a].dtype == torch.int64 and distances[a].dtype == torch.float32
+
+
+@pytest.mark.parametrize("bits", [12, 64, 200])
+def test_radius_search_equals_brute_force(bits):
+    codes = near_duplicate_codes(1200, bits, 7)
+    db, q = codes[:1100], codes[1100:]
+    ids = torch.arange(1100) + 1000
+    index = BinaryIndex()
+    index.add(db, ids)
+    for radius in (0, 1, 2, 3, 5, bits + 3):
+        check_radius_search(index, db, ids, q, radius)
+    assert index.radius_search(q[:0], 2) == ([], [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 60), st.integers(0, 12), st.integers(0, 2 ** 31))
+def test_radius_search_property(bits, n, radius, seed):
+    db = near_duplicate_codes(n, bits, seed)
+    q = near_duplicate_codes(5, bits, seed + 1)
+    index = BinaryIndex()
+    index.add(db)
+    check_radius_search(index, db, torch.arange(n), q, radius)
+
+
+def test_binary_errors():
+    with pytest.raises(ValueError, match="distance: the binary index measures Hamming distance"):
+        dmi.create("binary", distance="euclidean")
+    with pytest.raises(ValueError, match="unknown name 'hamming'"):
+        dmi.create("flat", distance="hamming")
+    index = BinaryIndex()
+    with pytest.raises(ValueError, match="empty"):
+        index.radius_search(random_codes(1, 8, 0), 1)
+    index.add(random_codes(10, 16, 0))
+    with pytest.raises(ValueError, match="vectors: expected dimension 16 like the index, got 24"):
+        index.add(random_codes(3, 24, 0))
+    with pytest.raises(ValueError, match="queries: expected dimension 16 like the index, got 8"):
+        index.search(random_codes(3, 8, 0), 1)
+    with pytest.raises(ValueError, match="radius: expected an integer"):
+        index.radius_search(random_codes(1, 16, 0), -1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(torch.full((1, 16), math.nan), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# ids, remove, training
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "hnsw", "binary"])
+def test_string_ids(name, tmp_path):
+    index = built(name, n=50, ids=[f"item-{j}" for j in range(50)])
+    index.add(queries_for(index, 3, seed=5), ids=["x", "y", "z"])
+    assert len(index) == 53
+    q = queries_for(index)
+    d, labels = index.search(q, 5)
+    assert labels.dtype == torch.int64
+    names = index.names(labels)
+    assert all(isinstance(s, str) for row in names for s in row)
+    # the labels are 0..52 in insertion order: label j names item-j, 50..52 name x, y, z
+    expected = [[f"item-{j}" if j < 50 else "xyz"[j - 50] for j in row] for row in labels.tolist()]
+    assert names == expected
+    index.save(tmp_path / "idx")
+    assert (tmp_path / "idx" / "ids.json").is_file()
+    loaded = dmi.load(tmp_path / "idx")
+    d2, labels2 = loaded.search(q, 5)
+    assert torch.equal(labels2, labels) and torch.equal(d2, d) and loaded.names(labels2) == names
+    with pytest.raises(TypeError, match="this index has string ids, got int64 ids"):
+        loaded.add(queries_for(index, 1), ids=torch.tensor([5]))
+    with pytest.raises(ValueError, match="string ids; pass one"):
+        loaded.add(queries_for(index, 1))
+    with pytest.raises(ValueError, match=r"already in the index: \['x'\]"):
+        loaded.add(queries_for(index, 2), ids=["new", "x"])
+    with pytest.raises(ValueError, match="duplicates"):
+        loaded.add(queries_for(index, 2), ids=["w", "w"])
+    with pytest.raises(TypeError, match="mix"):
+        loaded.add(queries_for(index, 2), ids=["w", 3])
+
+
+def test_int_index_refuses_string_ids_and_unknown_labels():
+    index = built("exact", n=5)
+    with pytest.raises(TypeError, match="this index has int64 ids, got string ids"):
+        index.add(randn(1, 8), ids=["a"])
+    with pytest.raises(ValueError, match=r"ids: not in the index: \[77\]"):
+        index.names(torch.tensor([[0, 77]]))
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "ivf-pq", "binary"])
+def test_remove(name):
+    index = built(name, n=300, ids=torch.arange(300) * 2)
+    gone = torch.arange(0, 600, 6)  # every third item
+    q = queries_for(index, 20)
+    assert index.remove(gone) == 100
+    assert len(index) == 200
+    d, ids = index.search(q, 250)
+    assert not torch.isin(ids, gone).any()
+    assert (ids[:, :200] >= 0).all() and (ids[:, 200:] == -1).all()  # every remaining item is found
+    with pytest.raises(ValueError, match=r"ids: not in the index: \[0\]"):
+        index.remove(torch.tensor([0]))
+    if name in ("exact", "flat", "binary"):  # exact search: same as an index of the remaining items only
+        keep = ~torch.isin(torch.arange(300) * 2, gone)
+        rebuilt = dmi.create(name, **({} if name == "binary" else {"distance": "euclidean"}))
+        data = random_codes(300, 20, 0) if name == "binary" else randn(300, 8, seed=0)
+        rebuilt.add(data[keep], (torch.arange(300) * 2)[keep])
+        d_ref, ids_ref = rebuilt.search(q, 10)
+        d, ids = index.search(q, 10)
+        if name == "flat":
+            assert_same_neighbours(d, ids, d_ref, ids_ref)
+        else:
+            assert torch.equal(ids, ids_ref) and torch.equal(d, d_ref)
+    # 598 = 299 * 2 is kept (not a multiple of 6): default ids continue after it with 599, 600
+    index.add(queries_for(index, 2, seed=8))
+    assert index.names(torch.tensor([[599, 600]])) == [[599, 600]]
+    with pytest.raises(ValueError, match=r"not in the index: \[601\]"):
+        index.names(torch.tensor([[601]]))
+
+
+def test_remove_string_ids_then_reuse_names():
+    data = randn(4, 8, seed=0)
+    index = dmi.create("flat")
+    index.add(data, ids=["a", "b", "c", "d"])
+    assert index.remove(["b", "d"]) == 2
+    d, ids = index.search(data[:1], 4)  # query = the vector of "a"
+    assert index.names(ids)[0][:2] == ["a", "c"] and ids[0, 2:].tolist() == [-1, -1]
+    index.add(torch.full((1, 8), 100.0), ids=["b"])  # a removed name can come back
+    assert index.names(index.search(torch.full((1, 8), 99.0), 1)[1]) == [["b"]]
+    with pytest.raises(ValueError, match=r"ids: not in the index: \['d'\]"):
+        index.remove(["d"])
+
+
+def test_hnsw_cannot_remove_and_stays_intact():
+    index = built("hnsw", n=100)
+    q = queries_for(index)
+    before = index.search(q, 5)
+    with pytest.raises(NotImplementedError, match="remove: the hnsw index .* cannot remove"):
+        index.remove(torch.tensor([3]))
+    assert len(index) == 100
+    after = index.search(q, 5)
+    assert torch.equal(before[1], after[1]) and torch.equal(before[0], after[0])
+
+
+def test_training_on_first_add_or_explicitly():
+    with pytest.raises(ValueError, match=r"vectors: cannot train the ivf-flat index 'IVF100,Flat' on 50 vectors"):
+        dmi.create("ivf-flat", nlist=100).add(randn(50, 8))
+    with pytest.raises(ValueError, match=r"cannot train the ivf-pq index .* on 100 vectors"):
+        dmi.create("ivf-pq", nlist=4, m=4, nbits=8).add(randn(100, 8))  # PQ needs 2^8 = 256
+    index = dmi.create("ivf-flat", nlist=4, nprobe=4)  # nprobe = nlist: exact
+    index.train(randn(200, 8, seed=1))
+    assert len(index) == 0 and index.dim == 8
+    index.add(randn(3, 8, seed=2), ids=torch.tensor([5, 6, 7]))  # too few to train, but trained already
+    exact = dmi.create("exact")
+    exact.add(randn(3, 8, seed=2), ids=torch.tensor([5, 6, 7]))
+    q = randn(4, 8, seed=3)
+    assert torch.equal(index.search(q, 3)[1], exact.search(q, 3)[1])
+    with pytest.raises(ValueError, match="vectors: expected dimension 8"):
+        index.train(randn(200, 4))
+
+
+def test_bad_options_are_clear():
+    with pytest.raises(ValueError, match="m: expected a divisor of the dimension 10"):
+        dmi.create("ivf-pq", m=4).add(randn(300, 10))
+    with pytest.raises(ValueError, match="factory: faiss cannot build 'IVFnope'"):
+        dmi.create("faiss", factory="IVFnope").add(randn(300, 10))
+    with pytest.raises(ValueError, match="nprobe: does not apply to the faiss index 'HNSW8'"):
+        dmi.create("faiss", factory="HNSW8", nprobe=4).add(randn(30, 10))
+    with pytest.raises(ValueError, match="factory: expected a faiss index factory string"):
+        dmi.create("faiss", factory="")
+    with pytest.raises(ValueError, match="nlist: expected an integer >= 1, got 0"):
+        dmi.create("ivf-flat", nlist=0)
+    with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
+        dmi.create("hnsw", nlist=3)
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "hnsw", "ivf-pq", "faiss", "binary"])
+def test_k_beyond_the_index_pads(name):
+    index = built(name, n=40)
+    d, ids = index.search(queries_for(index, 3), 45)
+    assert ids.shape == (3, 45) and (ids[:, 40:] == -1).all() and torch.isinf(d[:, 40:]).all()
+    found = ids[:, :40]
+    assert (found >= 0).all() and all(len(set(row)) == 40 for row in found.tolist())
+    assert (d[:, 1:40] >= d[:, :39]).all()  # ascending
+
+
+# --------------------------------------------------------------------------------------------------
+# save and load
+
+
+ROUND_TRIPS = [("exact", "euclidean"), ("exact", "dot"), ("flat", "cosine"), ("ivf-flat", "dot"),
+               ("hnsw", "squared_euclidean"), ("ivf-pq", "euclidean"), ("faiss", "cosine"), ("binary", None)]
+
+
+@pytest.mark.parametrize("name,distance", ROUND_TRIPS)
+def test_save_load_round_trip(name, distance, tmp_path):
+    index = built(name, distance, n=300, ids=torch.arange(300) * 5 + 2)
+    q = queries_for(index, 12)
+    before = index.search(q, 10)
+    assert index.save(tmp_path / "idx") == tmp_path / "idx"
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["backend"] == name and manifest["count"] == 300 and manifest["dimension"] == index.dim
+    assert manifest["distance"] == index.distance and manifest["options"] == index.options
+    assert set(manifest["files"]) == {f for f in os.listdir(tmp_path / "idx") if f != "manifest.json"}
+    for f, entry in manifest["files"].items():
+        assert entry["size"] == (tmp_path / "idx" / f).stat().st_size and len(entry["sha256"]) == 64
+    loaded = dmi.load(tmp_path / "idx")
+    assert type(loaded) is type(index) and len(loaded) == 300 and loaded.dim == index.dim
+    assert loaded.distance == index.distance and loaded.options == index.options
+    after = loaded.search(q, 10)
+    assert torch.equal(after[1], before[1]) and torch.equal(after[0], before[0])
+    assert type(index).load(tmp_path / "idx").search(q, 10)[1].tolist() == before[1].tolist()
+    # still usable: add more (an IVF index stays trained), wrong dimensions fail clearly
+    loaded.add(queries_for(index, 2, seed=5))
+    assert len(loaded) == 302
+    wrong = random_codes(2, index.dim + 1, 0) if name == "binary" else randn(2, index.dim + 1)
+    with pytest.raises(ValueError, match=f"vectors: expected dimension {index.dim} like the index"):
+        loaded.add(wrong)
+    with pytest.raises(ValueError, match=f"queries: expected dimension {index.dim} like the index"):
+        loaded.search(wrong, 3)
+
+
+def test_loading_with_the_wrong_class_is_clear(tmp_path):
+    built("hnsw", n=20).save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="holds a 'hnsw' index, not 'flat'"):
+        dmi.FlatIndex.load(tmp_path / "idx")
+
+
+def test_search_parameters_survive_save_and_load(tmp_path):
+    index = dmi.create("hnsw", M=8, ef_construction=20, ef_search=7)
+    index.add(randn(100, 8))
+    index.save(tmp_path / "idx")
+    loaded = dmi.load(tmp_path / "idx")
+    hnsw = faiss.downcast_index(faiss.downcast_index(loaded._index).index).hnsw
+    assert (hnsw.efSearch, hnsw.efConstruction) == (7, 20)
+
+
+def flip_byte(path, position, mask=0xFF):
+    data = bytearray(path.read_bytes())
+    data[position] ^= mask
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["exact", "ivf-flat", "hnsw", "binary"])
+def test_flipping_a_byte_of_any_file_fails_naming_it(name, tmp_path):
+    index = built(name, n=100, ids=[f"id{j}" for j in range(100)])
+    q = queries_for(index)
+    expected = index.search(q, 5)
+    directory = index.save(tmp_path / "idx")
+    files = sorted(os.listdir(directory))
+    assert {"manifest.json", "ids.npy", "ids.json"} <= set(files) and len(files) == 4
+    for file in files:
+        # every byte of the manifest (one backend; every third byte for the others); a few bytes of the
+        # other files (their sha256 covers every byte). Mask 0xFF makes non-ASCII bytes; mask 0x01 keeps
+        # the JSON readable (a digit of a size, a letter of a checksum) so the checksums must catch it.
+        size = (directory / file).stat().st_size
+        every = 1 if name == "exact" else 3
+        positions = (range(0, size, every) if file == "manifest.json"
+                     else sorted({0, 1, size // 3, size // 2, size - 1}))
+        for position in positions:
+            for mask in (0xFF, 0x01):
+                flip_byte(directory / file, position, mask)
+                with pytest.raises(ValueError) as err:
+                    dmi.load(directory)
+                assert str(directory / file) in str(err.value), (file, position, mask, str(err.value))
+                flip_byte(directory / file, position, mask)  # flipping again restores it
+    loaded = dmi.load(directory)  # the restored files load and search as before
+    assert torch.equal(loaded.search(q, 5)[1], expected[1])
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "binary"])
+def test_truncated_or_missing_files_fail_naming_them(name, tmp_path):
+    built(name, n=100).save(tmp_path / "good")
+    for file in sorted(os.listdir(tmp_path / "good")):
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(tmp_path / "good", bad)
+        data = (bad / file).read_bytes()
+        (bad / file).write_bytes(data[:-1])
+        with pytest.raises(ValueError, match="truncated" if file != "manifest.json" else "manifest") as err:
+            dmi.load(bad)
+        assert str(bad / file) in str(err.value)
+        (bad / file).unlink()
+        with pytest.raises(FileNotFoundError, match="missing") as err:
+            dmi.load(bad)
+        assert str(bad / file) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no index directory"):
+        dmi.load(tmp_path / "nowhere")
+
+
+def test_save_refuses_to_replace_other_directories(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a saved index .* refusing to replace it"):
+        built("exact", n=5).save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="no dimension yet"):
+        dmi.create("flat").save(tmp_path / "empty")
+
+
+def leftovers(tmp_path):
+    return sorted(p for p in os.listdir(tmp_path) if p != "idx")
+
+
+@pytest.mark.parametrize("name,target", [("exact", (np, "save")), ("flat", (faiss, "write_index")),
+                                         ("binary", (faiss, "write_index_binary")),
+                                         ("hnsw", (os, "rename"))])
+def test_crash_during_save_keeps_the_old_index(name, target, tmp_path, monkeypatch):
+    old = built(name, n=60, seed=1)
+    q = queries_for(old)
+    expected = old.search(q, 5)
+    old.save(tmp_path / "idx")
+    new = built(name, n=80, seed=2)
+    module, attr = target
+    real = getattr(module, attr)
+
+    def crash(*args, **kwargs):
+        if module is os and ".tmp-" not in str(args[0]):  # let the old index be moved aside and back
+            return real(*args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, attr, crash)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(tmp_path / "idx")
+    monkeypatch.undo()
+    assert leftovers(tmp_path) == []
+    loaded = dmi.load(tmp_path / "idx")
+    assert len(loaded) == 60
+    got = loaded.search(q, 5)
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
+    new.save(tmp_path / "idx")  # a later save replaces it
+    assert len(dmi.load(tmp_path / "idx")) == 80 and leftovers(tmp_path) == []
+
+
+def test_interrupted_swap_is_reported_on_load(tmp_path):
+    built("exact", n=5).save(tmp_path / "idx")
+    os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234")  # as if the process died mid-swap
+    with pytest.raises(FileNotFoundError, match=r"previous index at .*\.idx\.old-1234"):
+        dmi.load(tmp_path / "idx")

@@ -1,0 +1,118 @@
+"""`deepmetric index build` and `deepmetric index search` through click's CliRunner."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import deepmetric.index as dmi
+from deepmetric.cli import main
+from deepmetric.data import save_npz
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def write(path, x, **arrays):
+    np.savez(path, X=np.asarray(x), **arrays)
+    return path
+
+
+def test_list_indexes():
+    result = run("list", "indexes")
+    assert result.exit_code == 0
+    assert result.output.strip() == "indexes: binary, exact, faiss, flat, hnsw, ivf-flat, ivf-pq"
+
+
+def test_build_and_search_hand_worked(tmp_path):
+    # gallery on a line: 0, 1, 3, 6 with ids 10, 11, 13, 16; queries 2 and 5.5
+    # query 2: distances 2, 1, 1, 4 -> 11 and 13 tie (1; insertion order), then 10 (2); k = 3
+    # query 5.5: distances 5.5, 4.5, 2.5, 0.5 -> 16, 13, 11
+    emb = save_npz(tmp_path / "emb.npz", [[0.0], [1.0], [3.0], [6.0]], [0, 0, 1, 1],
+                   ids=[10, 11, 13, 16], distance="euclidean")
+    queries = write(tmp_path / "q.npz", np.array([[2.0], [5.5]], dtype=np.float32))
+    result = run("index", "build", emb, "--out", tmp_path / "idx")
+    assert result.exit_code == 0, result.output
+    assert f"wrote an exact index of 4 vectors (dimension 1, distance euclidean) to {tmp_path / 'idx'}" in result.output
+    result = run("index", "search", tmp_path / "idx", queries, "-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out == {"ids": [[11, 13, 10], [16, 13, 11]], "distances": [[1.0, 1.0, 2.0], [0.5, 2.5, 4.5]]}
+    # k beyond the index: empty slots are null in JSON
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 5, "--json").output)
+    assert out["ids"][0][4] is None and out["distances"][0][4] is None
+    # readable output
+    result = run("index", "search", tmp_path / "idx", queries, "-k", 2)
+    assert result.exit_code == 0
+    assert "query 0: 11 (1), 13 (1)" in result.output and "query 1: 16 (0.5), 13 (2.5)" in result.output
+
+
+@pytest.mark.parametrize("backend,options", [("flat", []), ("hnsw", ["--option", "M=8"]),
+                                             ("ivf-flat", ["--option", "nlist=4", "--option", "nprobe=4"]),
+                                             ("IVF4,Flat", ["--option", "nprobe=4"])])
+def test_cli_matches_the_python_api(backend, options, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x, q = torch.randn(200, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    emb = save_npz(tmp_path / "emb.npz", x.numpy(), np.zeros(200, dtype=np.int64), distance="cosine")
+    queries = write(tmp_path / "q.npz", q.numpy())
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", backend, *options)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["distance"] == "cosine"  # recorded in the embeddings file
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 4, "--json").output)
+    exact = dmi.create("exact", distance="cosine")
+    exact.add(x)
+    d, ids = exact.search(q, 4)
+    assert np.allclose(out["distances"], d.numpy(), atol=1e-4)
+    if backend in ("flat", "IVF4,Flat"):  # exact: nprobe = nlist
+        assert out["ids"] == ids.tolist()
+
+
+def test_string_ids_and_distance_override(tmp_path):
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    emb = write(tmp_path / "emb.npz", x, y=np.zeros(3, dtype=np.int64), ids=np.array(["up", "right", "left"]))
+    queries = write(tmp_path / "q.npz", np.array([[2.0, 0.1]], dtype=np.float32))
+    # dot: q.x = 0.1, 2, -2 -> right (-2), up (-0.1), left (2)
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "flat", "--distance", "dot")
+    assert result.exit_code == 0, result.output
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 3, "--json").output)
+    assert out["ids"] == [["right", "up", "left"]]
+    assert out["distances"][0] == pytest.approx([-2.0, -0.1, 2.0], abs=1e-6)
+
+
+def test_binary_backend(tmp_path):
+    # codes as +-1: a = ++++, b = +--+, c = ----; query ++-+: H = 1, 1, 3
+    codes = np.array([[1, 1, 1, 1], [1, -1, -1, 1], [-1, -1, -1, -1]], dtype=np.float32)
+    emb = write(tmp_path / "codes.npz", codes, ids=np.array(["a", "b", "c"]))
+    queries = write(tmp_path / "q.npz", np.array([[1, 1, -1, 1]], dtype=np.float32))
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "binary")
+    assert result.exit_code == 0, result.output
+    assert "wrote a binary index of 3 vectors (dimension 4, distance hamming)" in result.output
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 3, "--json").output)
+    assert out == {"ids": [["a", "b", "c"]], "distances": [[1.0, 1.0, 3.0]]}
+
+
+def test_errors_are_clear(tmp_path):
+    emb = save_npz(tmp_path / "emb.npz", np.random.default_rng(0).normal(size=(20, 4)), np.zeros(20, dtype=np.int64))
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--distance", "manhattan")
+    assert result.exit_code != 0 and "unknown name 'manhattan'" in result.output
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "IVFnope")
+    assert result.exit_code != 0 and "factory: faiss cannot build 'IVFnope'" in result.output
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--option", "nlist")
+    assert result.exit_code != 0 and "--option: expected KEY=VALUE, got 'nlist'" in result.output
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "ivf-flat")  # nlist=100 > 20
+    assert result.exit_code != 0 and "cannot train the ivf-flat index" in result.output
+    not_npz = tmp_path / "x.npz"
+    not_npz.write_text("hello")
+    result = run("index", "build", not_npz, "--out", tmp_path / "idx")
+    assert result.exit_code != 0 and "cannot read as npz" in result.output
+    assert run("index", "build", emb, "--out", tmp_path / "idx").exit_code == 0
+    queries = write(tmp_path / "q.npz", np.zeros((1, 3), dtype=np.float32))
+    result = run("index", "search", tmp_path / "idx", queries, "--json")
+    assert result.exit_code != 0 and "queries: expected dimension 4 like the index, got 3" in result.output
+    ids_file = tmp_path / "idx" / "ids.npy"
+    ids_file.write_bytes(ids_file.read_bytes()[:-8])
+    result = run("index", "search", tmp_path / "idx", write(tmp_path / "q4.npz", np.zeros((1, 4))))
+    assert result.exit_code != 0 and str(ids_file) in result.output and "truncated" in result.output

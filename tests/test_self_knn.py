@@ -1,0 +1,91 @@
+"""The symmetric query-in-gallery search equals the plain per-query search, exactly."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepmetric.index import exact
+from deepmetric.index.exact import _Searcher, knn, self_knn
+
+DISTANCES = ["euclidean", "squared_euclidean", "cosine", "dot"]
+
+
+def plain(x, k, distance, groups=None):
+    """Every query ranked against the whole gallery in one block (no symmetry, no thresholds)."""
+    return _Searcher(x, distance, gallery_chunk_size=x.shape[0]).search(
+        x, k, torch.arange(x.shape[0]), groups, groups)
+
+
+def with_duplicates(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    x[5], x[9] = x[3], x[3]  # exact ties must come back in gallery order
+    x[n // 2: n // 2 + 40] = x[1]  # a run of identical vectors longer than k
+    return x, torch.randint(0, 30, (n,), generator=g)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("block", [64, 100, 256, 5000])
+def test_equals_the_plain_search(distance, block):
+    x, groups = with_duplicates(700, 8, seed=1)
+    for k in (1, 7, 60):
+        for g in (None, groups):
+            d, i = self_knn(x, k, distance, g, block_size=block)
+            ref_d, ref_i = plain(x, k, distance, g)
+            assert torch.equal(i, ref_i)
+            torch.testing.assert_close(d, ref_d, rtol=1e-5, atol=1e-5)
+
+
+def test_k_beyond_the_gallery_pads_like_knn():
+    x, groups = with_duplicates(90, 4, seed=2)
+    for g in (None, groups):
+        d, i = self_knn(x, 120, "euclidean", g, block_size=64)
+        ref_d, ref_i = plain(x, 120, "euclidean", g)
+        assert torch.equal(i, ref_i)
+        assert torch.isinf(d[:, 89:]).all() and (i[:, 89:] == -1).all()
+
+
+def test_rows_whose_estimate_was_too_low_are_searched_again(monkeypatch):
+    """With a tiny sample the estimated thresholds are often below the k-th distance; those rows
+    must be redone exactly (and only those)."""
+    calls = []
+    search = _Searcher.search
+
+    def recording(self, queries, k, *args):
+        calls.append(queries.shape[0])
+        return search(self, queries, k, *args)
+
+    monkeypatch.setattr(exact, "_SAMPLE", 32)
+    monkeypatch.setattr(_Searcher, "search", recording)
+    x, _ = with_duplicates(640, 8, seed=3)
+    d, i = self_knn(x, 16, "euclidean", block_size=128)
+    assert calls and 0 < calls[0] < 640
+    monkeypatch.setattr(_Searcher, "search", search)
+    ref_d, ref_i = plain(x, 16, "euclidean")
+    assert torch.equal(i, ref_i)
+
+
+def test_knn_uses_the_symmetric_search_only_for_one_tensor(monkeypatch):
+    x, _ = with_duplicates(200, 4, seed=4)
+    used = []
+    monkeypatch.setattr(exact, "self_knn", lambda *a, **kw: used.append(1) or self_knn(*a, **kw))
+    a = knn(x, x, 5, exclude_self=True)
+    assert used == [1]
+    b = knn(x, x.clone(), 5, exclude_self=True)
+    assert used == [1]
+    assert torch.equal(a[1], b[1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 150), k=st.integers(1, 20), block=st.sampled_from([16, 64, 128]),
+       distance=st.sampled_from(DISTANCES), seed=st.integers(0, 10_000), n_groups=st.integers(0, 6))
+def test_property_equals_the_plain_search(n, k, block, distance, seed, n_groups):
+    g = torch.Generator().manual_seed(seed)
+    # a small integer grid gives many exact ties (products of small integers are exact in float32);
+    # cosine distances of such vectors are not exact, so cosine gets continuous vectors instead
+    x = torch.randn(n, 3, generator=g) if distance == "cosine" else torch.randint(-2, 3, (n, 3), generator=g).float()
+    groups = torch.randint(0, n_groups, (n,), generator=g) if n_groups else None
+    d, i = self_knn(x, k, distance, groups, block_size=block)
+    ref_d, ref_i = plain(x, k, distance, groups)
+    assert torch.equal(i, ref_i)
+    torch.testing.assert_close(d, ref_d, rtol=1e-5, atol=1e-5)
