@@ -175,12 +175,10 @@ class _Searcher:
 
 # ----------------------------------------------------------------------------- query-in-gallery search
 
-#: rows (and columns) of one block of the symmetric search, and the width of the groups of a block's
-#: row or column screened together by their minimum
+#: rows (and columns) of one block of the symmetric search
 SELF_BLOCK = 2048
-_GROUP = 64
 #: gallery items sampled to estimate each row's k-th distance before the search
-_SAMPLE = 4096
+_SAMPLE = 2048
 
 
 def _symmetric_factors(x: torch.Tensor, distance: str):
@@ -263,26 +261,21 @@ class _RunningTopK:
             self.thr = torch.minimum(self.estimate, self.values[:, -1])
 
 
-def _candidates(s: torch.Tensor, thr: torch.Tensor, by_row: bool):
+def _candidates(s: torch.Tensor, thr: torch.Tensor, by_row: bool, mask: torch.Tensor):
     """``(rows, cols)`` of the entries of ``s`` at or below their row's (``by_row``) or column's threshold.
 
-    Entries are screened 64 at a time by their minimum, so only groups holding a candidate are read again.
+    ``mask`` is a reused bool buffer of ``s``'s size. Candidates are rare, so the mask is first read 8
+    entries at a time (as int64 words) and only the words holding a candidate are read entry by entry.
     """
-    n_rows, n_cols = s.shape
-    if (n_cols if by_row else n_rows) % _GROUP:
-        nz = (s <= (thr[:, None] if by_row else thr[None, :])).nonzero()
-        return nz[:, 0], nz[:, 1]
-    if by_row:
-        grouped = s.view(n_rows, n_cols // _GROUP, _GROUP)
-        hit = (grouped.amin(2) <= thr[:, None]).nonzero()
-        r, g = hit[:, 0], hit[:, 1]
-        inside = (grouped[r, g] <= thr[r, None]).nonzero()
-        return r[inside[:, 0]], g[inside[:, 0]] * _GROUP + inside[:, 1]
-    grouped = s.view(n_rows // _GROUP, _GROUP, n_cols)
-    hit = (grouped.amin(1) <= thr[None, :]).nonzero()
-    g, c = hit[:, 0], hit[:, 1]
-    inside = (grouped[g, :, c] <= thr[c, None]).nonzero()
-    return g[inside[:, 0]] * _GROUP + inside[:, 1], c[inside[:, 0]]
+    n_cols = s.shape[1]
+    flat = torch.le(s, thr[:, None] if by_row else thr[None, :], out=mask).view(-1)
+    if flat.numel() % 8:
+        pos = flat.nonzero().flatten()
+    else:
+        words = flat.view(torch.int64).nonzero().flatten()
+        hit = flat.view(-1, 8).index_select(0, words).nonzero()
+        pos = words[hit[:, 0]] * 8 + hit[:, 1]
+    return pos // n_cols, pos % n_cols
 
 
 def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch.Tensor | None = None,
@@ -295,16 +288,16 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     and ranked both along its rows (for the items of I) and along its columns (for the items of J).
 
     Ranking a block costs a pass over it rather than a sort. Each row keeps a threshold: first an
-    estimate of its k-th score from a random sample of the gallery, chosen so that about 2k items fall
+    estimate of its k-th score from a random sample of the gallery, chosen so that about 3k items fall
     below it, then the k-th best score found so far. Only entries at or below their row's threshold
-    are collected (groups of 64 entries are screened by their minimum) and merged into the running
-    top-k. A row whose estimate proved too low (fewer than k items below it) is searched again with
+    are collected and merged into the running top-k. A row whose estimate proved too low (fewer than k items below it) is searched again with
     :func:`knn`, so the result is always exact. Memory: ``O(n * k + block_size^2)``.
     """
     n = x.shape[0]
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
     buffer = x.new_empty(min(block_size, n) * min(block_size, n))
+    mask = torch.empty(buffer.shape, dtype=torch.bool, device=x.device)
 
     def scores(rows: slice, cols: torch.Tensor | slice, out: torch.Tensor) -> torch.Tensor:
         torch.mm(a[rows], b[cols].T, out=out)
@@ -312,16 +305,17 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
             out.masked_fill_(groups[rows, None] == groups[None, cols], math.inf)
         return out
 
-    # thresholds: about 2k of the n - 1 other items are expected at or below the q-th of m sampled scores
+    # thresholds: about 3k of the n - 1 other items are expected at or below the q-th of m sampled
+    # scores; fewer than k are, i.e. Binomial(m, k / n) >= q, for about 0.2% of the rows at n = 1e5
     m = min(n, _SAMPLE)
-    q = math.ceil(2 * k * m / max(n - 1, 1))
+    q = math.ceil(3 * k * m / max(n - 1, 1))
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(x.device)
     estimate = x.new_full((n,), math.inf)
     if q <= m // 2:
         for i0, i1 in bounds:
             s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
             s[torch.arange(i0, i1, device=x.device)[:, None] == sample[None, :]] = math.inf
-            estimate[i0:i1] = s.kthvalue(q, dim=1).values
+            estimate[i0:i1] = s.topk(q, dim=1, largest=False, sorted=True).values[:, -1]
     states = [_RunningTopK(i1 - i0, k, estimate[i0:i1]) for i0, i1 in bounds]
 
     for bi, (i0, i1) in enumerate(bounds):
@@ -330,10 +324,10 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
             s = scores(slice(i0, i1), slice(j0, j1), buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0))
             if bi == bj:
                 s.fill_diagonal_(math.inf)
-            rows, cols = _candidates(s, states[bi].thr, by_row=True)
+            rows, cols = _candidates(s, states[bi].thr, True, mask[: s.numel()].view(s.shape))
             states[bi].add(rows, cols + j0, s[rows, cols])
             if bj != bi:
-                rows, cols = _candidates(s, states[bj].thr, by_row=False)
+                rows, cols = _candidates(s, states[bj].thr, False, mask[: s.numel()].view(s.shape))
                 states[bj].add(cols, rows + i0, s[rows, cols])
 
     for state in states:
