@@ -247,8 +247,7 @@ class _IndexSearcher:
         self.index.add(gallery)
 
     def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
-        if query_groups is not None:
-            raise ValueError("groups: excluding groups needs the exact search; leave index=None")
+        """Groups are refused by ``evaluate`` before an index is built."""
         width = min(k + int(self_index is not None), self.n)
         distances, ids = self.index.search(queries, width)
         if self_index is not None:
@@ -330,6 +329,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if relevance_fn is not None and not callable(relevance_fn):
         raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
                         f"got {type(relevance_fn).__name__}")
+    if index is not None and (groups is not None or gallery_groups is not None):
+        raise ValueError("groups: excluding groups needs the exact search; leave index=None")
     if per_class and is_multilabel(q_labels):
         raise ValueError("per_class: needs one class per query; multi-label (bool) labels have none")
     n_q, n_g = queries.shape[0], gallery.shape[0]

@@ -456,3 +456,273 @@ def multi_similarity_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: t
     """
     losses = _MultiSimilarityRows.apply(sim, pos_mask, neg_mask, float(alpha), float(beta), float(base))
     return reduce_losses(losses, reduction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pair-based losses on the whole (B, R) matrix: binomial deviance, lifted structure, margin,
+# circle, NT-Xent, SupCon, FastAP, histogram.
+# ----------------------------------------------------------------------------------------------
+
+
+def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, dim: int = 1):
+    """``(values, nonempty)``: ``log sum_{k: mask_k} exp(x_k)`` along ``dim`` and whether the
+    selection is non-empty. An empty selection gives the value 0 with zero gradients (never
+    ``-inf`` or NaN); callers use ``nonempty`` to treat it as the empty sum it is."""
+    has = mask.any(dim, keepdim=True)
+    xm = x.masked_fill(~mask, float("-inf"))
+    m = torch.where(has, xm.detach().amax(dim, keepdim=True), 0.0)
+    s = (xm - m).exp().sum(dim, keepdim=True)  # >= 1 on non-empty rows
+    out = torch.where(has, s, 1.0).log() + m
+    return out.squeeze(dim), has.squeeze(dim)
+
+
+def _sentinel(dtype) -> float:
+    """A very negative finite stand-in for ``log 0`` (``-inf`` would give NaN gradients)."""
+    return torch.finfo(dtype).min / 4
+
+
+def binomial_deviance_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                           alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0,
+                           reduction: str = "mean") -> torch.Tensor:
+    """Binomial deviance loss (Yi, Lei, Liao, Li, ICPR 2014, "Deep Metric Learning for Person
+    Re-identification")::
+
+        L = sum_{i,j} W_ij log(1 + exp(-alpha (S_ij - beta) M_ij))
+
+    ``M_ij = 1`` on positive pairs and ``-C`` (``cost``) on negative pairs; ``W_ij = 1 / n_pos``
+    on positives and ``1 / n_neg`` on negatives: each side is reduced separately
+    (``reduction="mean"``, the paper's ``W``) and the two are added. ``sim`` is a ``(B, R)``
+    similarity matrix, the masks ``(B, R)`` bool.
+    """
+    check_reduction(reduction)
+    z = sim - beta
+    pos = torch.where(pos_mask, F.softplus(z * -alpha), 0.0)
+    neg = torch.where(neg_mask, F.softplus(z * (alpha * cost)), 0.0)
+    return _reduce_masked(pos, pos_mask, reduction) + _reduce_masked(neg, neg_mask, reduction)
+
+
+def lifted_structure_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                          neg_margin: float = 1.0, pos_margin: float = 0.0, same_set: bool = True,
+                          reduction: str = "mean") -> torch.Tensor:
+    """Lifted structured loss (Oh Song, Xiang, Jegelka, Savarese, CVPR 2016, "Deep Metric Learning
+    via Lifted Structured Feature Embedding"), eq. (4), with a positive margin as in
+    pytorch-metric-learning::
+
+        J_ij = log( sum_{(i,k) in N} exp(alpha - D_ik) + sum_{(j,l) in N} exp(alpha - D_jl) ) + D_ij - m_pos
+        L    = 1 / (2 |P|) sum_{(i,j) in P} [J_ij]_+^2
+
+    ``alpha = neg_margin``. Computed over the ``(B, R)`` matrix: one masked logsumexp per row (and
+    per column) and one ``(B, R)`` matrix of ``J``, never a tensor per pair of pairs. Every ordered
+    positive pair ``(i, j)`` of ``pos_mask`` is a term ``[J_ij]_+^2 / 2`` (both orders of a pair
+    within one batch give the paper's ``1 / (2|P|)``), reduced by ``reduction`` ("mean": over all
+    positive pairs). The negatives of ``j`` are row ``j`` of ``neg_mask`` when the reference set is
+    the batch (``same_set``), else column ``j``: the batch items that are negatives of reference
+    item ``j``. A positive pair with no negative on either side has ``J = -inf`` and costs 0.
+    """
+    check_reduction(reduction)
+    x = neg_margin - dist
+    row, row_has = masked_logsumexp(x, neg_mask, 1)
+    col, col_has = (row, row_has) if same_set else masked_logsumexp(x, neg_mask, 0)
+    low = _sentinel(dist.dtype)
+    row = torch.where(row_has, row, low)
+    col = torch.where(col_has, col, low)
+    j = torch.logaddexp(row.unsqueeze(1), col.unsqueeze(0)) + (dist - pos_margin)
+    terms = torch.where(pos_mask, F.relu(j).square() / 2, 0.0)
+    return _reduce_masked(terms, pos_mask, reduction)
+
+
+def generalized_lifted_structure_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                                      neg_margin: float = 1.0, pos_margin: float = 0.0,
+                                      reduction: str = "mean") -> torch.Tensor:
+    """Generalized lifted structure loss (Hermans, Beyer, Leibe 2017, "In Defense of the Triplet
+    Loss for Person Re-Identification", section 2; pytorch-metric-learning's
+    ``GeneralizedLiftedStructureLoss``), for each anchor ``a``::
+
+        L_a = [ log sum_{p in P_a} exp(D_ap - m_pos) + log sum_{n in N_a} exp(m_neg - D_an) ]_+
+
+    reduced over the ``B`` anchors ("mean": all anchors, one without a positive or without a
+    negative counting as 0, since a log of an empty sum is ``-inf``).
+    """
+    check_reduction(reduction)
+    pos, pos_has = masked_logsumexp(dist - pos_margin, pos_mask, 1)
+    neg, neg_has = masked_logsumexp(neg_margin - dist, neg_mask, 1)
+    losses = torch.where(pos_has & neg_has, F.relu(pos + neg), 0.0)
+    return reduce_losses(losses, reduction)
+
+
+def margin_loss(dist: torch.Tensor, pos_weight: torch.Tensor, neg_weight: torch.Tensor, beta: torch.Tensor,
+                margin: float = 0.2, nu: float = 0.0) -> torch.Tensor:
+    """Margin loss (Wu, Manmatha, Smola, Krähenbühl, ICCV 2017, "Sampling Matters in Deep Embedding
+    Learning"), eq. (3) with the regulariser of eq. (4)::
+
+        l(i, j) = [alpha + y_ij (D_ij - beta(i))]_+,          y_ij = +1 positive, -1 negative
+        L       = sum_{(i,j)} w_ij l(i, j) / sum_{(i,j)} w_ij 1[l(i, j) > 0]  +  nu * beta-term
+
+    ``alpha = margin``. The pairs and their weights come from triplets, as in
+    pytorch-metric-learning's ``MarginLoss``: ``pos_weight[a, p]`` / ``neg_weight[a, n]`` is the
+    number of triplets in which the pair ``(a, p)`` / ``(a, n)`` appears (for all triplets of a batch:
+    ``pos_weight = pos_mask * |N_a|``, ``neg_weight = neg_mask * |P_a|``), so the sum over triplets
+    is taken without enumerating them. ``beta`` is a scalar tensor (one global ``beta``) or a
+    ``(B,)`` tensor (``beta(i)``, e.g. per class of the anchor). The regulariser is ``nu * beta``
+    for a scalar and ``nu * sum_a T_a beta(a) / divisor`` for a vector (``T_a`` the number of
+    triplets of anchor ``a``). Zero, still connected to ``dist`` and ``beta``, when no term is > 0.
+    """
+    b = beta.reshape(-1, 1) if beta.dim() else beta
+    pos = F.relu(dist - b + margin)
+    neg = F.relu(b - dist + margin)
+    total = (pos * pos_weight).sum() + (neg * neg_weight).sum()
+    divisor = (pos_weight * (pos > 0)).sum() + (neg_weight * (neg > 0)).sum()
+    div = divisor.clamp_min(1)
+    loss = total / div
+    if nu:
+        if beta.dim():
+            per_anchor = (pos_weight.sum(1) + neg_weight.sum(1)) / 2  # T_a: each triplet counted once per side
+            reg = torch.where(divisor > 0, (per_anchor * beta).sum() / div, 0.0 * beta.sum())
+        else:
+            reg = torch.where(pos_weight.sum() > 0, beta, 0.0 * beta)  # no triplet: no term at all
+        loss = loss + nu * reg
+    return loss
+
+
+def circle_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, m: float = 0.4,
+                gamma: float = 80.0, reduction: str = "mean_nonzero") -> torch.Tensor:
+    """Circle loss (Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei, CVPR 2020, "Circle Loss: A Unified
+    Perspective of Pair Similarity Optimization"), eq. (6) with the relaxation of eq. (8), for each
+    anchor::
+
+        L = log[1 + sum_j exp(gamma a_n^j (s_n^j - D_n)) sum_i exp(-gamma a_p^i (s_p^i - D_p))]
+        a_p = [O_p - s_p]_+,  a_n = [s_n - O_n]_+   (not differentiated),
+        O_p = 1 + m, O_n = -m, D_p = 1 - m, D_n = m
+
+    reduced over the ``B`` anchors (an anchor without a positive or a negative counts as 0; the
+    default ``mean_nonzero`` as pytorch-metric-learning's ``CircleLoss``). ``sim`` is ``(B, R)``.
+    """
+    check_reduction(reduction)
+    s = sim.detach()
+    logit_p = -gamma * F.relu(1 + m - s) * (sim - (1 - m))
+    logit_n = gamma * F.relu(s + m) * (sim - m)
+    lp, p_has = masked_logsumexp(logit_p, pos_mask, 1)
+    ln, n_has = masked_logsumexp(logit_n, neg_mask, 1)
+    losses = torch.where(p_has & n_has, F.softplus(lp + ln), 0.0)
+    return reduce_losses(losses, reduction)
+
+
+def nt_xent_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, temperature: float = 0.07,
+                 reduction: str = "mean") -> torch.Tensor:
+    """NT-Xent / InfoNCE loss (Chen, Kornblith, Norouzi, Hinton, ICML 2020, "A Simple Framework for
+    Contrastive Learning of Visual Representations", eq. (1); Oord, Li, Vinyals 2018), for every
+    positive pair ``(i, j)``::
+
+        l_ij = -log( exp(s_ij / tau) / (exp(s_ij / tau) + sum_{k in N_i} exp(s_ik / tau)) )
+             = softplus( log sum_{k in N_i} exp(s_ik / tau) - s_ij / tau )
+
+    With one positive per anchor (two views of each image) this is SimCLR's loss; with labels, every
+    positive pair is a term with its own denominator (pytorch-metric-learning's ``NTXentLoss``).
+    Reduced over the positive pairs ("mean": all of them). One logsumexp per row: ``O(B R)``.
+    """
+    check_reduction(reduction)
+    z = sim / temperature
+    neg, neg_has = masked_logsumexp(z, neg_mask, 1)
+    neg = torch.where(neg_has, neg, _sentinel(sim.dtype))
+    terms = torch.where(pos_mask, F.softplus(neg.unsqueeze(1) - z), 0.0)
+    return _reduce_masked(terms, pos_mask, reduction)
+
+
+def supervised_contrastive_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                                temperature: float = 0.1, reduction: str = "mean_nonzero") -> torch.Tensor:
+    """Supervised contrastive loss (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu,
+    Krishnan, NeurIPS 2020, "Supervised Contrastive Learning"), ``L^sup_out`` of eq. (2), for each
+    anchor ``i``::
+
+        L_i = -1/|P(i)| sum_{p in P(i)} log( exp(z_i . z_p / tau) / sum_{a in A(i)} exp(z_i . z_a / tau) )
+
+    ``A(i) = P(i) ∪ N(i)`` (every other item), ``z_i . z_p`` the entries of ``sim``. Reduced over
+    the ``B`` anchors (an anchor without positives counts as 0; the default ``mean_nonzero`` as
+    pytorch-metric-learning's ``SupConLoss``).
+    """
+    check_reduction(reduction)
+    z = sim / temperature
+    denom, has = masked_logsumexp(z, pos_mask | neg_mask, 1)
+    n_pos = pos_mask.sum(1)
+    logp = torch.where(pos_mask, z - denom.unsqueeze(1), 0.0)
+    losses = torch.where(n_pos > 0, -logp.sum(1) / n_pos.clamp_min(1), 0.0)
+    return reduce_losses(losses, reduction)
+
+
+def _triangular_bins(values: torch.Tensor, low: float, delta: float, n_nodes: int):
+    """Linear (triangular-kernel) binning onto nodes ``low + r delta``, ``r = 0..n_nodes-1``:
+    ``(index, weight_lo, weight_hi)`` with ``values`` split between node ``index`` (weight
+    ``1 - frac``) and node ``index + 1`` (weight ``frac``). Indices are clamped to
+    ``[0, n_nodes + 1]``; callers drop nodes ``>= n_nodes`` (values beyond the last node)."""
+    t = (values - low) / delta
+    r = t.detach().floor().clamp(0, n_nodes + 1)
+    frac = t - r
+    return r.long(), 1 - frac, frac
+
+
+def _node_hist(index: torch.Tensor, w_lo: torch.Tensor, w_hi: torch.Tensor, weight: torch.Tensor,
+               n_nodes: int) -> torch.Tensor:
+    """Per row of ``(B, R)`` inputs: ``(B, n_nodes)`` histogram, ``sum_k weight_k * pulse``."""
+    out = w_lo.new_zeros(index.shape[0], n_nodes + 3)
+    out = out.scatter_add(1, index, w_lo * weight).scatter_add(1, index + 1, w_hi * weight)
+    return out[:, :n_nodes]
+
+
+def fast_ap_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, num_bins: int = 10,
+                 max_distance: float = 4.0, reduction: str = "mean") -> torch.Tensor:
+    """FastAP (Cakir, He, Xia, Kulis, Sclaroff, CVPR 2019, "Deep Metric Learning to Rank"), eq. (9)
+    with the triangular-kernel histogram of section 4.2, for each anchor (query) ``q``::
+
+        FastAP_q = 1/N_q^+ sum_{j=1}^{L} h_j^+ H_j^+ / H_j,     L_q = 1 - FastAP_q
+
+    ``h^+_j`` / ``h_j`` are the (soft) counts of positives / all pairs of row ``q`` at distance
+    node ``z_j = j * max_distance / num_bins`` (``j = 0..num_bins``, each distance split linearly
+    between its two nearest nodes), ``H`` their cumulative sums, ``N_q^+ = |P_q|``. ``dist`` is the
+    squared Euclidean distance of L2-normalised embeddings (range ``[0, 4]``). Reduced over anchors
+    with at least one positive ("mean"). ``O(B R)``: each distance is scattered into its two nodes,
+    no ``(bins, B, R)`` tensor.
+    """
+    check_reduction(reduction)
+    n_nodes = num_bins + 1
+    index, w_lo, w_hi = _triangular_bins(dist, 0.0, max_distance / num_bins, n_nodes)
+    pos_w, neg_w = pos_mask.to(dist.dtype), neg_mask.to(dist.dtype)
+    h_pos = _node_hist(index, w_lo, w_hi, pos_w, n_nodes)
+    h_all = h_pos + _node_hist(index, w_lo, w_hi, neg_w, n_nodes)
+    cum_pos, cum_all = h_pos.cumsum(1), h_all.cumsum(1)
+    prod = h_pos * cum_pos
+    safe = (prod > 0) & (cum_all > 0)
+    ap = torch.where(safe, prod / torch.where(safe, cum_all, 1.0), 0.0).sum(1)
+    n_pos = pos_mask.sum(1)
+    has = n_pos > 0
+    losses = torch.where(has, 1 - ap / n_pos.clamp_min(1), 0.0)
+    if reduction == "mean":
+        return losses.sum() / has.sum().clamp_min(1)
+    return reduce_losses(losses, reduction)
+
+
+def histogram_loss(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                   num_bins: int = 100) -> torch.Tensor:
+    """Histogram loss (Ustinova, Lempitsky, NeurIPS 2016, "Learning Deep Embeddings with Histogram
+    Loss"), eq. (4)::
+
+        L = sum_{r=1}^{R} h^-_r sum_{q=1}^{r} h^+_q     (= sum_r h^-_r Phi^+_r)
+
+    ``h^+`` / ``h^-`` are the histograms of the similarities of the positive / negative pairs over
+    the nodes ``t_r = -1 + r Delta`` (``Delta = 2 / num_bins``, ``num_bins + 1`` nodes), each
+    similarity split linearly between its two nearest nodes (eq. (2)), normalised by the number of
+    pairs. ``sim`` is a ``(B, R)`` cosine similarity matrix; all pairs of the masks enter (a pair
+    and its mirror image both, which leaves the normalised histograms unchanged). Zero, connected
+    to ``sim``, without a positive or a negative pair.
+    """
+    n_nodes = num_bins + 1
+    index, w_lo, w_hi = _triangular_bins(sim, -1.0, 2.0 / num_bins, n_nodes)
+    index = index.clamp_max(num_bins - 1)  # s = 1 (or rounding above it) falls on the last node
+    w_lo, w_hi = 1 - ((sim + 1) * (num_bins / 2.0) - index), (sim + 1) * (num_bins / 2.0) - index
+    pos_w, neg_w = pos_mask.to(sim.dtype), neg_mask.to(sim.dtype)
+    n_pos, n_neg = pos_w.sum(), neg_w.sum()
+    h_pos = _node_hist(index.reshape(1, -1), w_lo.reshape(1, -1), w_hi.reshape(1, -1), pos_w.reshape(1, -1),
+                       n_nodes)[0]
+    h_neg = _node_hist(index.reshape(1, -1), w_lo.reshape(1, -1), w_hi.reshape(1, -1), neg_w.reshape(1, -1),
+                       n_nodes)[0]
+    value = (h_neg * h_pos.cumsum(0)).sum() / (n_pos * n_neg).clamp_min(1)
+    return torch.where((n_pos > 0) & (n_neg > 0), value, 0.0 * value)

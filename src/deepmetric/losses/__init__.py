@@ -10,10 +10,19 @@ and has a ``distance`` attribute naming the distance it trains for.
 """
 from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.losses.pair import ContrastiveLoss, DDMLLoss, MultiSimilarityLoss
-from deepmetric.losses.triplet import TripletMarginLoss
+from deepmetric.losses.pair import (BinomialDevianceLoss, CircleLoss, FastAPLoss, GeneralizedLiftedStructureLoss,
+                                    HistogramLoss, LiftedStructureLoss, MarginLoss, NTXentLoss, SupConLoss)
+_PAIR_BASED = ["BinomialDevianceLoss", "LiftedStructureLoss", "GeneralizedLiftedStructureLoss", "MarginLoss",
+               "CircleLoss", "NTXentLoss", "SupConLoss", "FastAPLoss", "HistogramLoss"]
+from deepmetric.losses.triplet import AngularLoss, NPairsLoss, TripletMarginLoss, TupletMarginLoss
+from deepmetric.losses.proxy import (ArcFaceLoss, CenterLoss, CosFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss,
+                                      ProxyNCALoss, SoftTripleLoss, SubCenterArcFaceLoss)
 
 create = LOSSES.create
 names = LOSSES.names
 
 __all__ = ["LOSSES", "create", "names", "MetricLoss", "ContrastiveLoss", "DDMLLoss", "MultiSimilarityLoss",
-           "TripletMarginLoss"]
+           "TripletMarginLoss", "NPairsLoss", "AngularLoss", "TupletMarginLoss",
+           "ProxyNCALoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "CosFaceLoss", "ArcFaceLoss",
+           "SubCenterArcFaceLoss", "SoftTripleLoss", "CenterLoss"]
+__all__ += _PAIR_BASED

@@ -1,0 +1,46 @@
+"""evaluate's approximate mode reads the ranked lists from a deepmetric.index backend."""
+import pytest
+import torch
+
+import deepmetric as dm
+
+
+def clusters(n=600, classes=30, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g) * 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_an_exhaustive_index_gives_the_exact_metrics(distance):
+    x, y = clusters()
+    exact = dm.evaluate(x, y, distance=distance, nmi=False)
+    for name, options in (("flat", {}), ("ivf-flat", {"nlist": 8, "nprobe": 8})):
+        approx = dm.evaluate(x, y, distance=distance, nmi=False, index=name, index_options=options)
+        assert approx.keys() == exact.keys()
+        for key, value in exact.items():
+            assert approx[key] == pytest.approx(value, abs=1e-6), (name, key)
+
+
+def test_separate_gallery_and_an_approximate_index():
+    x, y = clusters(seed=1)
+    q, g, qy, gy = x[:100], x[100:], y[:100], y[100:]
+    exact = dm.evaluate(q, qy, gallery=g, gallery_labels=gy, nmi=False)
+    approx = dm.evaluate(q, qy, gallery=g, gallery_labels=gy, nmi=False, index="flat")
+    assert approx["map_at_r"] == pytest.approx(exact["map_at_r"], abs=1e-6)
+
+
+def test_a_probing_index_loses_little_on_clustered_data():
+    x, y = clusters(n=2000, classes=20, seed=2)
+    exact = dm.evaluate(x, y, nmi=False)["map_at_r"]
+    approx = dm.evaluate(x, y, nmi=False, index="ivf-flat", index_options={"nlist": 20, "nprobe": 4})["map_at_r"]
+    assert approx == pytest.approx(exact, rel=0.05)
+
+
+def test_groups_need_the_exact_search():
+    x, y = clusters(n=100)
+    with pytest.raises(ValueError, match="groups"):
+        dm.evaluate(x, y, groups=torch.arange(100) // 2, nmi=False, index="flat")
+    with pytest.raises(KeyError, match="no-such-index"):
+        dm.evaluate(x, y, nmi=False, index="no-such-index")
