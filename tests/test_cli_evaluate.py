@@ -102,3 +102,14 @@ def test_format_table_hand_worked():
         "a   " + "0.5000".rjust(12) + "3".rjust(12),
         "bb  " + "1.0000".rjust(12) + "-".rjust(12),
     ]
+
+
+def test_evaluate_excludes_groups_and_uses_faiss_kmeans(run_dir, tmp_path):
+    """Digits has no groups: the flag is refused; with faiss k-means the JSON equals dm.evaluate's."""
+    result = run("evaluate", run_dir, "--exclude-groups")
+    assert result.exit_code != 0 and "has no groups" in result.output
+    out = tmp_path / "m.json"
+    result = run("evaluate", run_dir, "--kmeans", "faiss", "--json", out)
+    assert result.exit_code == 0, result.output
+    _, test = load_split("digits", split="zero-shot")
+    assert json.loads(out.read_text()) == expected_metrics(run_dir, test.x, test.y, kmeans="faiss")

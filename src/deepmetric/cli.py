@@ -131,14 +131,21 @@ def _run_embeddings(ctx, run_dir, data, split):
               help="Also report mAP over the full ranking (every query ranks the whole gallery).")
 @click.option("--per-class", is_flag=True,
               help="Also report every metric per class and the unweighted mean over classes.")
+@click.option("--exclude-groups", is_flag=True,
+              help="A query never retrieves items of its own group (e.g. frames of one video).")
+@click.option("--kmeans", type=click.Choice(["sklearn", "faiss"]), default="sklearn", show_default=True,
+              help="k-means for NMI/AMI/F1 (faiss is much faster with many classes).")
 @click.pass_context
-def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class):
+def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class, exclude_groups, kmeans):
     """Evaluate a trained run on the test part of its data (query-in-gallery): every applicable metric,
     one column per hierarchy level when the labels have levels."""
     from deepmetric.evaluation import evaluate as evaluate_embeddings
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
+    if exclude_groups and test.groups is None:
+        raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
-                                  per_class=per_class)
+                                  per_class=per_class, groups=test.groups if exclude_groups else None,
+                                  kmeans=kmeans)
     columns = {"test": {name: v for name, v in metrics.items() if not isinstance(v, dict)}}
     columns.update((name, v) for name, v in metrics.items() if name.startswith("level_"))
     if per_class:

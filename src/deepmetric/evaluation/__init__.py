@@ -265,7 +265,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
              distance: str = "euclidean", groups=None, gallery_groups=None, ks=DEFAULT_KS,
              nmi: bool = True, seed: int = 0, chunk_size: int = 1024, full_map: bool = False,
              per_class: bool = False, relevance_fn=None, index: str | None = None,
-             index_options: dict | None = None) -> dict:
+             index_options: dict | None = None, kmeans: str = "sklearn") -> dict:
     """Retrieval and clustering metrics of embeddings, as a dict of python numbers, from one search.
 
     Protocols:
@@ -296,7 +296,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     ``min(k, R)``) and ``ndcg_at_{k}``; ``r_precision``; ``map_at_r``; ``mrr`` (exact: queries whose
     first relevant item lies beyond the search depth are searched again deeper); ``map`` (AP over the
     full ranking, with ``full_map=True``: every query ranks the whole gallery, chunk by chunk);
-    ``nmi``, ``ami`` (and whatever else :func:`clustering.clustering_scores` reports: k-means on the
+    ``nmi``, ``ami``, ``f1`` (:func:`clustering.clustering_scores`, k-means from ``kmeans`` =
+    ``"sklearn"`` or ``"faiss"`` (much faster with many classes) on the
     query embeddings, one cluster per class, ``seed``; not for multi-label); ``num_queries``;
     ``queries_without_relevant``. With ``per_class=True`` (flat or hierarchical labels):
     ``per_class`` = ``{class: {metric: mean over its scored queries, num_queries,
@@ -385,7 +386,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
     results = _means(values[0], views[0].n_relevant)
     if nmi and not is_multilabel(q_labels):
-        results.update(clustering.clustering_scores(queries, q_labels, seed=seed))
+        results.update(clustering.clustering_scores(queries, q_labels, seed=seed, backend=kmeans))
     results.update(_counts(views[0].n_relevant))
     for level in range(levels):
         results[f"level_{level}"] = {**_means(values[level + 1], counts[:, level]), **_counts(counts[:, level])}
