@@ -18,10 +18,13 @@ from deepmetric.losses.triplet import AngularLoss, NPairsLoss, TripletMarginLoss
 from deepmetric.losses.proxy import (ArcFaceLoss, CenterLoss, CosFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss,
                                       ProxyNCALoss, SoftTripleLoss, SubCenterArcFaceLoss)
 
+from deepmetric.losses.combined import CombinedLoss, combine
+
 create = LOSSES.create
 names = LOSSES.names
+__all__ = ["combine", "CombinedLoss"]
 
-__all__ = ["LOSSES", "create", "names", "MetricLoss", "ContrastiveLoss", "DDMLLoss", "MultiSimilarityLoss",
+__all__ += ["LOSSES", "create", "names", "MetricLoss", "ContrastiveLoss", "DDMLLoss", "MultiSimilarityLoss",
            "TripletMarginLoss", "NPairsLoss", "AngularLoss", "TupletMarginLoss",
            "ProxyNCALoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "CosFaceLoss", "ArcFaceLoss",
            "SubCenterArcFaceLoss", "SoftTripleLoss", "CenterLoss"]

@@ -3,6 +3,8 @@
 A component (``data``, ``model``, ``loss``, ``miner``) is a name or a mapping ``{name: ..., **kwargs}``;
 ``--set loss=radial`` picks the name with its defaults and ``--set loss.c=3.0`` sets one argument.
 Fixed sections (``sampler``, ``optimizer``, ``eval``) only accept the keys listed in ``DEFAULTS``.
+``losses:`` (a list of loss components, each with optional ``weight`` and its own ``miner``) trains on
+their weighted sum and replaces ``loss`` and ``miner``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"name": "linear", "out_features": 64},
     "loss": {"name": "triplet", "margin": 0.2},
     "miner": None,
+    "losses": None,
     "sampler": {"m": 20, "seed": None},
     "optimizer": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0, "momentum": 0.9, "loss_lr": None,
                   "schedule": "none", "step_size": 10, "gamma": 0.1},
@@ -63,7 +66,22 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
         _apply_override(out, item)
     for key in COMPONENTS:
         out[key] = _component(out[key], key)
+    out["losses"] = _loss_list(out["losses"])
     return out
+
+
+def _loss_list(value):
+    """``losses``: None, or a non-empty list of loss components, each with optional ``weight`` and ``miner``."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"losses: expected a non-empty list of losses (each a name or a mapping with 'name', "
+                          f"optional 'weight' and 'miner'), got {value!r}")
+    items = [_component(item, f"losses[{i}]") for i, item in enumerate(value)]
+    for i, item in enumerate(items):
+        if item.get("miner") is not None:
+            item["miner"] = _component(item["miner"], f"losses[{i}].miner")
+    return items
 
 
 def _check_section(key: str, value) -> None:

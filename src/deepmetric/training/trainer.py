@@ -121,8 +121,11 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     y_fit = contiguous_labels(fit_set.y, classes)
 
     model = models_mod.create(config["model"], in_shape=tuple(fit_set.x.shape[1:]))
-    loss_fn = losses_mod.create(config["loss"])
-    miner = mining.create(config["miner"]) if config["miner"] else None
+    if config["losses"]:
+        loss_fn, miner = losses_mod.combine(config["losses"]), None
+    else:
+        loss_fn = losses_mod.create(config["loss"])
+        miner = mining.create(config["miner"]) if config["miner"] else None
     distance = loss_fn.distance
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
