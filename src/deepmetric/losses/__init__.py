@@ -19,10 +19,11 @@ from deepmetric.losses.proxy import (ArcFaceLoss, CenterLoss, CosFaceLoss, Norma
                                       ProxyNCALoss, SoftTripleLoss, SubCenterArcFaceLoss)
 
 from deepmetric.losses.combined import CombinedLoss, combine
+from deepmetric.losses.memory import CrossBatchMemory
 
 create = LOSSES.create
 names = LOSSES.names
-__all__ = ["combine", "CombinedLoss"]
+__all__ = ["combine", "CombinedLoss", "CrossBatchMemory"]
 
 __all__ += ["LOSSES", "create", "names", "MetricLoss", "ContrastiveLoss", "DDMLLoss", "MultiSimilarityLoss",
            "TripletMarginLoss", "NPairsLoss", "AngularLoss", "TupletMarginLoss",
