@@ -1,13 +1,16 @@
 """Proxy, classification and centre losses as pure tensor functions (the math behind
-:mod:`deepmetric.losses.proxy`).
+:mod:`deepmetric.losses.proxy`), in the manner of ``torch.nn.functional.linear``.
 
-Each function takes a ``(B, C)`` matrix between the batch and the ``C`` classes' proxies (a distance
-or a cosine similarity, computed by the module from its learnable parameters) and ``labels``, a
-``(B,)`` int64 tensor of class ids in ``0..C-1``, plus hyper-parameters, and returns a scalar. Labels
-are assumed valid here; the modules check them.
+Each function takes the embeddings ``x`` (``(B, D)``), the learnable class parameters (proxies,
+class weights or centres: ``(C, D)``, or ``(C * K, D)`` with ``K`` rows per class, row ``c * K + k``
+the ``k``-th of class ``c``), ``labels``, a ``(B,)`` int64 tensor of class ids in ``0..C-1``, and
+hyper-parameters, and returns a scalar. Labels are assumed valid here; the modules check them.
 
-Nothing allocates more than ``O(B * C * K)`` (``K`` sub-centres per class). With an empty batch every
-function returns a zero that is still connected to the graph of its input.
+The work is one ``(B, D) x (D, C * K)`` matrix product plus element-wise passes over its result:
+scales fold into the ``(C * K, D)`` normalised weights, and margins touch only the ``B`` target
+entries (gathered and scattered back, no ``(B, C)`` mask). Nothing allocates more than
+``O(B * C * K)``. With an empty batch every function returns a zero that is still connected to the
+graph of its inputs.
 """
 from __future__ import annotations
 
@@ -17,19 +20,22 @@ import torch
 import torch.nn.functional as F
 
 
-def _mean(losses: torch.Tensor) -> torch.Tensor:
-    """Mean of a 1-D tensor of per-sample losses; a zero connected to the graph when it is empty."""
-    return losses.sum() / max(losses.numel(), 1)
-
-
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean softmax cross-entropy over the rows of ``logits`` (``0`` for no rows)."""
-    return _mean(F.cross_entropy(logits, labels, reduction="none"))
+    """Mean softmax cross-entropy over the rows of ``logits`` (a connected ``0`` for no rows)."""
+    return F.cross_entropy(logits, labels, reduction="sum") / max(logits.shape[0], 1)
 
 
-def _target_mask(sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` bool mask, True at ``(i, labels[i])``."""
-    return F.one_hot(labels, sim.shape[1]).bool()
+def scaled_cosine(x: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``(B, C)`` matrix ``scale * cos(x_i, w_j)``; the scale multiplies the ``(C, D)`` normalised
+    weights, not the ``(B, C)`` result (cheaper when ``C * D < B * C``)."""
+    return F.normalize(x, dim=1) @ (F.normalize(weight, dim=1) * scale).T
+
+
+def _replace_targets(logits: torch.Tensor, labels: torch.Tensor, fn) -> torch.Tensor:
+    """``logits`` with each row's target entry ``z`` replaced by ``fn(z)``: ``B`` gathered values,
+    one out-of-place scatter (no ``(B, C)`` mask)."""
+    index = labels.unsqueeze(1)
+    return logits.scatter(1, index, fn(logits.gather(1, index)))
 
 
 def log1p_sum_exp(z: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -38,24 +44,38 @@ def log1p_sum_exp(z: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor
     if z.shape[dim] == 0:
         return z.sum(dim=dim) * 0
     z = z.masked_fill(~mask, -math.inf)
+    return _log1p_sum_exp(z, dim)
+
+
+def _log1p_sum_exp(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(1 + sum exp(z))`` along ``dim`` (entries of ``-inf`` count as absent)."""
     top = z.amax(dim=dim, keepdim=True).clamp_min(0).detach()
     return (top + torch.log(torch.exp(-top) + torch.exp(z - top).sum(dim=dim, keepdim=True))).squeeze(dim)
 
 
-def proxy_nca_loss(dist: torch.Tensor, labels: torch.Tensor, softmax_scale: float = 1.0) -> torch.Tensor:
+def proxy_nca_loss(x: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, softmax_scale: float = 1.0,
+                   distance: str = "cosine") -> torch.Tensor:
     """Proxy-NCA (Movshovitz-Attias, Toshev, Leung, Ioffe, Singh, ICCV 2017, "No Fuss Distance
     Metric Learning using Proxies"), as pytorch-metric-learning's ``ProxyNCALoss`` computes it::
 
         L = mean_x -log( exp(-s d(x, p(y))) / sum_{z in Z} exp(-s d(x, p(z))) )
 
-    ``dist`` is the ``(B, C)`` matrix ``d(x, p(z))`` to the proxies, ``s = softmax_scale``. The
-    denominator runs over every proxy, the positive one included (a softmax cross-entropy); the
-    paper's denominator leaves it out (``Z \\ {y}``).
+    ``proxies`` is ``(C, D)``, ``s = softmax_scale``; ``d`` is ``||x/|x| - p/|p| ||^2 = 2 - 2 cos``
+    (``distance="cosine"``) or ``||x - p||^2`` (``"squared_euclidean"``). The denominator runs over
+    every proxy, the positive one included (a softmax cross-entropy); the paper's denominator leaves
+    it out (``Z \\ {y}``). Terms constant along a row cancel in the softmax, so the logits are
+    ``2 s cos(x, p)``, or ``2 s x^T p - s |p|^2``: one matrix product.
     """
-    return _cross_entropy(-softmax_scale * dist, labels)
+    if distance == "cosine":
+        logits = scaled_cosine(x, proxies, 2.0 * softmax_scale)
+    elif distance == "squared_euclidean":
+        logits = torch.addmm(-softmax_scale * proxies.pow(2).sum(1), x, proxies.T, alpha=2.0 * softmax_scale)
+    else:
+        raise ValueError(f"distance: expected cosine or squared_euclidean, got {distance!r}")
+    return _cross_entropy(logits, labels)
 
 
-def proxy_anchor_loss(sim: torch.Tensor, labels: torch.Tensor, margin: float = 0.1,
+def proxy_anchor_loss(x: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, margin: float = 0.1,
                       alpha: float = 32.0) -> torch.Tensor:
     """Proxy-anchor loss (Kim, Kim, Cho, Kwak, CVPR 2020, "Proxy Anchor Loss for Deep Metric
     Learning")::
@@ -63,78 +83,89 @@ def proxy_anchor_loss(sim: torch.Tensor, labels: torch.Tensor, margin: float = 0
         L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - delta)))
           + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + delta)))
 
-    ``sim`` is the ``(B, C)`` cosine similarity ``s(x, p)``; ``P+`` the proxies with a positive in
-    the batch, ``X_p+`` / ``X_p-`` the batch items of / not of proxy ``p``'s class, ``delta = margin``.
+    ``s`` is the cosine similarity to the ``(C, D)`` ``proxies``, ``P+`` the proxies with a positive
+    in the batch, ``X_p+`` / ``X_p-`` the batch items of / not of proxy ``p``'s class,
+    ``delta = margin``. The positive part touches only the ``B`` target similarities (gathered, then
+    summed per class with ``index_add``); the negative part is a column reduction of the ``(B, C)``
+    matrix with the targets set to ``-inf``.
     """
-    pos = _target_mask(sim, labels)
-    pos_term = log1p_sum_exp(-alpha * (sim - margin), pos, dim=0)
-    neg_term = log1p_sum_exp(alpha * (sim + margin), ~pos, dim=0)
-    n_with_pos = pos.any(dim=0).sum().clamp_min(1)
-    return pos_term.sum() / n_with_pos + neg_term.sum() / max(sim.shape[1], 1)
+    n_classes = proxies.shape[0]
+    z = scaled_cosine(x, proxies, alpha)  # alpha * s
+    index = labels.unsqueeze(1)
+    pos = (alpha * margin - z.gather(1, index)).squeeze(1)  # -alpha (s - delta), one per item
+    top = torch.zeros(n_classes, dtype=z.dtype, device=z.device).scatter_reduce(
+        0, labels, pos.detach(), reduce="amax", include_self=True)  # max(0, max_i) per class
+    sums = torch.zeros_like(top).index_add(0, labels, torch.exp(pos - top[labels]))
+    pos_term = top + torch.log(torch.exp(-top) + sums)
+    n_with_pos = torch.zeros(n_classes, dtype=torch.bool, device=z.device).index_fill(0, labels, True).sum()
+    neg = (z + alpha * margin).scatter(1, index, -math.inf)
+    neg_term = _log1p_sum_exp(neg, dim=0) if z.shape[0] else z.sum(0) * 0
+    return pos_term.sum() / n_with_pos.clamp_min(1) + neg_term.sum() / max(n_classes, 1)
 
 
-def normalized_softmax_loss(cos: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def normalized_softmax_loss(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                            temperature: float = 0.05) -> torch.Tensor:
     """Normalized softmax (Zhai, Wu, BMVC 2019, "Classification is a Strong Baseline for Deep Metric
     Learning")::
 
         L = mean_i -log( exp(x_i^T p_{y_i} / sigma) / sum_{j=1}^{C} exp(x_i^T p_j / sigma) )
 
-    with ``x_i`` and ``p_j`` L2-normalised (``cos`` is their ``(B, C)`` cosine similarity) and
+    with ``x_i`` and the class weights ``p_j`` (rows of ``weight``, ``(C, D)``) L2-normalised and
     ``sigma = temperature``.
     """
-    return _cross_entropy(cos / temperature, labels)
+    return _cross_entropy(scaled_cosine(x, weight, 1.0 / temperature), labels)
 
 
-def cosface_loss(cos: torch.Tensor, labels: torch.Tensor, margin: float = 0.35, scale: float = 64.0) -> torch.Tensor:
+def cosface_loss(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, margin: float = 0.35,
+                 scale: float = 64.0) -> torch.Tensor:
     """CosFace / large margin cosine loss (Wang, Wang, Zhou, Ji, Gong, Zhou, Li, Liu, CVPR 2018)::
 
         L = mean_i -log( e^{s (cos(theta_{y_i,i}) - m)} / (e^{s (cos(theta_{y_i,i}) - m)}
                                                          + sum_{j != y_i} e^{s cos(theta_{j,i})}) )
 
-    ``cos`` is the ``(B, C)`` matrix ``cos(theta_{j,i})``, ``m = margin``, ``s = scale``.
+    ``theta_{j,i}`` is the angle between ``x_i`` and row ``j`` of ``weight`` (``(C, D)``),
+    ``m = margin``, ``s = scale``.
     """
-    logits = cos - margin * _target_mask(cos, labels).to(cos.dtype)
-    return _cross_entropy(scale * logits, labels)
+    logits = _replace_targets(scaled_cosine(x, weight, scale), labels, lambda z: z - scale * margin)
+    return _cross_entropy(logits, labels)
 
 
-def arcface_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
-    """The ``(B, C)`` cosines with ArcFace's additive angular margin on the target class:
-    ``cos(theta + m)`` where ``theta <= pi - m``, else ``cos(theta) - m sin(m)`` (the fallback of
-    InsightFace and pytorch-metric-learning that keeps the target logit decreasing in ``theta``).
+def arcface_target(cos: torch.Tensor, margin: float) -> torch.Tensor:
+    """ArcFace's target logit for target cosines ``cos``: ``cos(theta + m)`` where
+    ``theta <= pi - m``, else ``cos(theta) - m sin(m)`` (the fallback of InsightFace and
+    pytorch-metric-learning that keeps it decreasing in ``theta``).
 
     ``cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m)`` with ``sin(theta) = sqrt(1 - cos^2)``
-    clamped away from 0, so the gradient stays finite at ``cos = +-1`` (``acos`` would give inf).
+    clamped to at least ``sqrt(eps)`` of the dtype, so the gradient stays finite at ``cos = +-1``
+    (``acos`` would give inf).
     """
-    target = _target_mask(cos, labels)
     c = cos.clamp(-1.0, 1.0)
     sin = torch.sqrt((1.0 - c * c).clamp_min(torch.finfo(cos.dtype).eps))
-    shifted = torch.where(c >= -math.cos(margin), c * math.cos(margin) - sin * math.sin(margin),
-                          c - margin * math.sin(margin))
-    return torch.where(target, shifted, cos)
+    return torch.where(c >= -math.cos(margin), c * math.cos(margin) - sin * math.sin(margin),
+                       c - margin * math.sin(margin))
 
 
-def arcface_loss(cos: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, scale: float = 64.0) -> torch.Tensor:
+def arcface_loss(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, margin: float = 0.5,
+                 scale: float = 64.0, sub_centers: int = 1) -> torch.Tensor:
     """ArcFace / additive angular margin loss (Deng, Guo, Xue, Zafeiriou, CVPR 2019)::
 
         L = mean_i -log( e^{s cos(theta_{y_i} + m)} / (e^{s cos(theta_{y_i} + m)}
                                                       + sum_{j != y_i} e^{s cos(theta_j)}) )
 
-    ``cos`` is the ``(B, C)`` matrix ``cos(theta_j)`` (for sub-center ArcFace, the maximum over each
-    class's sub-centres, :func:`max_over_subcenters`), ``m = margin`` in radians, ``s = scale``;
-    the target logit is :func:`arcface_logits`.
+    ``theta_j`` is the angle between ``x_i`` and class ``j``'s weight, ``m = margin`` in radians,
+    ``s = scale``; the target logit is :func:`arcface_target`. With ``sub_centers = K > 1``
+    (sub-center ArcFace, Deng, Guo, Liu, Zafeiriou, Yang, ECCV 2020), ``weight`` is ``(C * K, D)``,
+    row ``j * K + k`` sub-centre ``k`` of class ``j``, and ``cos(theta_j) = max_k cos(x_i, W_{j,k})``.
     """
-    return _cross_entropy(scale * arcface_logits(cos, labels, margin), labels)
+    logits = scaled_cosine(x, weight, scale)
+    if sub_centers > 1:
+        logits = logits.view(logits.shape[0], logits.shape[1] // sub_centers, sub_centers).max(dim=2).values
+    logits = _replace_targets(logits, labels, lambda z: scale * arcface_target(z / scale, margin))
+    return _cross_entropy(logits, labels)
 
 
-def max_over_subcenters(cos: torch.Tensor, num_classes: int, sub_centers: int) -> torch.Tensor:
-    """Sub-center ArcFace (Deng, Guo, Liu, Zafeiriou, Yang, ECCV 2020): the ``(B, C)`` cosine to the
-    nearest of each class's ``K`` sub-centres, ``cos(theta_{i,j}) = max_k cos(x_i, W_{j,k})``, from the
-    ``(B, C * K)`` cosines (column ``j * K + k`` is sub-centre ``k`` of class ``j``)."""
-    return cos.view(cos.shape[0], num_classes, sub_centers).amax(dim=2)
-
-
-def soft_triple_loss(cos: torch.Tensor, labels: torch.Tensor, centers_per_class: int = 10, la: float = 20.0,
-                     gamma: float = 0.1, margin: float = 0.01) -> torch.Tensor:
+def soft_triple_loss(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, centers_per_class: int = 10,
+                     la: float = 20.0, gamma: float = 0.1, margin: float = 0.01) -> torch.Tensor:
     """SoftTriple loss (Qian, Shang, Sun, Hu, Li, Jin, ICCV 2019, "SoftTriple Loss: Deep Metric
     Learning Without Triplet Sampling"), without the centre regulariser
     (:func:`soft_triple_regularizer`)::
@@ -143,13 +174,21 @@ def soft_triple_loss(cos: torch.Tensor, labels: torch.Tensor, centers_per_class:
         L = mean_i -log( exp(lambda (S'_{i,y_i} - delta)) / (exp(lambda (S'_{i,y_i} - delta))
                                                              + sum_{j != y_i} exp(lambda S'_{i,j})) )
 
-    ``cos`` is the ``(B, C * K)`` cosine similarity to the centres (column ``c * K + k`` is centre
-    ``k`` of class ``c``), ``K = centers_per_class``, ``lambda = la``, ``delta = margin``.
+    ``x_i`` and the centres (rows of ``centers``, ``(C * K, D)``, row ``c * K + k`` centre ``k`` of
+    class ``c``) are L2-normalised, ``K = centers_per_class``, ``lambda = la``, ``delta = margin``.
+    The similarities are computed once, scaled by ``1 / gamma`` (``S' = gamma sum_k softmax_k(z) z``
+    with ``z = x^T w / gamma``); the largest tensor is ``(B, C * K)``. ``gamma < 0.025`` shifts each
+    softmax by its maximum, larger ones by the bound ``1 / gamma``.
     """
-    sim = cos.view(cos.shape[0], -1, centers_per_class)
-    soft = (torch.softmax(sim / gamma, dim=2) * sim).sum(dim=2)
-    logits = soft - margin * _target_mask(soft, labels).to(soft.dtype)
-    return _cross_entropy(la * logits, labels)
+    z = scaled_cosine(x, centers, 1.0 / gamma)
+    z = z.view(z.shape[0], z.shape[1] // centers_per_class, centers_per_class)
+    # softmax over the K centres by hand (faster than torch.softmax on a short last dimension):
+    # |z| <= 1 / gamma, so shifting by 1 / gamma cannot overflow, nor underflow while 2 / gamma < 80.
+    shift = 1.0 / gamma if gamma >= 0.025 else z.detach().amax(dim=2, keepdim=True)
+    e = torch.exp(z - shift)
+    soft = (e * z).sum(dim=2) / e.sum(dim=2)  # S' / gamma
+    logits = _replace_targets(soft * (la * gamma), labels, lambda t: t - la * margin)
+    return _cross_entropy(logits, labels)
 
 
 def soft_triple_regularizer(centers: torch.Tensor, centers_per_class: int) -> torch.Tensor:

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from deepmetric._checks import check_embeddings
-from deepmetric.distances import cosine_similarity, squared_euclidean
 from deepmetric.functional import proxy as F
 from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
 
@@ -69,7 +68,7 @@ class ProxyLoss(nn.Module):
             raise ValueError(f"labels: expected shape ({n},) of flat class ids, got {tuple(labels.shape)}")
         labels = labels.long()
         if labels.numel():
-            low, high = (int(v) for v in torch.aminmax(labels))
+            low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host synchronisation
             if low < 0 or high >= self.num_classes:
                 raise ValueError(
                     f"labels: expected contiguous class ids in [0, {self.num_classes}) for num_classes="
@@ -126,12 +125,7 @@ class ProxyNCALoss(ProxyLoss):
         self.proxies = nn.Parameter(torch.randn(self.num_classes, self.embedding_size))
 
     def compute(self, x, labels):
-        proxies = self.cast(self.proxies, x)
-        if self.distance == "cosine":
-            dist = 2.0 - 2.0 * cosine_similarity(x, proxies)
-        else:
-            dist = squared_euclidean(x, proxies)
-        return F.proxy_nca_loss(dist, labels, self.softmax_scale)
+        return F.proxy_nca_loss(x, self.cast(self.proxies, x), labels, self.softmax_scale, self.distance)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, softmax_scale={self.softmax_scale}, distance={self.distance!r}"
@@ -172,8 +166,7 @@ class ProxyAnchorLoss(ProxyLoss):
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
     def compute(self, x, labels):
-        sim = cosine_similarity(x, self.cast(self.proxies, x))
-        return F.proxy_anchor_loss(sim, labels, self.margin, self.alpha)
+        return F.proxy_anchor_loss(x, self.cast(self.proxies, x), labels, self.margin, self.alpha)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, alpha={self.alpha}"
@@ -187,8 +180,6 @@ class _CosineClassifierLoss(ProxyLoss):
         super().__init__(num_classes, embedding_size)
         self.weight = nn.Parameter(torch.randn(self.num_classes * rows_per_class, self.embedding_size))
 
-    def cosine(self, x):
-        return cosine_similarity(x, self.cast(self.weight, x))
 
 
 @LOSSES.register("normalized-softmax")
@@ -210,7 +201,7 @@ class NormalizedSoftmaxLoss(_CosineClassifierLoss):
     >>> import torch, deepmetric as dm
     >>> _ = torch.manual_seed(0)
     >>> loss = dm.losses.create("normalized-softmax", num_classes=3, embedding_size=4, temperature=0.05)
-    >>> float(loss(loss.weight.detach(), torch.tensor([0, 1, 2]))) < 0.5
+    >>> loss(loss.weight.detach(), torch.tensor([0, 1, 2])).item() < 0.5
     True
     """
 
@@ -219,7 +210,7 @@ class NormalizedSoftmaxLoss(_CosineClassifierLoss):
         self.temperature = check_number("temperature", temperature, low=0.0, strict=True)
 
     def compute(self, x, labels):
-        return F.normalized_softmax_loss(self.cosine(x), labels, self.temperature)
+        return F.normalized_softmax_loss(x, self.cast(self.weight, x), labels, self.temperature)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, temperature={self.temperature}"
@@ -256,7 +247,7 @@ class CosFaceLoss(_CosineClassifierLoss):
         self.scale = check_number("scale", scale, low=0.0, strict=True)
 
     def compute(self, x, labels):
-        return F.cosface_loss(self.cosine(x), labels, self.margin, self.scale)
+        return F.cosface_loss(x, self.cast(self.weight, x), labels, self.margin, self.scale)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, scale={self.scale}"
@@ -305,7 +296,7 @@ class ArcFaceLoss(_CosineClassifierLoss):
         self.scale = check_number("scale", scale, low=0.0, strict=True)
 
     def compute(self, x, labels):
-        return F.arcface_loss(self.cosine(x), labels, self.margin, self.scale)
+        return F.arcface_loss(x, self.cast(self.weight, x), labels, self.margin, self.scale)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, scale={self.scale}"
@@ -349,8 +340,7 @@ class SubCenterArcFaceLoss(_CosineClassifierLoss):
         self.scale = check_number("scale", scale, low=0.0, strict=True)
 
     def compute(self, x, labels):
-        cos = F.max_over_subcenters(self.cosine(x), self.num_classes, self.sub_centers)
-        return F.arcface_loss(cos, labels, self.margin, self.scale)
+        return F.arcface_loss(x, self.cast(self.weight, x), labels, self.margin, self.scale, self.sub_centers)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, scale={self.scale}, sub_centers={self.sub_centers}"
@@ -401,8 +391,7 @@ class SoftTripleLoss(ProxyLoss):
 
     def compute(self, x, labels):
         centers = self.cast(self.centers, x)
-        value = F.soft_triple_loss(cosine_similarity(x, centers), labels, self.centers_per_class, self.la,
-                                   self.gamma, self.margin)
+        value = F.soft_triple_loss(x, centers, labels, self.centers_per_class, self.la, self.gamma, self.margin)
         if self.tau > 0:
             value = value + self.tau * F.soft_triple_regularizer(
                 torch.nn.functional.normalize(centers, dim=1), self.centers_per_class)
@@ -442,7 +431,7 @@ class CenterLoss(ProxyLoss):
     >>> import torch, deepmetric as dm
     >>> _ = torch.manual_seed(0)
     >>> loss = dm.losses.create("center", num_classes=2, embedding_size=3)
-    >>> float(loss(loss.centers.detach()[[0, 1, 1]], torch.tensor([0, 1, 1])))
+    >>> loss(loss.centers.detach()[[0, 1, 1]], torch.tensor([0, 1, 1])).item()
     0.0
     """
 
