@@ -558,7 +558,7 @@ def test_bad_parameters_are_clear_errors():
         DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=0.4)
     with pytest.raises(TypeError, match="seed: expected None, an int or a torch.Generator"):
         DistanceWeightedMiner(seed=0.5)
-    with pytest.raises(KeyError, match="unknown miner 'hardest'; known miners: batch-hard"):
+    with pytest.raises(KeyError, match="unknown miner 'hardest'; known miners: .*batch-hard"):
         mining.create("hardest")
     with pytest.raises(ValueError, match="dist: expected a"):
         F.batch_hard_triplets(torch.zeros(3), torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))

@@ -35,7 +35,8 @@ create = MINERS.create
 names = MINERS.names
 
 __all__ = ["MINERS", "create", "names", "Miner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner",
-           "DistanceWeightedMiner", "MultiSimilarityMiner", "Pairs", "Triplets"]
+           "DistanceWeightedMiner", "MultiSimilarityMiner", "PairMarginMiner", "BatchEasyHardMiner", "AngularMiner",
+           "UniformHistogramMiner", "Pairs", "Triplets"]
 
 
 def _check_number(name: str, value, positive: bool = False) -> float:
@@ -246,3 +247,165 @@ class MultiSimilarityMiner(Miner):
 
     def _params(self) -> dict:
         return {"epsilon": self.epsilon, "distance": self.distance}
+
+
+@MINERS.register("pair-margin")
+class PairMarginMiner(Miner):
+    """Pair margin mining: positive pairs farther than ``pos_margin`` and negative pairs closer than
+    ``neg_margin``, the pairs a contrastive loss with these margins penalises (Hadsell, Chopra, LeCun,
+    CVPR 2006). With ``distance="dot"`` (a similarity) the inequalities flip: positives with
+    ``S < pos_margin``, negatives with ``S > neg_margin``. Margins are in the units of ``distance``
+    (``cosine`` is the cosine *distance* ``1 - cos``). Equal, pair for pair, to
+    pytorch-metric-learning's ``PairMarginMiner(pos_margin, neg_margin)`` with the same distance (pml's
+    default ``LpDistance`` normalises embeddings; deepmetric never does, so normalise in the head).
+    See :func:`deepmetric.functional.mining.pair_margin_pairs`.
+
+    >>> a1, p, a2, n = PairMarginMiner(0.2, 0.8)(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
+    """
+
+    def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: str = "euclidean"):
+        super().__init__(distance)
+        self.pos_margin = _check_number("pos_margin", pos_margin)
+        self.neg_margin = _check_number("neg_margin", neg_margin)
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        matrix = distances.pairwise(embeddings, ref_embeddings, self.distance)
+        return F.pair_margin_pairs(matrix, pos_mask, neg_mask, self.pos_margin, self.neg_margin,
+                                   similarity=distances.is_similarity(self.distance))
+
+    def _params(self) -> dict:
+        return {"pos_margin": self.pos_margin, "neg_margin": self.neg_margin, "distance": self.distance}
+
+
+def _check_range(name: str, value):
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name}: expected None or a (low, high) pair, got {value!r}")
+    low, high = (_check_number(name, v) for v in value)
+    if low > high:
+        raise ValueError(f"{name}: expected low <= high, got {value!r}")
+    return (low, high)
+
+
+@MINERS.register("batch-easy-hard")
+class BatchEasyHardMiner(Miner):
+    """Batch easy/hard mining: for each anchor one positive and one negative chosen by strategy
+    (Xuan, Stylianou, Pless, WACV 2020, "Improved Embeddings with Easy Positive Triplet Mining";
+    ``pos_strategy="hard", neg_strategy="hard"`` is batch-hard, Hermans et al. 2017).
+
+    Strategies ``"easy"``, ``"hard"``, ``"semihard"`` (relative to the pair chosen on the other side)
+    or ``"all"`` (every pair of that side): see
+    :func:`deepmetric.functional.mining.batch_easy_hard` for the rules. ``allowed_pos_range`` /
+    ``allowed_neg_range`` ``(low, high)`` restrict the candidate pairs to values of ``distance`` in
+    ``[low, high]`` (similarities for ``dot``), an ``"all"`` side included. Returns
+    :class:`Triplets` ``(a, p, n)``, or :class:`Pairs` when a strategy is ``"all"``. Equal to
+    pytorch-metric-learning's ``BatchEasyHardMiner`` with the same arguments (which returns the
+    triplets as 4-tuples of pairs), except that pml ignores the allowed range on an ``"all"`` side.
+
+    >>> a, p, n = BatchEasyHardMiner("easy", "semihard")(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
+    """
+
+    def __init__(self, pos_strategy: str = "easy", neg_strategy: str = "semihard",
+                 allowed_pos_range: tuple[float, float] | None = None,
+                 allowed_neg_range: tuple[float, float] | None = None, distance: str = "euclidean"):
+        super().__init__(distance)
+        F.check_easy_hard_strategies(pos_strategy, neg_strategy)
+        self.pos_strategy, self.neg_strategy = pos_strategy, neg_strategy
+        self.allowed_pos_range = _check_range("allowed_pos_range", allowed_pos_range)
+        self.allowed_neg_range = _check_range("allowed_neg_range", allowed_neg_range)
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        matrix = distances.pairwise(embeddings, ref_embeddings, self.distance)
+        return F.batch_easy_hard(distances.as_ascending(matrix, self.distance), pos_mask, neg_mask,
+                                 self.pos_strategy, self.neg_strategy, self.allowed_pos_range,
+                                 self.allowed_neg_range, range_values=matrix)
+
+    def _params(self) -> dict:
+        return {"pos_strategy": self.pos_strategy, "neg_strategy": self.neg_strategy,
+                "allowed_pos_range": self.allowed_pos_range, "allowed_neg_range": self.allowed_neg_range,
+                "distance": self.distance}
+
+
+@MINERS.register("angular")
+class AngularMiner(Miner):
+    """Angular mining (Wang, Zhou, Wen, Liu, Lin, ICCV 2017, "Deep Metric Learning with Angular
+    Loss"): every valid triplet whose angle at the negative,
+    ``atan(||x_a - x_p|| / (2 ||x_n - (x_a + x_p)/2||))``, exceeds ``angle`` degrees: the triplets
+    violating the angular constraint. The paper's embeddings are L2-normalised; normalise in the model
+    head (deepmetric never normalises inside a miner; pytorch-metric-learning's ``AngularMiner(angle)``
+    does, and on normalised input the two give the same triplets). Memory ``O(B R)`` per chunk of
+    positive pairs; see :func:`deepmetric.functional.mining.angular_triplets`.
+
+    >>> a, p, n = AngularMiner(angle=20)(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
+    """
+
+    def __init__(self, angle: float = 20.0):
+        super().__init__("euclidean")
+        self.angle = _check_number("angle", angle)
+        if not 0.0 <= self.angle < 90.0:
+            raise ValueError(f"angle: expected degrees in [0, 90), got {angle}")
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        same = ref_embeddings is embeddings
+        gram = embeddings @ ref_embeddings.T
+        ref_gram = gram if same else ref_embeddings @ ref_embeddings.T
+        sq = None if same else embeddings.pow(2).sum(1)
+        return F.angular_triplets(gram, ref_gram, pos_mask, neg_mask, math.radians(self.angle), sq)
+
+    def _params(self) -> dict:
+        return {"angle": self.angle}
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
+        raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
+    return seed
+
+
+def _positive_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+@MINERS.register("uniform-histogram")
+class UniformHistogramMiner(Miner):
+    """Uniform histogram mining (pytorch-metric-learning's ``UniformHistogramMiner``): for positive
+    and negative pairs separately, the range of their distances is cut into ``num_bins`` equal bins
+    and ``pos_per_bin`` / ``neg_per_bin`` pairs are drawn with replacement from every non-empty bin,
+    so the mined pairs cover all distances evenly instead of following the batch's distribution.
+
+    ``seed``: None (torch's global generator), an int (a private generator seeded once, so two
+    miners with the same seed give the same sequence of outputs) or a ``torch.Generator``. The random
+    draws differ from pml's; the bins and the number of pairs per bin are the same.
+
+    >>> miner = UniformHistogramMiner(num_bins=5, pos_per_bin=2, neg_per_bin=2, seed=0)
+    >>> a1, p, a2, n = miner(torch.randn(8, 3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    """
+
+    def __init__(self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10,
+                 distance: str = "euclidean", seed: int | torch.Generator | None = None):
+        super().__init__(distance)
+        self.num_bins = _positive_count("num_bins", num_bins)
+        self.pos_per_bin = _positive_count("pos_per_bin", pos_per_bin)
+        self.neg_per_bin = _positive_count("neg_per_bin", neg_per_bin)
+        self.seed = _check_seed(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator used on ``device`` (None: torch's global one)."""
+        if self.seed is None or isinstance(self.seed, torch.Generator):
+            return self.seed
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
+        return self._generators[device]
+
+    def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
+        matrix = distances.pairwise(embeddings, ref_embeddings, self.distance)
+        return F.uniform_histogram_pairs(matrix, pos_mask, neg_mask, self.num_bins, self.pos_per_bin,
+                                         self.neg_per_bin, self.generator(embeddings.device))
+
+    def _params(self) -> dict:
+        return {"num_bins": self.num_bins, "pos_per_bin": self.pos_per_bin, "neg_per_bin": self.neg_per_bin,
+                "distance": self.distance, "seed": self.seed}

@@ -24,10 +24,10 @@ from deepmetric.data.datasets import (
     sha256_file,
     split_classes,
 )
-from deepmetric.data.samplers import MPerClassSampler
+from deepmetric.data.samplers import HierarchicalBatchSampler, MPerClassSampler
 
 __all__ = [
     "DATASETS", "SPLITS", "ArrayDataset", "BuiltinDataset", "concat", "data_root", "holdout_classes", "load",
     "load_csv", "load_dataset", "load_npz", "load_split", "read_idx", "save_npz", "sha256_file",
-    "split_classes", "MPerClassSampler",
+    "split_classes", "MPerClassSampler", "HierarchicalBatchSampler",
 ]

@@ -351,3 +351,186 @@ def multi_similarity_pairs(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: 
     keep = s[a1, p] - epsilon < hardest_neg[a1]
     a2, n = _nonzero_2d(ops, (s + epsilon > hardest_pos[:, None]) & neg)
     return Pairs(to_torch(a1[keep]), to_torch(p[keep]), to_torch(a2), to_torch(n))
+
+
+def _empty_pairs(device) -> Pairs:
+    empty = empty_index(device)
+    return Pairs(empty, empty, empty, empty)
+
+
+def pair_margin_pairs(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, pos_margin: float = 0.2,
+                      neg_margin: float = 0.8, similarity: bool = False) -> Pairs:
+    """Pair margin mining: the pairs a contrastive loss with these margins would penalise.
+
+    With distances ``D`` (``similarity=False``), keep
+
+        positive pair (i, j)  if  D_ij > pos_margin        negative pair (i, j)  if  D_ij < neg_margin
+
+    and with similarities ``S`` (``similarity=True``) ``S_ij < pos_margin`` and ``S_ij > neg_margin``,
+    pytorch-metric-learning's ``PairMarginMiner`` inequalities. ``dist`` is in its own units (not
+    made ascending). Pairs come out in lexicographic order.
+    """
+    _check_masks(dist, pos_mask, neg_mask)
+    if dist.shape[1] == 0:
+        return _empty_pairs(dist.device)
+    ops, d, (pos, neg), to_torch = _backend(dist, pos_mask, neg_mask)
+    if similarity:
+        pos, neg = pos & (d < pos_margin), neg & (d > neg_margin)
+    else:
+        pos, neg = pos & (d > pos_margin), neg & (d < neg_margin)
+    a1, p = _nonzero_2d(ops, pos)
+    a2, n = _nonzero_2d(ops, neg)
+    return Pairs(to_torch(a1), to_torch(p), to_torch(a2), to_torch(n))
+
+
+EASY_HARD_STRATEGIES = ("hard", "semihard", "easy", "all")
+
+
+def check_easy_hard_strategies(pos_strategy: str, neg_strategy: str) -> None:
+    """Raise a ValueError for an unknown or impossible combination of batch easy/hard strategies."""
+    for name, value in (("pos_strategy", pos_strategy), ("neg_strategy", neg_strategy)):
+        if value not in EASY_HARD_STRATEGIES:
+            raise ValueError(f"{name}: expected one of {', '.join(EASY_HARD_STRATEGIES)}, got {value!r}")
+    if pos_strategy == neg_strategy == "semihard":
+        raise ValueError('pos_strategy and neg_strategy cannot both be "semihard" (each is defined by the other)')
+    if "semihard" in (pos_strategy, neg_strategy) and "all" in (pos_strategy, neg_strategy):
+        raise ValueError('"semihard" cannot be combined with "all": it needs one chosen pair on the other side')
+
+
+def _pick_per_row(d: torch.Tensor, mask: torch.Tensor, largest: bool):
+    """Per row, the column of the largest (or smallest) entry of ``d`` inside ``mask``, its value, and
+    whether the row has any entry (first index on ties)."""
+    fill = -math.inf if largest else math.inf
+    masked = d.masked_fill(~mask, fill)
+    value, index = (masked.max(dim=1) if largest else masked.min(dim=1)) if d.shape[1] else (
+        d.new_full((d.shape[0],), fill), torch.zeros(d.shape[0], dtype=torch.long, device=d.device))
+    return index, value, mask.any(dim=1)
+
+
+def batch_easy_hard(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, pos_strategy: str = "easy",
+                    neg_strategy: str = "semihard", allowed_pos_range: tuple[float, float] | None = None,
+                    allowed_neg_range: tuple[float, float] | None = None,
+                    range_values: torch.Tensor | None = None) -> Triplets | Pairs:
+    """Batch easy/hard mining (Xuan, Stylianou, Pless, WACV 2020, "Improved Embeddings with Easy
+    Positive Triplet Mining"; Hermans et al. 2017 for batch-hard), one positive and one negative per
+    anchor chosen by strategy, with ``D`` ascending (smaller is closer)::
+
+        positive  easy: argmin_p D_ap      hard: argmax_p D_ap      semihard: argmax_{p: D_ap < D_an*} D_ap
+        negative  easy: argmax_n D_an      hard: argmin_n D_an      semihard: argmin_{n: D_an > D_ap*} D_an
+
+    where ``*`` is the pair chosen on the other side; ``"all"`` keeps every pair of its side.
+    ``allowed_pos_range`` / ``allowed_neg_range`` ``(low, high)`` keep only pairs whose value in
+    ``range_values`` (the matrix in the distance's own units; default ``dist``) lies in
+    ``[low, high]``, before choosing; they also filter an ``"all"`` side (an intended difference:
+    pytorch-metric-learning's ``BatchEasyHardMiner`` ignores the range there). Otherwise these are
+    its rules. Returns :class:`Triplets` ``(a, p*, n*)`` for anchors with both choices (by anchor), or,
+    when a side is ``"all"``, :class:`Pairs`: every pair of that side and the chosen pair of each
+    anchor on the other.
+    """
+    _check_masks(dist, pos_mask, neg_mask)
+    check_easy_hard_strategies(pos_strategy, neg_strategy)
+    d = dist.detach()
+    values = d if range_values is None else range_values.detach()
+    pos, neg = pos_mask, neg_mask
+    if allowed_pos_range is not None:
+        pos = pos & (values >= allowed_pos_range[0]) & (values <= allowed_pos_range[1])
+    if allowed_neg_range is not None:
+        neg = neg & (values >= allowed_neg_range[0]) & (values <= allowed_neg_range[1])
+    pos_largest = pos_strategy != "easy"  # hard and semihard positives: the farthest
+    neg_largest = neg_strategy == "easy"  # easy negatives: the farthest
+    if pos_strategy == "semihard":
+        n_idx, n_val, n_ok = _pick_per_row(d, neg, neg_largest)
+        p_idx, _, p_ok = _pick_per_row(d, pos & (d < n_val.unsqueeze(1)), True)
+    elif neg_strategy == "semihard":
+        p_idx, p_val, p_ok = _pick_per_row(d, pos, pos_largest)
+        n_idx, _, n_ok = _pick_per_row(d, neg & (d > p_val.unsqueeze(1)), False)
+    else:
+        p_idx, _, p_ok = _pick_per_row(d, pos, pos_largest)
+        n_idx, _, n_ok = _pick_per_row(d, neg, neg_largest)
+    if "all" not in (pos_strategy, neg_strategy):
+        a = (p_ok & n_ok).nonzero().flatten()
+        return Triplets(a, p_idx[a], n_idx[a])
+    a1, p = pos.nonzero(as_tuple=True)
+    a2, n = neg.nonzero(as_tuple=True)
+    if pos_strategy != "all":
+        a1 = p_ok.nonzero().flatten()
+        p = p_idx[a1]
+    if neg_strategy != "all":
+        a2 = n_ok.nonzero().flatten()
+        n = n_idx[a2]
+    return Pairs(a1, p, a2, n)
+
+
+def angular_triplets(gram: torch.Tensor, ref_gram: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
+                     angle: float, sq_norms: torch.Tensor | None = None,
+                     chunk_elements: int = CHUNK_ELEMENTS) -> Triplets:
+    """Angular mining (Wang et al., ICCV 2017, "Deep Metric Learning with Angular Loss"): every valid
+    triplet whose angle at the negative exceeds ``angle`` (radians)::
+
+        x_c = (x_a + x_p) / 2,     angle(a, p, n) = atan(||x_a - x_p|| / (2 ||x_n - x_c||))
+
+    (the angle ``n'`` of the paper's triangle; the loss asks ``tan n' <= tan alpha``). ``gram``
+    ``(B, R)`` holds ``x_a . x_r``, ``ref_gram`` ``(R, R)`` holds ``x_p . x_n`` (the same matrix when
+    the reference set is the batch); ``sq_norms`` ``(B,)`` are the batch's squared norms (default:
+    the diagonal of ``gram``, right when the reference set is the batch). Distances come from the
+    Gram matrices (``||x_n - x_c||^2 = |x_n|^2 - x_n.(x_a + x_p) + |x_a + x_p|^2 / 4``), over chunks
+    of positive pairs of at most ``chunk_elements`` entries: never a (B, R, R) tensor. A zero
+    ``||x_n - x_c||`` gives an angle of pi/2 (0/0 gives no triplet), as pytorch-metric-learning's
+    ``AngularMiner``. Triplets come out in lexicographic ``(a, p, n)`` order.
+    """
+    _check_masks(gram, pos_mask, neg_mask)
+    g, h = gram.detach(), ref_gram.detach()
+    sq_a = torch.diagonal(g) if sq_norms is None else sq_norms.detach()
+    sq_ref = torch.diagonal(h)
+    pair_a, pair_p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
+    if pair_a.numel() == 0:
+        return _empty_triplets(gram.device)
+    chunk = max(1, chunk_elements // max(g.shape[1], 1))
+    out_a, out_p, out_n = [], [], []
+    for start in range(0, pair_a.numel(), chunk):
+        a, p = pair_a[start:start + chunk], pair_p[start:start + chunk]
+        ap_dot = g[a, p]
+        ap = (sq_a[a] + sq_ref[p] - 2 * ap_dot).clamp_min(0).sqrt()
+        s = sq_a[a] + sq_ref[p] + 2 * ap_dot  # |x_a + x_p|^2
+        nc = (sq_ref.unsqueeze(0) - (g[a] + h[p]) + (s / 4).unsqueeze(1)).clamp_min(0).sqrt()
+        keep = (torch.atan(ap.unsqueeze(1) / (2 * nc)) > angle) & neg_mask[a]
+        r, n = keep.nonzero(as_tuple=True)
+        out_a.append(a[r])
+        out_p.append(p[r])
+        out_n.append(n)
+    return Triplets(torch.cat(out_a), torch.cat(out_p), torch.cat(out_n))
+
+
+def uniform_histogram_pairs(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, num_bins: int = 100,
+                            pos_per_bin: int = 10, neg_per_bin: int = 10,
+                            generator: torch.Generator | None = None) -> Pairs:
+    """Uniform histogram mining (pytorch-metric-learning's ``UniformHistogramMiner``): pairs whose
+    distances cover their range evenly.
+
+    For each side (positive pairs, negative pairs) separately: cut ``[min D, max D]`` of that side's
+    pairs into ``num_bins`` equal bins (``[e_k, e_{k+1})``, the last one closed) and draw
+    ``pos_per_bin`` (or ``neg_per_bin``) pairs uniformly *with replacement* from each non-empty bin.
+    Deterministic given ``generator``'s state. Pairs come out bin by bin (ascending distances).
+    """
+    _check_masks(dist, pos_mask, neg_mask)
+    d = dist.detach()
+    out = []
+    for mask, k in ((pos_mask, pos_per_bin), (neg_mask, neg_per_bin)):
+        rows, cols = mask.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            out += [rows, cols]
+            continue
+        values = d[rows, cols]
+        edges = torch.linspace(float(values.min()), float(values.max()), num_bins + 1, dtype=d.dtype,
+                               device=d.device)
+        # bin k holds e_k <= v < e_{k+1}: the number of inner edges <= v (the last bin is closed)
+        bins = torch.searchsorted(edges[1:num_bins].contiguous(), values.contiguous(), right=True)
+        order = torch.argsort(bins, stable=True)
+        counts = torch.bincount(bins, minlength=num_bins)
+        starts = torch.cumsum(counts, 0) - counts
+        full = (counts > 0).nonzero().flatten()
+        draws = torch.rand(full.numel(), k, generator=generator, device=d.device, dtype=torch.float64) \
+            * counts[full].unsqueeze(1)
+        pick = order[(starts[full].unsqueeze(1) + draws.long().clamp_max(counts[full].unsqueeze(1) - 1)).reshape(-1)]
+        out += [rows[pick], cols[pick]]
+    return Pairs(*out)

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from deepmetric.functional.losses import _log1p_sum_exp_
+
 # Largest number of elements of one (pairs, R) block of the angular loss.
 MAX_PAIR_BLOCK = 2 ** 22
 
@@ -42,17 +44,6 @@ def n_pairs_loss(sim: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(sim, torch.arange(n, device=sim.device))
 
 
-def _masked_log1p_sum_exp(x: torch.Tensor, log_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row ``log(1 + sum_k exp(x_k + log_weight_k))`` (``log_weight = -inf`` drops an entry)
-    and the softmax weights ``exp(x_k + log_weight_k) / (1 + sum ...)`` (its gradient), stable for
-    large ``x``. No autograd."""
-    z = x + log_weight
-    m = z.amax(dim=1, keepdim=True).clamp_min(0.0) if z.shape[1] else z.new_zeros(z.shape[0], 1)
-    e = (z - m).exp_()
-    total = e.sum(dim=1, keepdim=True).add_(torch.exp(-m))
-    return (total.log() + m).squeeze(1), e.div_(total)
-
-
 class _AngularSum(torch.autograd.Function):
     """Sum over given positive pairs ``(a_k, p_k)`` of the angular loss terms (see
     :func:`angular_loss`), from the Gram matrices ``G = X R^T`` (``(B, R)``) and ``H = R R^T``
@@ -74,9 +65,10 @@ class _AngularSum(torch.autograd.Function):
         for start in range(0, a.numel(), chunk):
             ac, pc = a[start:start + chunk], p[start:start + chunk]
             ap = g[ac, pc]
-            x = (g[ac] + h[pc]).mul_(c1).sub_((c2 * ap).unsqueeze(1))
-            log_w = torch.zeros_like(x).masked_fill_(~neg_mask[ac], -math.inf)
-            value, w = _masked_log1p_sum_exp(x, log_w)
+            x = g.index_select(0, ac).add_(h.index_select(0, pc)).mul_(c1).sub_((c2 * ap).unsqueeze(1))
+            keep = neg_mask.index_select(0, ac).view(torch.uint8).to(x.dtype)
+            value = _log1p_sum_exp_(x, keep)  # x becomes the softmax weights
+            w = x
             total += value.sum()
             n_nonzero += (value > 0).sum()
             grad_g.index_add_(0, ac, w, alpha=c1)

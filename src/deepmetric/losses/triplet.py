@@ -110,6 +110,40 @@ def _check_max_elements(value) -> int:
     return value
 
 
+def _class_ids(labels: torch.Tensor) -> torch.Tensor:
+    """Contiguous class ids of flat or hierarchical (finest level: the whole row) labels."""
+    return torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)[1]
+
+
+def _first_per_class(cls: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """For each class id present in ``cls``, the smallest of ``positions`` with that class."""
+    first = torch.full((int(cls.max()) + 1,), positions.numel(), dtype=torch.long, device=cls.device)
+    first.scatter_reduce_(0, cls, positions, "amin")
+    return first[first < positions.numel()]
+
+
+def _first_pair_per_class(labels: torch.Tensor, ref_labels: torch.Tensor | None):
+    """The lexicographically first positive pair ``(a, p)`` of each class, without the ``(B, R)``
+    mask: within the batch, the class's two smallest indices; with a reference set, the smallest
+    batch index of a class present in the reference set and the class's smallest reference index."""
+    n = labels.shape[0]
+    if ref_labels is None:
+        cls = _class_ids(labels)
+        order = torch.argsort(cls, stable=True)
+        counts = torch.bincount(cls)
+        starts = (torch.cumsum(counts, 0) - counts)[counts >= 2]
+        return order[starts], order[starts + 1]
+    cls = _class_ids(torch.cat([labels, ref_labels]))
+    n_cls = int(cls.max()) + 1
+    first_a = torch.full((n_cls,), n, dtype=torch.long, device=cls.device)
+    first_a.scatter_reduce_(0, cls[:n], torch.arange(n, device=cls.device), "amin")
+    n_ref = ref_labels.shape[0]
+    first_p = torch.full((n_cls,), n_ref, dtype=torch.long, device=cls.device)
+    first_p.scatter_reduce_(0, cls[n:], torch.arange(n_ref, device=cls.device), "amin")
+    keep = (first_a < n) & (first_p < n_ref)
+    return first_a[keep], first_p[keep]
+
+
 @LOSSES.register("n-pairs")
 class NPairsLoss(MetricLoss):
     """Multi-class N-pair loss (Sohn, NeurIPS 2016, "Improved Deep Metric Learning with Multi-class
@@ -145,15 +179,15 @@ class NPairsLoss(MetricLoss):
         if labels.dtype == torch.bool:
             raise ValueError("labels: NPairsLoss needs one class per item ((B,) or (B, L) integers), "
                              "got (B, C) bool multi-label")
-        a, p = _positive_pairs(tuples, labels, ref_labels)
+        if tuples is None:
+            a, p = _first_pair_per_class(labels, ref_labels)
+        else:
+            a, p = _positive_pairs(tuples, labels, ref_labels)
+            if a.numel():
+                first = _first_per_class(_class_ids(labels[a]), torch.arange(a.numel(), device=a.device))
+                a, p = a[first], p[first]
         if a.numel() == 0:
             return TF.n_pairs_loss(x.new_zeros(0, 0)) + x.reshape(-1)[:0].sum() + ref_x.reshape(-1)[:0].sum()
-        key = labels[a]
-        _, cls = torch.unique(key, dim=0 if key.dim() == 2 else None, return_inverse=True)
-        n_cls = int(cls.max()) + 1
-        first = torch.full((n_cls,), a.numel(), dtype=torch.long, device=a.device)
-        first.scatter_reduce_(0, cls, torch.arange(a.numel(), device=a.device), "amin")
-        a, p = a[first], p[first]
         sim = -as_ascending(pairwise(x[a], ref_x[p], self.distance), self.distance)
         return TF.n_pairs_loss(sim)
 
