@@ -73,6 +73,22 @@ class Miner:
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
         raise NotImplementedError
 
+    def _seed(self, seed) -> None:
+        """For miners that sample: ``seed`` is None (torch's global generator), an int (a private
+        generator per device, seeded once) or a ``torch.Generator``."""
+        if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
+            raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator used on ``device`` (None: torch's global one)."""
+        if self.seed is None or isinstance(self.seed, torch.Generator):
+            return self.seed
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
+        return self._generators[device]
+
     def ascending_distances(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` matrix of ``self.distance`` where smaller is closer (``dot`` negated)."""
         return distances.as_ascending(distances.pairwise(embeddings, ref_embeddings, self.distance), self.distance)
@@ -183,18 +199,7 @@ class DistanceWeightedMiner(Miner):
         if self.nonzero_loss_cutoff <= self.cutoff:
             raise ValueError(f"nonzero_loss_cutoff: expected a value above cutoff={self.cutoff}, "
                              f"got {self.nonzero_loss_cutoff}")
-        if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
-            raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The generator used on ``device`` (None: torch's global one)."""
-        if self.seed is None or isinstance(self.seed, torch.Generator):
-            return self.seed
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
-        return self._generators[device]
+        self._seed(seed)
 
     @staticmethod
     def _check_unit_norm(x: torch.Tensor, name: str) -> None:
@@ -357,12 +362,6 @@ class AngularMiner(Miner):
         return {"angle": self.angle}
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
-        raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
-    return seed
-
-
 def _positive_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -390,16 +389,7 @@ class UniformHistogramMiner(Miner):
         self.num_bins = _positive_count("num_bins", num_bins)
         self.pos_per_bin = _positive_count("pos_per_bin", pos_per_bin)
         self.neg_per_bin = _positive_count("neg_per_bin", neg_per_bin)
-        self.seed = _check_seed(seed)
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The generator used on ``device`` (None: torch's global one)."""
-        if self.seed is None or isinstance(self.seed, torch.Generator):
-            return self.seed
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
-        return self._generators[device]
+        self._seed(seed)
 
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
         matrix = distances.pairwise(embeddings, ref_embeddings, self.distance)

@@ -51,7 +51,40 @@ def _class_chunks(class_of: torch.Tensor, counts: torch.Tensor, k: torch.Tensor,
     return members, starts, first_chunk, chunks, chunk_class
 
 
-class MPerClassSampler(Sampler[list[int]]):
+class _EpochBatchSampler(Sampler[list[int]]):
+    """Epoch state shared by the batch samplers, like ``DistributedSampler``: ``set_epoch``, a
+    ``state_dict`` for resuming, and each rank's share of the epoch's batches.
+
+    A subclass sets ``seed``, ``epoch``, ``num_batches``, ``num_replicas`` and ``rank``, and implements
+    ``epoch_batches()`` -> ``(num_batches, batch_size)`` item indices of the current epoch. Ranks take
+    alternate batches of the same epoch; the epoch is padded by repeating its first batches so that
+    every rank gets the same number.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.set_epoch(state["epoch"])
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.num_replicas)
+
+    def __iter__(self):
+        batches = self.epoch_batches()
+        total = len(self) * self.num_replicas
+        padded = batches[torch.arange(total) % batches.shape[0]]
+        yield from padded[self.rank::self.num_replicas].tolist()
+
+
+class MPerClassSampler(_EpochBatchSampler):
     """Batch sampler: each batch holds ``batch_size / m`` distinct classes with ``m`` items each.
 
     Use it as ``DataLoader(dataset, batch_sampler=MPerClassSampler(labels, m=4, batch_size=32))``
@@ -123,30 +156,6 @@ class MPerClassSampler(Sampler[list[int]]):
         self._chunks_per_class = (self._counts + self.m - 1) // self.m
         num_chunks = int(self._chunks_per_class.sum())
         self.num_batches = max(math.ceil(num_chunks / self.classes_per_batch), int(self._chunks_per_class.max()))
-
-    # -- epoch state, like DistributedSampler -----------------------------------------------------
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(state["epoch"])
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_batches / self.num_replicas)
-
-    def __iter__(self):
-        batches = self.epoch_batches()
-        total = len(self) * self.num_replicas
-        padded = batches[torch.arange(total) % batches.shape[0]]
-        yield from padded[self.rank::self.num_replicas].tolist()
 
     # -- one epoch --------------------------------------------------------------------------------
 
@@ -251,7 +260,7 @@ def _fill_absent(table_groups: torch.Tensor, n_groups: int, g: torch.Generator) 
     return torch.where(empty, pick, table_groups)
 
 
-class HierarchicalBatchSampler(Sampler[list[int]]):
+class HierarchicalBatchSampler(_EpochBatchSampler):
     """Batch sampler for two-level labels: each batch holds ``super_classes_per_batch`` super-classes,
     ``classes_per_super_class`` classes of each, and ``samples_per_class`` items of each class
     (the batches of hierarchical retrieval, e.g. Stanford Online Products' super-classes).
@@ -337,28 +346,6 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         self._units_per_super = torch.maximum((chunks_per_super + c - 1) // c, max_chunks)
         s = self.super_classes_per_batch
         self.num_batches = max(math.ceil(int(self._units_per_super.sum()) / s), int(self._units_per_super.max()))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(state["epoch"])
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_batches / self.num_replicas)
-
-    def __iter__(self):
-        batches = self.epoch_batches()
-        total = len(self) * self.num_replicas
-        padded = batches[torch.arange(total) % batches.shape[0]]
-        yield from padded[self.rank::self.num_replicas].tolist()
 
     def _random_chunks(self, classes: torch.Tensor, members, starts, g) -> torch.Tensor:
         """``(len(classes), m)`` fresh chunks: ``m`` random items of each class, distinct when the

@@ -9,24 +9,25 @@ and has a ``distance`` attribute naming the distance it trains for.
 'euclidean'
 """
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.pair import ContrastiveLoss, DDMLLoss, MultiSimilarityLoss
-from deepmetric.losses.pair import (BinomialDevianceLoss, CircleLoss, FastAPLoss, GeneralizedLiftedStructureLoss,
-                                    HistogramLoss, LiftedStructureLoss, MarginLoss, NTXentLoss, SupConLoss)
-_PAIR_BASED = ["BinomialDevianceLoss", "LiftedStructureLoss", "GeneralizedLiftedStructureLoss", "MarginLoss",
-               "CircleLoss", "NTXentLoss", "SupConLoss", "FastAPLoss", "HistogramLoss"]
-from deepmetric.losses.triplet import AngularLoss, NPairsLoss, TripletMarginLoss, TupletMarginLoss
-from deepmetric.losses.proxy import (ArcFaceLoss, CenterLoss, CosFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss,
-                                      ProxyNCALoss, SoftTripleLoss, SubCenterArcFaceLoss)
-
 from deepmetric.losses.combined import CombinedLoss, combine
 from deepmetric.losses.memory import CrossBatchMemory
+from deepmetric.losses.pair import (BinomialDevianceLoss, CircleLoss, ContrastiveLoss, DDMLLoss, FastAPLoss,
+                                    GeneralizedLiftedStructureLoss, HistogramLoss, LiftedStructureLoss, MarginLoss,
+                                    MultiSimilarityLoss, NTXentLoss, SupConLoss)
+from deepmetric.losses.proxy import (ArcFaceLoss, CenterLoss, CosFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss,
+                                     ProxyNCALoss, SoftTripleLoss, SubCenterArcFaceLoss)
+from deepmetric.losses.triplet import AngularLoss, NPairsLoss, TripletMarginLoss, TupletMarginLoss
 
 create = LOSSES.create
 names = LOSSES.names
-__all__ = ["combine", "CombinedLoss", "CrossBatchMemory"]
 
-__all__ += ["LOSSES", "create", "names", "MetricLoss", "ContrastiveLoss", "DDMLLoss", "MultiSimilarityLoss",
+__all__ = ["LOSSES", "create", "names", "combine", "MetricLoss", "CombinedLoss", "CrossBatchMemory",
+           # pair-based
+           "ContrastiveLoss", "DDMLLoss", "BinomialDevianceLoss", "MultiSimilarityLoss", "LiftedStructureLoss",
+           "GeneralizedLiftedStructureLoss", "MarginLoss", "CircleLoss", "NTXentLoss", "SupConLoss", "FastAPLoss",
+           "HistogramLoss",
+           # triplet family
            "TripletMarginLoss", "NPairsLoss", "AngularLoss", "TupletMarginLoss",
+           # proxy, classification and centre
            "ProxyNCALoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "CosFaceLoss", "ArcFaceLoss",
            "SubCenterArcFaceLoss", "SoftTripleLoss", "CenterLoss"]
-__all__ += _PAIR_BASED

@@ -468,7 +468,7 @@ class NTXentLoss(_MaskedPairLoss):
     """NT-Xent / InfoNCE loss (Chen, Kornblith, Norouzi, Hinton, ICML 2020, "A Simple Framework for
     Contrastive Learning of Visual Representations", eq. (1)), for every positive pair ``(i, j)``::
 
-        l(i, j) = -log( exp(sim(z_i, z_j) / tau) / (exp(sim(z_i, z_j) / tau) + sum_{k in N(i)} exp(sim(z_i, z_k) / tau)) )
+        l(i, j) = -log( exp(s_ij / tau) / (exp(s_ij / tau) + sum_{k in N(i)} exp(s_ik / tau)) ),   s_ij = sim(z_i, z_j)
 
     averaged over the positive pairs. For SimCLR, label the two views of image ``k`` with ``k``.
     Equal to pytorch-metric-learning's ``NTXentLoss(temperature)`` (cosine similarity), computed with
