@@ -113,7 +113,9 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
     Returns, per view, ``{metric: (Q,) float64}`` with NaN for the queries the view does not score
     (no relevant item). The depth of a chunk is the largest of its queries' ``R`` and of the reported
     ks (the whole gallery with ``full_map``), so metrics at R are exact; MRR is made exact by searching
-    the queries whose first relevant item lies beyond that depth again, four times deeper each round.
+    the queries whose first relevant item lies beyond that depth again, four times deeper each round,
+    until it is found or the query's list ends (reciprocal rank 0: nothing relevant is retrievable,
+    e.g. with an approximate index whose probed lists hold none).
     """
     n_q, n_g = queries.shape[0], searcher.n
     retrievable = n_g - int(self_mode)
@@ -134,17 +136,20 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
         ranked = self_knn(queries, depth_of(active), searcher.distance, q_groups)[1]
 
     def search(rows, depth):
+        """Relevance of the rows' results and whether each list ended early (padding: nothing more
+        can be retrieved for that query, e.g. everything else is excluded or not probed by an index)."""
         if ranked is not None and depth <= ranked.shape[1]:
-            return base_fn(ranked[rows, :depth], rows)
-        _, indices = searcher.search(queries[rows], depth, rows if self_mode else None,
-                                     None if q_groups is None else q_groups[rows], g_groups)
-        return base_fn(indices, rows)
+            indices = ranked[rows, :depth]
+        else:
+            _, indices = searcher.search(queries[rows], depth, rows if self_mode else None,
+                                         None if q_groups is None else q_groups[rows], g_groups)
+        return base_fn(indices, rows), (indices < 0).any(dim=1)
 
     step = max(1, min(chunk_size, _RESULTS_BLOCK // depth_of(active)))
     for s in range(0, active.numel(), step):
         rows = active[s:s + step]
         depth = depth_of(rows)
-        base = search(rows, depth)
+        base, exhausted = search(rows, depth)
         for v, view in enumerate(views):
             scored = view.n_relevant[rows] > 0
             rel, gains = view.judge(base[scored])
@@ -155,7 +160,7 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
                     out[v][name] = _nans(n_q, queries.device)
                 out[v][name][rows[scored]] = values
             if depth < retrievable:
-                unfound[rows[scored], v] = ~rel.any(dim=1)
+                unfound[rows[scored], v] = ~rel.any(dim=1) & ~exhausted[scored]
 
     depth = floor
     while bool(unfound.any()):
@@ -164,7 +169,7 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
         step = max(1, min(chunk_size, _RESULTS_BLOCK // depth))
         for s in range(0, redo.numel(), step):
             rows = redo[s:s + step]
-            base = search(rows, depth)
+            base, exhausted = search(rows, depth)
             for v, view in enumerate(views):
                 todo = unfound[rows, v]
                 rel, _ = view.judge(base[todo])
@@ -172,6 +177,7 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
                 done = rows[todo][found]
                 out[v]["mrr"][done] = ranking.reciprocal_rank(rel[found])
                 unfound[done, v] = False
+                unfound[rows[todo][~found & exhausted[todo]], v] = False  # nothing more to retrieve: RR 0
         if depth >= n_g:  # every retrievable item was returned: nothing can be left
             break
     return out

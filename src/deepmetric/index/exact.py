@@ -224,27 +224,29 @@ class _RunningTopK:
     """Top-k of a block of rows over the columns seen so far, updated from sparse candidates.
 
     ``thr`` is each row's admission threshold: the smaller of an estimate made before the search and
-    the k-th best value kept so far. Candidates wait in ``pending`` and are merged in batches.
+    the k-th best value kept so far. Candidates wait in ``pending`` (rows and ids as int32, to keep
+    the memory of every block's waiting candidates small) and are merged in batches.
     """
 
     def __init__(self, n_rows: int, k: int, estimate: torch.Tensor):
         self.k, self.estimate = k, estimate
         self.values = estimate.new_empty((n_rows, 0))
-        self.ids = torch.empty((n_rows, 0), dtype=torch.long, device=estimate.device)
+        self.ids = torch.empty((n_rows, 0), dtype=torch.int32, device=estimate.device)
         self.pending, self.n_pending = [], 0
         self.thr = estimate
 
     def add(self, rows: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
         if rows.numel():
-            self.pending.append((rows, ids, values))
+            self.pending.append((rows.to(torch.int32), ids.to(torch.int32), values))
             self.n_pending += rows.numel()
-            if self.n_pending > self.values.shape[0] * 2 * self.k:
+            if self.n_pending > self.values.shape[0] * self.k:
                 self.merge()
 
     def merge(self) -> None:
         if not self.pending:
             return
         rows, ids, values = (torch.cat(parts) for parts in zip(*self.pending))
+        rows = rows.long()
         self.pending, self.n_pending = [], 0
         n_rows = self.values.shape[0]
         order = torch.sort(rows).indices
@@ -336,8 +338,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
             pad = k - state.values.shape[1]
             state.values = torch.cat([state.values, state.values.new_full((state.values.shape[0], pad), math.inf)], 1)
             state.ids = torch.cat([state.ids, state.ids.new_full((state.ids.shape[0], pad), -1)], 1)
+    a = b = buffer = mask = None  # free the factors and block buffers before the results are assembled
     values = torch.cat([state.values for state in states])
-    ids = torch.cat([state.ids for state in states]).masked_fill(torch.isinf(values), -1)
+    ids = torch.cat([state.ids for state in states]).long().masked_fill(torch.isinf(values), -1)
     distances = _symmetric_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
