@@ -1,14 +1,15 @@
 """Query-in-gallery evaluation and index search against pytorch-metric-learning and faiss.
 
-    .venv/bin/python bench/evaluation.py [--sizes 20000 100000] [--million 1000000]
+    .venv/bin/python bench/evaluation.py [--sizes 20000 100000] [--repeats 3] [--million 1000000]
 
 Part 1: P@1 + R-precision + MAP@R, query-in-gallery, on N Gaussian-cluster embeddings (D = 128,
 1,000 classes, MAP@R about 0.5): deepmetric's exact ``evaluate`` and its approximate (IVF) mode
 against pytorch-metric-learning's AccuracyCalculator (k = "max_bin_count", faiss exact search).
-Each measurement runs in its own process, the three sides interleaved ``--repeats`` times (median
-time; this machine's speed drifts by tens of percent over minutes) (the data are generated there with the same seed), so the
-peak resident memory of each is its own; time counts the metric computation only (data generation
-and imports excluded). Ratios > 1 mean deepmetric is faster / smaller.
+Each measurement runs in its own process, where the data are generated with the same seed, so the
+peak resident memory of each is its own; the three sides are interleaved ``--repeats`` times and
+the median time is reported (this machine's speed drifts by tens of percent over minutes). Time
+counts the metric computation only (data generation and imports excluded). Ratios > 1 mean
+deepmetric is faster / smaller.
 
 Part 2: 1,000,000 x 128 vectors (same generator), faiss ``ivf-pq`` and ``hnsw`` through
 deepmetric.index: build time, query time for 1,000 queries (k = 10), index memory, recall@10

@@ -7,8 +7,9 @@ Embeddings: B x 128, L2-normalised, 4 samples per class (B / 4 classes). Each ca
 loss forward + backward (median of ``--repeats`` runs after 2 warm-ups; 2 runs when one takes more
 than a second) and measures the peak resident memory above the starting point of one step after a
 warm-up (Linux VmHWM, reset before it). A pml case that takes more than 5 s or 2 GB is not run at
-larger B (pml's NT-Xent at B = 1,024 exhausts this machine's 24 GB). pytorch-metric-learning is configured to compute the same
-thing (``LpDistance(normalize_embeddings=False)`` for euclidean cases; ArcFace margins in degrees).
+larger B (pml's NT-Xent at B = 1,024 exhausts this machine's 24 GB). pytorch-metric-learning is
+configured to compute the same thing (``LpDistance(normalize_embeddings=False)`` for euclidean
+cases; ArcFace margins in degrees).
 Ratios are pml / deepmetric: above 1, deepmetric is faster or smaller. The last lines give, at each
 B, the median time ratio over all cases and the slowest case.
 """

@@ -292,8 +292,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     Ranking a block costs a pass over it rather than a sort. Each row keeps a threshold: first an
     estimate of its k-th score from a random sample of the gallery, chosen so that about 3k items fall
     below it, then the k-th best score found so far. Only entries at or below their row's threshold
-    are collected and merged into the running top-k. A row whose estimate proved too low (fewer than k items below it) is searched again with
-    :func:`knn`, so the result is always exact. Memory: ``O(n * k + block_size^2)``.
+    are collected and merged into the running top-k. A row whose estimate proved too low (fewer than
+    k items below it) is searched again by the per-query search, so the result is always exact.
+    Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
     n = x.shape[0]
     a, b = _symmetric_factors(x, distance)

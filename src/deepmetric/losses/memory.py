@@ -65,7 +65,8 @@ class CrossBatchMemory(nn.Module):
         if labels.dim() != 1:
             raise ValueError(f"labels: xbm needs flat (B,) labels, got shape {tuple(labels.shape)}")
         if x.shape[1] != self.memory.shape[1]:
-            raise ValueError(f"embeddings: expected dimension {self.memory.shape[1]} (embedding_size), got {x.shape[1]}")
+            raise ValueError(f"embeddings: expected dimension {self.memory.shape[1]} (embedding_size), "
+                             f"got {x.shape[1]}")
         if x.shape[0] > self.memory_size:
             raise ValueError(f"embeddings: a batch of {x.shape[0]} does not fit a memory of {self.memory_size}")
         if self.memory.dtype != x.dtype or self.memory.device != x.device:  # the queue follows the embeddings
