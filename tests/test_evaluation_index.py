@@ -44,3 +44,40 @@ def test_groups_need_the_exact_search():
         dm.evaluate(x, y, groups=torch.arange(100) // 2, nmi=False, index="flat")
     with pytest.raises(KeyError, match="no-such-index"):
         dm.evaluate(x, y, nmi=False, index="no-such-index")
+
+
+class FirstItems:
+    """A stand-in approximate index that can only retrieve the first ``keep`` gallery items."""
+
+    def __init__(self, distance="euclidean", keep=10):
+        self.keep, self.inner = keep, dm.index.create("exact", distance=distance)
+
+    def add(self, vectors):
+        self.inner.add(vectors[: self.keep])
+
+    def search(self, queries, k):
+        return self.inner.search(queries, k)
+
+
+if "first-items" not in dm.index.names():
+    dm.index.INDEXES.register("first-items")(FirstItems)
+
+
+def test_mrr_stops_when_the_index_has_nothing_more_and_equals_a_loop():
+    """Queries whose relevant items the index cannot return get reciprocal rank 0 (their list ends)
+    instead of being searched ever deeper; the others get the rank within what the index returns."""
+    x, y = clusters(n=120, classes=6, seed=3)
+    order = torch.argsort(y, stable=True)
+    x, y = x[order], y[order]  # the first items hold the first classes only
+    keep = 30
+    got = dm.evaluate(x, y, nmi=False, ks=(1,), index="first-items", index_options={"keep": keep})
+    d = torch.cdist(x, x[:keep])
+    rr = []
+    for q in range(len(x)):
+        if int((y == y[q]).sum()) < 2:
+            continue  # no relevant item anywhere: excluded from the means
+        order = [j for j in torch.argsort(d[q], stable=True).tolist() if j != q]
+        hits = [r for r, j in enumerate(order, start=1) if y[j] == y[q]]
+        rr.append(1.0 / hits[0] if hits else 0.0)
+    assert got["mrr"] == pytest.approx(sum(rr) / len(rr), abs=1e-9)
+    assert any(v == 0.0 for v in rr)  # the case the test is about occurs
