@@ -59,13 +59,10 @@ class FirstItems:
         return self.inner.search(queries, k)
 
 
-if "first-items" not in dm.index.names():
-    dm.index.INDEXES.register("first-items")(FirstItems)
-
-
-def test_mrr_stops_when_the_index_has_nothing_more_and_equals_a_loop():
+def test_mrr_stops_when_the_index_has_nothing_more_and_equals_a_loop(monkeypatch):
     """Queries whose relevant items the index cannot return get reciprocal rank 0 (their list ends)
     instead of being searched ever deeper; the others get the rank within what the index returns."""
+    monkeypatch.setitem(dm.index.INDEXES._items, "first-items", FirstItems)  # registered for this test only
     x, y = clusters(n=120, classes=6, seed=3)
     order = torch.argsort(y, stable=True)
     x, y = x[order], y[order]  # the first items hold the first classes only
