@@ -95,6 +95,19 @@ def _stable_topk(scores: torch.Tensor, k: int):
     return _order_ties_by_index(values, cols)
 
 
+def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root; 0 below 1e-12 as
+    in ``distances.euclidean``) and ``squared_euclidean``, ``-cos`` for ``cosine``, ``-x.y`` for ``dot``."""
+    if distance in ("euclidean", "squared_euclidean"):
+        d2 = scores.clamp_min(0.0)
+        if distance == "squared_euclidean":
+            return d2
+        return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+    if distance == "cosine":
+        return 1.0 + scores
+    return scores
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
@@ -163,14 +176,9 @@ class _Searcher:
         return distances, best_i
 
     def _distances(self, scores, queries):
-        if self.distance in ("euclidean", "squared_euclidean"):
-            d2 = (scores + queries.pow(2).sum(1, keepdim=True)).clamp_min(0.0)
-            if self.distance == "squared_euclidean":
-                return d2
-            return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
-        if self.distance == "cosine":
-            return 1.0 + scores
-        return scores
+        if self.distance in ("euclidean", "squared_euclidean"):  # add back the row constant |x_i|^2
+            scores = scores + queries.pow(2).sum(1, keepdim=True)
+        return _score_distances(scores, self.distance)
 
 
 # ----------------------------------------------------------------------------- query-in-gallery search
@@ -194,17 +202,6 @@ def _symmetric_factors(x: torch.Tensor, distance: str):
     if distance == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
     return x, -x
-
-
-def _symmetric_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
-    if distance in ("euclidean", "squared_euclidean"):
-        d2 = scores.clamp_min(0.0)
-        if distance == "squared_euclidean":
-            return d2
-        return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
-    if distance == "cosine":
-        return 1.0 + scores
-    return scores
 
 
 def _topk_by_value_then_id(values: torch.Tensor, ids: torch.Tensor, k: int):
@@ -342,7 +339,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     a = b = buffer = mask = None  # free the factors and block buffers before the results are assembled
     values = torch.cat([state.values for state in states])
     ids = torch.cat([state.ids for state in states]).long().masked_fill(torch.isinf(values), -1)
-    distances = _symmetric_distances(values, distance)
+    distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
         ids = ids.masked_fill(torch.isinf(distances), -1)
