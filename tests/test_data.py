@@ -557,3 +557,20 @@ def test_sha256_cache_follows_file_changes(tmp_path):
     path.write_bytes(b"abcd")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert sha256_file(path) == hashlib.sha256(b"abcd").hexdigest()
+
+
+def test_holdout_by_super_class_keeps_whole_super_classes():
+    # 6 super-classes x 3 classes x 2 items; class ids recur under different super-classes
+    y = torch.tensor([[s, c] for s in range(6) for c in range(3) for _ in range(2)])
+    ds = ArrayDataset(torch.randn(len(y), 4), y)
+    for seed in range(4):
+        fit, val = holdout_classes(ds, n=2, seed=seed, level=0)
+        val_supers, fit_supers = set(val.y[:, 0].tolist()), set(fit.y[:, 0].tolist())
+        assert len(val_supers) == 2 and len(fit_supers) == 4 and not val_supers & fit_supers
+        assert len(val) == 2 * 3 * 2 and len(fit) + len(val) == len(ds)
+    _, finest = holdout_classes(ds, n=2, seed=0)  # level None: two (super-class, class) rows
+    assert finest.num_classes == 2 and len(finest) == 4
+    with pytest.raises(ValueError, match="level: expected a level of hierarchical"):
+        holdout_classes(ds, n=1, level=2)
+    with pytest.raises(ValueError, match="level: expected a level of hierarchical"):
+        holdout_classes(ArrayDataset(torch.randn(4, 2), torch.tensor([0, 0, 1, 1])), n=1, level=0)

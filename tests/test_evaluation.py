@@ -300,7 +300,8 @@ def test_hand_worked_hierarchical_uses_the_finest_level():
     top = {"precision_at_1": 0.0, "recall_at_1": 0.0, "map_at_1": 0.0, "ndcg_at_1": 0.0,
            "recall_at_2": 0.5, "precision_at_2": 0.25, "map_at_2": 0.25, "ndcg_at_2": C3 / 2,
            "r_precision": 0.0, "map_at_r": 0.0, "mrr": 5 / 12, "num_queries": 4, "queries_without_relevant": 0}
-    assert list(scores) == list(top) + ["level_0", "level_1", "level_1_within_parent"]
+    assert list(scores) == list(top) + ["level_0", "level_1", "level_1_within_parent", "order_preservation"]
+    assert math.isnan(scores["order_preservation"])  # no item has an intermediate (same parent, other child)
     assert {key: scores[key] for key in top} == pytest.approx(top)
     assert scores["level_0"] == pytest.approx(top) and scores["level_1"] == pytest.approx(top)
     assert scores["level_1_within_parent"] == pytest.approx({
@@ -325,6 +326,10 @@ TREE_Y = torch.tensor([[0, 0], [1, 0], [0, 0], [0, 1], [1, 0]])
 
 def test_hand_worked_hierarchy_levels_graded_ndcg_and_within_parent():
     scores = dm.evaluate(TREE_X, TREE_Y, nmi=False, per_class=True)
+    # Quadlets (q, p, i, n): q0 -> (2, 3, 1) and (2, 3, 4); q2 -> (0, 3, 1) and (0, 3, 4); q1, q4 have no
+    # intermediate and q3 no positive. Distances from q0: 2 < 3 < 1? no; 2 < 3 < 10 yes; from q2:
+    # d(2, 0) = 2 > d(2, 3) = 1, no for both -> 1 of 4 preserved (estimated from a million draws)
+    assert scores["order_preservation"] == pytest.approx(0.25, abs=0.005)
     # Top level = finest, over q0, q1, q2, q4 (q3 has no item of its own child class):
     # P@2 (1/2)/4 = 1/8, mAP@2 (1/2)/4 = 1/8; mAP@4 = MRR = (1/2 + 1/4 + 1/3 + 1/3)/4 = 17/48
     # graded NDCG: q0 DCG@2 = 3 C3, DCG@4 = 3 C3 + (2^1 - 1)/2, IDCG = 3 + C3 at 2 and 4;

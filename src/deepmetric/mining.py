@@ -26,9 +26,10 @@ import torch
 from deepmetric import distances
 from deepmetric._checks import check_pair
 from deepmetric.functional import mining as F
+from deepmetric.functional.hierarchical import hierarchy_masks
 from deepmetric.labels import pair_masks
 from deepmetric.registry import Registry
-from deepmetric.tuples import Pairs, Triplets
+from deepmetric.tuples import Pairs, Quadlets, Triplets
 
 MINERS = Registry("miner")
 create = MINERS.create
@@ -36,7 +37,7 @@ names = MINERS.names
 
 __all__ = ["MINERS", "create", "names", "Miner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner",
            "DistanceWeightedMiner", "MultiSimilarityMiner", "PairMarginMiner", "BatchEasyHardMiner", "AngularMiner",
-           "UniformHistogramMiner", "Pairs", "Triplets"]
+           "UniformHistogramMiner", "QuadletMiner", "Pairs", "Triplets", "Quadlets"]
 
 
 def _check_number(name: str, value, positive: bool = False) -> float:
@@ -399,3 +400,75 @@ class UniformHistogramMiner(Miner):
     def _params(self) -> dict:
         return {"num_bins": self.num_bins, "pos_per_bin": self.pos_per_bin, "neg_per_bin": self.neg_per_bin,
                 "distance": self.distance, "seed": self.seed}
+
+
+@MINERS.register("quadlet")
+class QuadletMiner(Miner):
+    """Quadlets ``(q, p, i, n)`` for hierarchical (order-preserving) losses, from ``(B, L)`` labels
+    (column 0 the coarsest) and a "class" ``level`` (default 0): ``p`` shares every level with ``q``
+    (same sub-class, ``p != q``), ``i`` shares levels ``0..level`` but not the finest (same class,
+    other sub-class), ``n`` differs at a level ``<= level`` (other class). Flat labels have no
+    intermediates, so they give no quadlets. Multi-label labels are rejected.
+
+    ``strategy`` (``D`` the ``distance``, smaller is closer):
+
+    * ``"all"``: every valid quadlet (see :func:`deepmetric.functional.mining.all_quadlets`);
+    * ``"hard"``: for every positive pair ``(q, p)``, ``i* = argmin_{i} D(q,i)`` and
+      ``n* = argmin_{n} D(q,n)`` (see :func:`deepmetric.functional.mining.hard_quadlets`);
+    * ``"semi-hard"``: every quadlet with ``D(q,p) < D(q,i) < D(q,n)`` and
+      ``D(q,i) < D(q,p) + margin1`` or ``D(q,n) < D(q,i) + margin2`` (ordered, but inside a margin;
+      see :func:`deepmetric.functional.mining.semi_hard_quadlets`).
+
+    ``max_quadlets`` caps ``"all"`` and ``"semi-hard"`` (whose output can be ``O(B^4)``): above it,
+    that many quadlets are drawn uniformly without replacement with the miner's generator
+    (``seed``: None for torch's global generator, an int for a private generator seeded once, or a
+    ``torch.Generator``). Mining never builds more than a ``(B, R, R)`` boolean.
+
+    >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
+    >>> q, p, i, n = QuadletMiner("hard")(torch.randn(6, 3), labels)
+    >>> len(q)  # one quadlet per positive pair
+    4
+    """
+
+    def __init__(self, strategy: str = "all", margin1: float = 0.1, margin2: float = 0.2, level: int = 0,
+                 distance: str = "squared_euclidean", max_quadlets: int | None = None,
+                 seed: int | torch.Generator | None = None):
+        super().__init__(distance)
+        if strategy not in F.QUADLET_STRATEGIES:
+            raise ValueError(f"strategy: expected one of {', '.join(F.QUADLET_STRATEGIES)}, got {strategy!r}")
+        self.strategy = strategy
+        self.margin1 = _check_number("margin1", margin1)
+        self.margin2 = _check_number("margin2", margin2)
+        if self.margin1 < 0 or self.margin2 < 0:
+            raise ValueError(f"margin1, margin2: expected numbers >= 0, got {margin1}, {margin2}")
+        if isinstance(level, bool) or not isinstance(level, numbers.Integral):
+            raise TypeError(f"level: expected an int, got {type(level).__name__}")
+        self.level = int(level)
+        self.max_quadlets = None if max_quadlets is None else _positive_count("max_quadlets", max_quadlets)
+        self._seed(seed)
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
+                 ref_labels: torch.Tensor | None = None) -> Quadlets:
+        embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
+        with torch.no_grad():
+            same = ref_emb is embeddings
+            embeddings = embeddings.detach()
+            ref_emb = embeddings if same else ref_emb.detach()
+            labels = labels.to(embeddings.device)
+            ref_lab = None if ref_embeddings is None else ref_lab.to(embeddings.device)
+            pos, inter, neg = hierarchy_masks(labels, ref_lab, self.level)
+            if self.strategy == "all":
+                out = F.all_quadlets(pos, inter, neg, self.max_quadlets, self.generator(embeddings.device))
+            else:
+                dist = self.ascending_distances(embeddings, ref_emb)
+                if self.strategy == "hard":
+                    out = F.hard_quadlets(dist, pos, inter, neg)
+                else:
+                    out = F.semi_hard_quadlets(dist, pos, inter, neg, self.margin1, self.margin2,
+                                               self.max_quadlets, self.generator(embeddings.device))
+        self.last_count = len(out)
+        return out
+
+    def _params(self) -> dict:
+        return {"strategy": self.strategy, "margin1": self.margin1, "margin2": self.margin2, "level": self.level,
+                "distance": self.distance, "max_quadlets": self.max_quadlets, "seed": self.seed}

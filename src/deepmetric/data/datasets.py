@@ -636,13 +636,20 @@ def load_split(spec: str, split: str = "zero-shot", data_dir: str | os.PathLike 
 
 
 def holdout_classes(dataset: ArrayDataset, fraction: float = 0.2, *, n: int | None = None,
-                    seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+                    seed: int = 0, level: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """Carve validation classes out of a training set for checkpoint selection: ``(train, val)``.
 
     ``n`` classes (or ``round(fraction * C)``, at least 1) are drawn at random with ``seed``; at least
     one class stays in training. Apply it to the train part of a split, so validation never sees a
-    test class."""
-    classes, inverse = _class_index(dataset.y, "holdout_classes")
+    test class. For hierarchical labels, ``level`` holds out whole classes of that level (``0``: whole
+    super-classes, e.g. Omniglot alphabets, with all their sub-classes); ``None`` the finest classes."""
+    y = dataset.y
+    if level is not None:
+        if y.dim() != 2 or y.dtype == torch.bool or not 0 <= level < y.shape[1]:
+            raise ValueError(f"level: expected a level of hierarchical (N, L) labels, got {level!r} for labels "
+                             f"of shape {tuple(y.shape)} {y.dtype}")
+        y = y[:, : level + 1]
+    classes, inverse = _class_index(y, "holdout_classes")
     c = classes.shape[0]
     if n is None:
         if not 0.0 < fraction < 1.0:

@@ -18,7 +18,7 @@ import torch
 
 from deepmetric._checks import check_pair
 from deepmetric.distances import check_distance
-from deepmetric.evaluation import clustering, hashing, ranking, verification
+from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
 from deepmetric.evaluation.verification import verification_scores
 from deepmetric.index.exact import _Searcher, self_knn
@@ -30,7 +30,7 @@ _RESULTS_BLOCK = 1 << 22
 #: bound on the (queries x depth) results of the one-pass query-in-gallery search (about 400 MB)
 _SELF_RESULTS = 1 << 25
 
-__all__ = ["evaluate", "hashing_scores", "verification_scores", "clustering", "hashing", "ranking",
+__all__ = ["evaluate", "hashing_scores", "verification_scores", "clustering", "hashing", "hierarchy", "ranking",
            "verification", "DEFAULT_KS"]
 
 
@@ -291,7 +291,10 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     which is graded (gain = number of shared leading levels), and ``level_{l}`` holds every metric at
     level ``l`` (relevant = equal at columns ``0..l``, binary NDCG); for ``l >= 1``,
     ``level_{l}_within_parent`` ranks for each query only the gallery items of its own parent (equal at
-    columns ``0..l-1``). ``relevance_fn(query_labels, result_labels) -> bool tensor`` replaces the
+    columns ``0..l-1``); query-in-gallery without groups, ``order_preservation`` is the fraction of a seeded sample of
+    a million quadlets (same finest class, same top-level class, other top-level class) whose distances
+    keep that order (:mod:`deepmetric.evaluation.hierarchy`).
+    ``relevance_fn(query_labels, result_labels) -> bool tensor`` replaces the
     relevance of any label form (then no levels): ``query_labels`` is ``(c, ...)``, ``result_labels``
     ``(c, m, ...)`` and the result ``(c, m)``; it is also called against the whole gallery (chunked
     over queries) to count each query's relevant items.
@@ -400,6 +403,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         # an item relevant at `level` shares the parent, so the counts are those of the whole gallery
         within = _within_parent(queries, q_labels, gallery, g_labels, level, distance, **options)
         results[f"level_{level}_within_parent"] = {**_means(within, counts[:, level]), **_counts(counts[:, level])}
+    if levels >= 2 and self_mode and q_groups is None:
+        results["order_preservation"] = hierarchy.order_preservation(queries, q_labels, distance, seed=seed)
     if per_class:
         results["per_class"], results["class_mean"] = _per_class(values[0], views[0].n_relevant, q_labels)
     return results

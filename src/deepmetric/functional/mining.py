@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from deepmetric.tuples import Pairs, Triplets, empty_index
+from deepmetric.tuples import Quadlets
 
 TRIPLET_TYPES = ("semihard", "hard", "easy", "all")
 
@@ -534,3 +535,153 @@ def uniform_histogram_pairs(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask
         pick = order[(starts[full].unsqueeze(1) + draws.long().clamp_max(counts[full].unsqueeze(1) - 1)).reshape(-1)]
         out += [rows[pick], cols[pick]]
     return Pairs(*out)
+
+
+# -- quadlets (hierarchical labels) ----------------------------------------------------------------
+
+QUADLET_STRATEGIES = ("all", "hard", "semi-hard")
+
+
+def _empty_quadlets(device) -> Quadlets:
+    empty = empty_index(device)
+    return Quadlets(empty, empty, empty, empty)
+
+
+def sample_indices(total: int, cap: int | None, generator: torch.Generator | None = None,
+                   device=None) -> torch.Tensor:
+    """``arange(total)`` if ``cap`` is None or ``total <= cap``, else ``cap`` distinct indices of
+    ``[0, total)`` drawn uniformly without replacement (deterministic given ``generator``), sorted.
+
+    Memory ``O(cap)`` when ``total`` is much larger than ``cap`` (rejection of repeated draws),
+    ``O(total)`` otherwise (a random permutation)."""
+    if cap is None or total <= cap:
+        return torch.arange(total, device=device)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    if total <= max(4 * cap, 1 << 20):
+        chosen = torch.randperm(total, generator=generator, device=gen_device)[:cap]
+    else:
+        chosen = torch.empty(0, dtype=torch.long, device=gen_device)
+        while chosen.numel() < cap:
+            extra = cap - chosen.numel() + cap // 8 + 16
+            draw = torch.randint(total, (extra,), generator=generator, device=gen_device)
+            chosen = torch.unique(torch.cat([chosen, draw]))
+        chosen = chosen[torch.randperm(chosen.numel(), generator=generator, device=gen_device)[:cap]]
+    return chosen.sort().values.to(device)
+
+
+def _expand_ranges(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, columns: torch.Tensor,
+                   cap: int | None, generator: torch.Generator | None):
+    """Expand prefixes ``k`` (each with a query row ``rows[k]``) by the ranks ``lo[k] <= r < hi[k]``
+    of that row's candidate list ``columns[rows[k], r]``: returns ``(prefix index, column)`` for every
+    (prefix, rank), or for ``cap`` of them drawn uniformly without replacement. Memory is the output
+    plus ``O(number of prefixes)``."""
+    counts = (hi - lo).clamp_min(0)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1]) if ends.numel() else 0
+    flat = sample_indices(total, cap, generator, rows.device)
+    prefix = torch.searchsorted(ends, flat, right=True)
+    rank = lo[prefix] + flat - (ends[prefix] - counts[prefix])
+    return prefix, columns[rows[prefix], rank]
+
+
+def _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist=None) -> None:
+    shape = pos_mask.shape if dist is None else dist.shape
+    if len(shape) != 2:
+        raise ValueError(f"dist: expected a (B, R) matrix, got shape {tuple(shape)}")
+    for name, mask in (("pos_mask", pos_mask), ("inter_mask", inter_mask), ("neg_mask", neg_mask)):
+        if mask.dtype != torch.bool or mask.shape != shape:
+            raise ValueError(f"{name}: expected a bool tensor of shape {tuple(shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+
+
+def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: torch.Tensor,
+                 max_quadlets: int | None = None, generator: torch.Generator | None = None) -> Quadlets:
+    """Every valid quadlet ``(q, p, i, n)``: ``pos_mask[q, p]``, ``inter_mask[q, i]``,
+    ``neg_mask[q, n]`` (``(B, R)`` bool masks, see :func:`deepmetric.functional.hierarchical.hierarchy_masks`).
+
+    Built from the ``(q, p, i)`` triples (at most a ``(B, R, R)`` boolean), each expanded by the
+    negatives of ``q``: never a ``(B, R, R, R)`` tensor. With ``max_quadlets``, at most that many,
+    drawn uniformly without replacement (deterministic given ``generator``). Order: lexicographic
+    ``(q, p, i, n)`` (of the kept ones).
+    """
+    _check_quadlet_masks(pos_mask, inter_mask, neg_mask)
+    device = pos_mask.device
+    has_neg = neg_mask.any(dim=1)
+    q, p, i = (pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & has_neg.view(-1, 1, 1)).nonzero(as_tuple=True)
+    if q.numel() == 0:
+        return _empty_quadlets(device)
+    # each row's negatives first, in increasing column order
+    columns = torch.sort((~neg_mask).to(torch.int8), dim=1, stable=True).indices
+    n_neg = neg_mask.sum(dim=1)
+    prefix, n = _expand_ranges(q, torch.zeros_like(q), n_neg[q], columns, max_quadlets, generator)
+    return Quadlets(q[prefix], p[prefix], i[prefix], n)
+
+
+def all_triplets(pos_mask: torch.Tensor, neg_mask: torch.Tensor, max_triplets: int | None = None,
+                 generator: torch.Generator | None = None) -> Triplets:
+    """Every valid triplet ``(a, p, n)`` (``pos_mask[a, p]``, ``neg_mask[a, n]``), in lexicographic
+    order; with ``max_triplets``, at most that many drawn uniformly without replacement. Memory: the
+    output plus ``O(B R)``."""
+    _check_masks(pos_mask, pos_mask, neg_mask)
+    device = pos_mask.device
+    a, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
+    if a.numel() == 0:
+        return _empty_triplets(device)
+    columns = torch.sort((~neg_mask).to(torch.int8), dim=1, stable=True).indices
+    prefix, n = _expand_ranges(a, torch.zeros_like(a), neg_mask.sum(dim=1)[a], columns, max_triplets, generator)
+    return Triplets(a[prefix], p[prefix], n)
+
+
+def hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: torch.Tensor,
+                  neg_mask: torch.Tensor) -> Quadlets:
+    """Hardest quadlet of every positive pair ``(q, p)`` (``dist`` ascending, ``(B, R)``)::
+
+        i* = argmin_{i in I(q)} D(q, i),      n* = argmin_{n in N(q)} D(q, n)
+
+    the intermediate most likely to violate ``D(q,p) < D(q,i)`` and the negative most likely to
+    violate ``D(q,i) < D(q,n)`` (both depend on ``q`` only). Pairs whose query has no intermediate or
+    no negative give nothing. Ties: the smallest column. ``O(B R)`` memory; order: by ``(q, p)``.
+    """
+    _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist)
+    if dist.shape[1] == 0:
+        return _empty_quadlets(dist.device)
+    d = dist.detach()
+    i_star = d.masked_fill(~inter_mask, math.inf).argmin(dim=1)
+    n_star = d.masked_fill(~neg_mask, math.inf).argmin(dim=1)
+    ok = inter_mask.any(dim=1) & neg_mask.any(dim=1)
+    q, p = (pos_mask & ok.unsqueeze(1)).nonzero(as_tuple=True)
+    return Quadlets(q, p, i_star[q], n_star[q])
+
+
+def semi_hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: torch.Tensor,
+                       neg_mask: torch.Tensor, margin1: float = 0.1, margin2: float = 0.2,
+                       max_quadlets: int | None = None, generator: torch.Generator | None = None) -> Quadlets:
+    """Semi-hard quadlets: valid quadlets that are correctly ordered but inside a margin::
+
+        D(q,p) < D(q,i) < D(q,n)   and   (D(q,i) < D(q,p) + m1   or   D(q,n) < D(q,i) + m2)
+
+    (``dist`` ascending, ``(B, R)``). For a triple ``(q, p, i)`` with ``D(q,p) < D(q,i)``, the
+    qualifying negatives are those with ``D(q,n)`` in ``(D(q,i), inf)`` if the first margin is
+    violated, else in ``(D(q,i), D(q,i) + m2)``: a contiguous range of the row's negatives sorted by
+    distance, found by binary search, so no ``(B, R, R, R)`` tensor is built (at most a ``(B, R, R)``
+    boolean). ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p, i)``
+    in lexicographic order, negatives by increasing distance.
+    """
+    _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist)
+    device = dist.device
+    if dist.shape[1] == 0:
+        return _empty_quadlets(device)
+    d = dist.detach()
+    key, columns = d.masked_fill(~neg_mask, math.inf).sort(dim=1)
+    n_neg = neg_mask.sum(dim=1)
+    lo = torch.searchsorted(key, d.contiguous(), right=True)                      # first n with D(q,n) > D(q,i)
+    hi = torch.searchsorted(key, (d + margin2).contiguous(), right=False)         # D(q,n) < D(q,i) + m2
+    triples = pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & (d.unsqueeze(2) < d.unsqueeze(1))
+    q, p, i = triples.nonzero(as_tuple=True)
+    if q.numel() == 0:
+        return _empty_quadlets(device)
+    d_qp, d_qi = d[q, p], d[q, i]
+    first_violated = d_qi < d_qp + margin1
+    hi_t = torch.where(first_violated, n_neg[q], torch.minimum(hi[q, i], n_neg[q]))
+    prefix, n = _expand_ranges(q, lo[q, i], hi_t, columns, max_quadlets, generator)
+    return Quadlets(q[prefix], p[prefix], i[prefix], n)

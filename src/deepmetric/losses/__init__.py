@@ -10,6 +10,8 @@ and has a ``distance`` attribute naming the distance it trains for.
 """
 from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.losses.combined import CombinedLoss, combine
+from deepmetric.losses.granularity import IELoss, SGMLLoss
+from deepmetric.losses.hierarchical import PentupletLoss, QuadletLoss, RadialLoss
 from deepmetric.losses.memory import CrossBatchMemory
 from deepmetric.losses.pair import (BinomialDevianceLoss, CircleLoss, ContrastiveLoss, DDMLLoss, FastAPLoss,
                                     GeneralizedLiftedStructureLoss, HistogramLoss, LiftedStructureLoss, MarginLoss,
@@ -30,4 +32,6 @@ __all__ = ["LOSSES", "create", "names", "combine", "MetricLoss", "CombinedLoss",
            "TripletMarginLoss", "NPairsLoss", "AngularLoss", "TupletMarginLoss",
            # proxy, classification and centre
            "ProxyNCALoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "CosFaceLoss", "ArcFaceLoss",
-           "SubCenterArcFaceLoss", "SoftTripleLoss", "CenterLoss"]
+           "SubCenterArcFaceLoss", "SoftTripleLoss", "CenterLoss",
+           # hierarchical (order-preserving) and granularity-aware
+           "QuadletLoss", "PentupletLoss", "RadialLoss", "SGMLLoss", "IELoss"]

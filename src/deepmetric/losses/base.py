@@ -17,7 +17,7 @@ from deepmetric._checks import check_pair
 from deepmetric.distances import check_distance
 from deepmetric.labels import pair_masks
 from deepmetric.registry import Registry
-from deepmetric.tuples import Pairs, Triplets
+from deepmetric.tuples import Pairs, Quadlets, Triplets
 
 LOSSES = Registry("loss", "losses")
 
@@ -53,15 +53,29 @@ def _check_index(name: str, index, size: int, device) -> torch.Tensor:
     return index
 
 
-def check_tuples(tuples, n: int, n_ref: int, device=None) -> Pairs | Triplets | None:
+def check_tuples(tuples, n: int, n_ref: int, device=None,
+                 allow_quadlets: bool = False) -> Pairs | Triplets | Quadlets | None:
     """Validate miner output for a batch of ``n`` and a reference set of ``n_ref`` items.
 
-    Returns ``None`` or a new Pairs / Triplets of int64 indices on ``device``; raises on another
-    type (plain tuples included: losses tell pairs from triplets by type), ragged lengths or
-    out-of-range indices.
+    Returns ``None`` or a new Pairs / Triplets / Quadlets of int64 indices on ``device``; raises on
+    another type (plain tuples included: losses tell pairs from triplets by type), ragged lengths or
+    out-of-range indices. Quadlets ``(q, p, i, n)`` (``q`` indexes the batch, the others the
+    reference set) are accepted only with ``allow_quadlets=True`` (losses that take them set
+    ``accepts_quadlets = True``); otherwise they raise a TypeError.
     """
     if tuples is None:
         return None
+    if isinstance(tuples, Quadlets):
+        if not allow_quadlets:
+            raise TypeError("tuples: expected deepmetric.tuples.Pairs or Triplets (or None), got Quadlets "
+                            "(this loss does not take Quadlets)")
+        q = _check_index("q", tuples.q, n, device)
+        p, i = _check_index("p", tuples.p, n_ref, device), _check_index("i", tuples.i, n_ref, device)
+        neg = _check_index("n", tuples.n, n_ref, device)
+        if not q.numel() == p.numel() == i.numel() == neg.numel():
+            raise ValueError(f"tuples: expected q, p, i, n of equal length, got "
+                             f"{q.numel()}, {p.numel()}, {i.numel()}, {neg.numel()}")
+        return Quadlets(q, p, i, neg)
     if isinstance(tuples, Pairs):
         a1, p = _check_index("a1", tuples.a1, n, device), _check_index("p", tuples.p, n_ref, device)
         a2, neg = _check_index("a2", tuples.a2, n, device), _check_index("n", tuples.n, n_ref, device)
@@ -111,11 +125,12 @@ class MetricLoss(nn.Module):
     """
 
     distance: str = "euclidean"
+    accepts_quadlets: bool = False  # hierarchical losses take deepmetric.tuples.Quadlets
 
     def forward(self, embeddings, labels, tuples=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
         has_ref = ref_embeddings is not None or ref_labels is not None
         x, labels, ref_x, ref_labels = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-        tuples = check_tuples(tuples, x.shape[0], ref_x.shape[0], x.device)
+        tuples = check_tuples(tuples, x.shape[0], ref_x.shape[0], x.device, self.accepts_quadlets)
         return self.compute(x, labels, tuples, ref_x, ref_labels if has_ref else None)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels) -> torch.Tensor:

@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"name": "triplet", "margin": 0.2},
     "miner": None,
     "losses": None,
-    "sampler": {"m": 20, "seed": None},
+    "sampler": {"m": 20, "seed": None, "classes_per_super_class": None},
     "optimizer": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0, "momentum": 0.9, "loss_lr": None,
                   "schedule": "none", "step_size": 10, "gamma": 0.1},
     "epochs": 20,

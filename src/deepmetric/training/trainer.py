@@ -22,7 +22,7 @@ from deepmetric import losses as losses_mod
 from deepmetric import mining
 from deepmetric import models as models_mod
 from deepmetric._io import write_json, write_text
-from deepmetric.data import MPerClassSampler, holdout_classes, load_split
+from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
@@ -82,8 +82,34 @@ def build_scheduler(spec: dict, optimizer, epochs: int):
     raise ValueError(f"optimizer.schedule: expected one of none, cosine, step; got {schedule!r}")
 
 
+def build_sampler(config: dict, labels: torch.Tensor, seed: int, world: int, rank: int):
+    """m items per class in every batch; with ``sampler.classes_per_super_class`` set (hierarchical
+    labels), ``batch_size / (classes_per_super_class * m)`` super-classes per batch, that many classes of
+    each and ``m`` items of each class (:class:`~deepmetric.data.HierarchicalBatchSampler`)."""
+    spec, batch_size = config["sampler"], config["batch_size"]
+    per_super = spec["classes_per_super_class"]
+    if per_super is None:
+        return MPerClassSampler(labels, m=spec["m"], batch_size=batch_size, seed=seed, num_replicas=world, rank=rank)
+    if labels.dim() != 2:
+        raise ValueError("sampler.classes_per_super_class: needs hierarchical (N, L) labels (e.g. data "
+                         "{name: omniglot, hierarchical: true}); these labels are flat")
+    unit = per_super * spec["m"]
+    if batch_size % unit:
+        raise ValueError(f"batch_size: expected a multiple of sampler.classes_per_super_class x sampler.m = {unit}, "
+                         f"got {batch_size}")
+    return HierarchicalBatchSampler(labels, batch_size // unit, per_super, spec["m"], seed=seed,
+                                    num_replicas=world, rank=rank)
+
+
 def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Map flat label ids to ``0..C-1`` in the order of ``classes`` (proxy and centre losses need it)."""
+    """Map flat label ids to ``0..C-1`` in the order of ``classes`` (proxy and centre losses need it).
+
+    Hierarchical ``(N, L)`` labels map column by column: column ``l`` becomes the index of the item's
+    level-``l`` class (its prefix of columns ``0..l``) among the sorted prefixes present in ``y``, so
+    every column is ``0..C_l-1`` and the finest column numbers the finest classes."""
+    if y.dim() == 2:
+        return torch.stack([torch.unique(y[:, :level + 1], dim=0, return_inverse=True)[1]
+                            for level in range(y.shape[1])], dim=1)
     lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
     lookup[torch.as_tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
     return lookup[y]
@@ -110,14 +136,16 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     seed_everything(config["seed"] + rank)
     train_set, test_set = load_data(config)
     ev = config["eval"]
-    if ev["val_classes"]:
-        fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"])
+    hierarchical = train_set.y.dim() == 2 and train_set.y.dtype != torch.bool
+    if ev["val_classes"]:  # hierarchical labels: whole top-level classes (e.g. alphabets) are held out
+        fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"],
+                                           level=0 if hierarchical else None)
         if len(val_set.classes) < 2:
             raise ValueError(f"eval.val_classes: {ev['val_classes']} holds out {len(val_set.classes)} class(es) of "
                              f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the last epoch)")
     else:  # no validation: the last epoch is kept
         fit_set, val_set = train_set, train_set.subset(torch.zeros(0, dtype=torch.long))
-    classes = [int(c) for c in fit_set.classes]
+    classes = fit_set.classes.tolist()
     y_fit = contiguous_labels(fit_set.y, classes)
 
     model = models_mod.create(config["model"], in_shape=tuple(fit_set.x.shape[1:]))
@@ -133,8 +161,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     optimizer = build_optimizer(config["optimizer"], model, loss_fn)
     scheduler = build_scheduler(config["optimizer"], optimizer, config["epochs"])
     sampler_seed = config["sampler"]["seed"] if config["sampler"]["seed"] is not None else config["seed"]
-    sampler = MPerClassSampler(y_fit, m=config["sampler"]["m"], batch_size=config["batch_size"],
-                               seed=sampler_seed, num_replicas=world, rank=rank)
+    sampler = build_sampler(config, y_fit, sampler_seed, world, rank)
 
     history, best, best_epoch, start = [], -math.inf, -1, 0
     last_path, best_path = out / "last.pt", out / "best.pt"

@@ -1,0 +1,246 @@
+"""Hierarchical (order-preserving) losses as pure tensor functions: quadlet, pentuplet and radial.
+
+Relations of a query ``q`` with hierarchical labels ``(B, L)`` (column 0 the coarsest) and a
+"class" level ``level`` (default 0), as :func:`hierarchy_masks` computes them:
+
+* positive ``p``: shares *all* ``L`` levels with ``q`` (same sub-class), ``p != q``;
+* intermediate ``i``: shares levels ``0..level`` but not the finest (same class, other sub-class);
+* negative ``n``: differs at a level ``<= level`` (other class).
+
+Flat labels ``(B,)`` are a one-level hierarchy: no intermediates. A query with positives and
+negatives but no intermediate falls back to its *no-intermediate form*, a triplet ``(q, p, n)``
+(each loss documents which term it keeps), so flat labels give a triplet-style loss.
+
+Two kinds of functions:
+
+* ``*_terms``: one loss value per given tuple, from per-tuple distances (or embeddings);
+* ``*_loss_all``: the sum over *every* valid tuple of the batch from the ``(B, R)`` distance matrix,
+  without enumerating quadlets. A sum ``sum_{(q,a,b)} [margin + D_qa - D_qb]_+`` over all
+  ``a in A(q), b in B(q)`` is computed per row by sorting the row's ``B`` entries and taking prefix
+  sums (``O(B R log R)`` time, ``O(B R)`` memory); a quadlet sum is a weighted sum of such row sums,
+  the weight counting the free fourth index (e.g. the number of negatives of ``q``).
+
+With no valid tuple every function returns a zero connected to the graph of its input, never NaN.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _zero(*tensors: torch.Tensor) -> torch.Tensor:
+    """A zero connected to the graph of every given tensor."""
+    total = tensors[0].reshape(-1)[:0].sum()
+    for t in tensors[1:]:
+        total = total + t.reshape(-1)[:0].sum()
+    return total
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
+def reduce_total(total: torch.Tensor, count, reduction: str) -> torch.Tensor:
+    """``total / max(count, 1)`` for ``mean`` (the mean over valid tuples), ``total`` for ``sum``."""
+    if reduction == "sum":
+        return total
+    if isinstance(count, torch.Tensor):
+        return total / count.clamp_min(1).to(total.dtype)
+    return total / max(int(count), 1)
+
+
+# -- relations -------------------------------------------------------------------------------------
+
+def check_level(level, labels: torch.Tensor) -> int:
+    """Return ``level`` in ``[0, L)`` for labels with ``L`` levels (negative values count from the
+    finest), else raise. Multi-label (bool) labels have no hierarchy and are rejected."""
+    if labels.dtype == torch.bool:
+        raise ValueError("labels: hierarchical losses and miners need flat (B,) or hierarchical (B, L) integer "
+                         "labels, got (B, C) bool multi-label")
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"level: expected an int, got {type(level).__name__}")
+    n_levels = labels.shape[1] if labels.dim() == 2 else 1
+    if not -n_levels <= level < n_levels:
+        raise ValueError(f"level: expected an integer in [{-n_levels}, {n_levels - 1}] for labels with "
+                         f"{n_levels} level(s), got {level}")
+    return level % n_levels
+
+
+def hierarchy_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, level: int = 0):
+    """``(pos, inter, neg)``: ``(B, R)`` bool masks of positives, intermediates and negatives.
+
+    ``shared[q, r]`` = number of leading levels ``q`` and ``r`` share (0..L); then
+    ``pos = shared == L`` (without the diagonal when ``ref_labels`` is None),
+    ``inter = level < shared < L`` (i.e. ``level + 1 <= shared <= L - 1``) and
+    ``neg = shared <= level``. Flat labels: ``L = 1``, so ``inter`` is empty.
+    """
+    level = check_level(level, labels)
+    same_set = ref_labels is None
+    ref = labels if same_set else ref_labels
+    a = labels.view(labels.shape[0], -1)
+    b = ref.view(ref.shape[0], -1)
+    n_levels = a.shape[1]
+    shared = (a.unsqueeze(1) == b.unsqueeze(0)).long().cumprod(dim=2).sum(dim=2)
+    pos = shared == n_levels
+    if same_set:
+        pos.fill_diagonal_(False)
+    inter = (shared > level) & (shared < n_levels)
+    neg = shared <= level
+    return pos, inter, neg
+
+
+# -- all tuples, decomposed ------------------------------------------------------------------------
+
+def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per row ``r``: ``sum_{a in A(r)} sum_{b in B(r)} [margin + D_ra - D_rb]_+`` (a ``(B,)`` tensor).
+
+    With ``t = D_ra + margin`` and ``k = #{b in B(r): D_rb < t}``, the inner sum is ``k t`` minus the
+    sum of the ``k`` smallest ``D_rb``: one sort of each row's ``B`` entries, a prefix sum and a binary
+    search (``O(B R log R)`` time, ``O(B R)`` memory, differentiable by autograd with the hinge's
+    subgradient: 0 where the hinge is exactly 0).
+    """
+    if dist.shape[1] == 0:
+        return dist.sum(dim=1)
+    key, order = dist.detach().masked_fill(~b_mask, float("inf")).sort(dim=1)
+    b_sorted = dist.gather(1, order).masked_fill(~b_mask.gather(1, order), 0.0)
+    prefix = F.pad(b_sorted.cumsum(1), (1, 0))  # prefix[:, k] = sum of the k smallest D_rb
+    threshold = dist + margin
+    k = torch.searchsorted(key, threshold.detach().contiguous()).masked_fill(~a_mask, 0)
+    terms = k.to(dist.dtype) * threshold - prefix.gather(1, k)
+    return torch.where(a_mask, terms, torch.zeros_like(terms)).sum(dim=1)
+
+
+def _counts(pos, inter, neg):
+    return pos.sum(1), inter.sum(1), neg.sum(1)
+
+
+def tuple_count(pos: torch.Tensor, inter: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Number of valid tuples: ``sum_q P_q N_q max(I_q, 1)`` (quadlets of the queries with an
+    intermediate, fallback triplets ``(q, p, n)`` of those without)."""
+    n_pos, n_inter, n_neg = _counts(pos, inter, neg)
+    return (n_pos * n_neg * n_inter.clamp_min(1)).sum()
+
+
+def quadlet_loss_all(dist: torch.Tensor, pos: torch.Tensor, inter: torch.Tensor, neg: torch.Tensor,
+                     margin1: float = 0.1, margin2: float = 0.2, reduction: str = "mean") -> torch.Tensor:
+    """:func:`quadlet_terms` over every valid tuple, from the ``(B, R)`` matrix ``dist``::
+
+        sum_{q,p,i,n} [m1 + D_qp - D_qi]_+ = sum_{q,p,i} N_q [m1 + D_qp - D_qi]_+
+        sum_{q,p,i,n} [m2 + D_qi - D_qn]_+ = sum_{q,i,n} P_q [m2 + D_qi - D_qn]_+
+
+    (``P_q, I_q, N_q`` the numbers of positives, intermediates, negatives of ``q``), plus, for each
+    query with no intermediate, its triplets ``[m1 + m2 + D_qp - D_qn]_+``. ``mean`` divides by the
+    number of tuples, :func:`tuple_count`. Never enumerates quadlets: ``O(B R log R)`` time,
+    ``O(B R)`` memory.
+    """
+    check_reduction(reduction)
+    n_pos, n_inter, n_neg = _counts(pos, inter, neg)
+    dtype = dist.dtype
+    first = row_hinge_sums(dist, pos, inter, margin1) * n_neg.to(dtype)
+    second = row_hinge_sums(dist, inter, neg, margin2) * n_pos.to(dtype)
+    no_inter = (n_inter == 0).unsqueeze(1)
+    fallback = row_hinge_sums(dist, pos & no_inter, neg, margin1 + margin2)
+    total = (first + second + fallback).sum()
+    return reduce_total(total, tuple_count(pos, inter, neg), reduction)
+
+
+def pentuplet_loss_all(dist: torch.Tensor, pos: torch.Tensor, inter: torch.Tensor, neg: torch.Tensor,
+                       ref_dist: torch.Tensor | None = None, ref_inter: torch.Tensor | None = None,
+                       ref_neg: torch.Tensor | None = None, gammas=(0.7, 0.5, 0.4, 0.1),
+                       reduction: str = "mean") -> torch.Tensor:
+    """:func:`pentuplet_terms` in its one-intermediate form (``i1 = i2 = i``, no ``g4`` term) over
+    every valid quadlet, plus the first term alone for every ``(q, p, n)`` of a query with no
+    intermediate::
+
+        sum_{q,p,i,n} [g1 + D_qp - D_qn]_+            = sum_{q,p,n} max(I_q, 1) [g1 + D_qp - D_qn]_+
+        sum_{q,p,i,n} [g + D(p,i) - D(p,n)]_+ (g = g2, g3) = sum_p C_p sum_{i,n} [g + D(p,i) - D(p,n)]_+
+
+    where ``C_p`` is the number of queries of which ``p`` is a positive: ``p`` has the labels of
+    ``q``, so the intermediates and negatives of ``q`` are those of ``p``. ``ref_dist`` ``(R, R)``
+    holds the distances within the reference set and ``ref_inter`` / ``ref_neg`` its relation masks;
+    None means the reference set is the batch (``dist``, ``inter``, ``neg`` are then square).
+    ``O(R^2)`` memory, no enumeration of quadlets.
+    """
+    check_reduction(reduction)
+    g1, g2, g3 = (float(g) for g in gammas[:3])
+    if ref_dist is None:
+        ref_dist, ref_inter, ref_neg = dist, inter, neg
+    n_pos, n_inter, n_neg = _counts(pos, inter, neg)
+    dtype = dist.dtype
+    first = row_hinge_sums(dist, pos, neg, g1) * n_inter.clamp_min(1).to(dtype)
+    c_p = pos.sum(0).to(dtype)  # (R,)
+    rows = c_p > 0
+    if bool(rows.any()):
+        d_rows, i_rows, n_rows = ref_dist[rows], ref_inter[rows], ref_neg[rows]
+        per_p = row_hinge_sums(d_rows, i_rows, n_rows, g2) + row_hinge_sums(d_rows, i_rows, n_rows, g3)
+        rest = (per_p * c_p[rows]).sum()
+    else:
+        rest = _zero(ref_dist)
+    total = first.sum() + rest
+    return reduce_total(total, tuple_count(pos, inter, neg), reduction)
+
+
+# -- given tuples ----------------------------------------------------------------------------------
+
+def quadlet_terms(d_qp: torch.Tensor, d_qi: torch.Tensor | None, d_qn: torch.Tensor, margin1: float = 0.1,
+                  margin2: float = 0.2) -> torch.Tensor:
+    """Per-tuple order-preserving (quadlet) loss::
+
+        [m1 + D(q,p) - D(q,i)]_+ + [m2 + D(q,i) - D(q,n)]_+
+
+    and, with no intermediate (``d_qi=None``), the triplet term ``[m1 + m2 + D(q,p) - D(q,n)]_+``
+    (the weakest constraint the two margins imply, since ``[a]_+ + [b]_+ >= [a + b]_+``)."""
+    if d_qi is None:
+        return F.relu(margin1 + margin2 + d_qp - d_qn)
+    return F.relu(margin1 + d_qp - d_qi) + F.relu(margin2 + d_qi - d_qn)
+
+
+def pentuplet_terms(d_qp: torch.Tensor, d_qn: torch.Tensor, d_pi1: torch.Tensor | None = None,
+                    d_pn: torch.Tensor | None = None, d_pi2: torch.Tensor | None = None,
+                    gammas=(0.7, 0.5, 0.4, 0.1)) -> torch.Tensor:
+    """Per-tuple pentuplet loss (Gupta et al., ICPR 2018)::
+
+        [g1 + D(q,p) - D(q,n)]_+ + [g2 + D(p,i1) - D(p,n)]_+ + [g3 + D(p,i2) - D(p,n)]_+
+                                 + [g4 + D(p,i1) - D(p,i2)]_+
+
+    ``d_pi1=None`` (no intermediate): the first term only. ``d_pi2=None`` (one intermediate,
+    ``i1 = i2``): the first three terms with ``D(p,i2) = D(p,i1)``, no ``g4`` term.
+    """
+    g1, g2, g3, g4 = (float(g) for g in gammas)
+    out = F.relu(g1 + d_qp - d_qn)
+    if d_pi1 is None:
+        return out
+    if d_pn is None:
+        raise ValueError("d_pn: required when d_pi1 is given")
+    if d_pi2 is None:
+        return out + F.relu(g2 + d_pi1 - d_pn) + F.relu(g3 + d_pi1 - d_pn)
+    return out + F.relu(g2 + d_pi1 - d_pn) + F.relu(g3 + d_pi2 - d_pn) + F.relu(g4 + d_pi1 - d_pi2)
+
+
+def _sq_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.pow(2).sum(dim=1)
+
+
+def radial_terms(f_q: torch.Tensor, f_p: torch.Tensor, f_i: torch.Tensor | None, f_n: torch.Tensor,
+                 c: float = 3.0, margin: float = 0.3) -> torch.Tensor:
+    """Per-tuple radial loss (Jain et al., ICASSP 2019) from the ``(T, D)`` embeddings of the tuples::
+
+        X_G = (f(q) + f(p) + f(i)) / 3,     R = max_{x in {q, p, i}} ||f(x) - X_G||
+        L = [(c R)^2 - ||f(n) - X_G||^2]_+ + [m + ||f(q) - f(p)||^2 - ||f(q) - f(i)||^2]_+
+
+    ``R`` is a function of the triple and gradients flow through it (through the farthest of the
+    three points; computed as ``R^2``, a max of squared norms, so no square root is ever
+    differentiated). ``f_i=None`` (no intermediate): the group is the pair, ``X_G = (f(q) + f(p)) / 2``,
+    ``R = ||f(q) - f(p)|| / 2``, and only the first term is kept.
+    """
+    if f_i is None:
+        centre = (f_q + f_p) / 2
+        r2 = torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre))
+        return F.relu(c * c * r2 - _sq_norm(f_n - centre))
+    centre = (f_q + f_p + f_i) / 3
+    r2 = torch.maximum(torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre)), _sq_norm(f_i - centre))
+    return F.relu(c * c * r2 - _sq_norm(f_n - centre)) + F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i))
