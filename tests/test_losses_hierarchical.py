@@ -110,7 +110,7 @@ LOOPS = {"quadlet": loop_quadlet, "pentuplet": loop_pentuplet, "radial": loop_ra
 
 
 def make_loss(name):
-    return RadialLoss(seed=0) if name == "radial" else LOSSES.create(name)
+    return LOSSES.create(name)
 
 
 def value_and_grads(fn, *tensors):
@@ -446,8 +446,6 @@ def test_bad_hyper_parameters():
         QuadletLoss(distance="cosine")
     with pytest.raises(ValueError, match="reduction"):
         PentupletLoss(reduction="mean_nonzero")
-    with pytest.raises(ValueError, match="max_tuples"):
-        RadialLoss(max_tuples=0)
     with pytest.raises(ValueError, match="strategy"):
         QuadletMiner("easy")
     with pytest.raises(TypeError, match="margin1"):
@@ -494,3 +492,16 @@ def test_loops_are_exhaustive():  # sanity check of the reference enumeration it
     assert int(H.tuple_count(*masks)) == count
     assert all(set(map(tuple, m.nonzero().tolist())) == s for m, s in zip(masks, (pos, inter, neg)))
     assert list(itertools.islice(quads, 1))
+
+
+def test_radial_all_tuples_blocks_do_not_change_the_result():
+    # tiny blocks split the triples of each block of queries and the groups into many pieces
+    x = emb(len(HIER), seed=21)
+    pos, inter, neg = H.hierarchy_masks(HIER)
+    whole = H.radial_loss_all(x, x, pos, inter, neg)
+    for block in (1, 7, 50):
+        part = H.radial_loss_all(x, x, pos, inter, neg, block=block)
+        assert part[1] == whole[1] and torch.allclose(part[0], whole[0])
+    quads = FM.all_quadlets(pos, inter, neg)
+    no_inter = ~inter.any(dim=1, keepdim=True)
+    assert whole[1] == len(quads) + len(FM.all_triplets(pos & no_inter, neg))

@@ -244,3 +244,47 @@ def radial_terms(f_q: torch.Tensor, f_p: torch.Tensor, f_i: torch.Tensor | None,
     centre = (f_q + f_p + f_i) / 3
     r2 = torch.maximum(torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre)), _sq_norm(f_i - centre))
     return F.relu(c * c * r2 - _sq_norm(f_n - centre)) + F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i))
+
+
+def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, inter: torch.Tensor,
+                    neg: torch.Tensor, c: float = 3.0, margin: float = 0.3, block: int = 1 << 22):
+    """``(sum, count)`` of :func:`radial_terms` over every valid quadlet and every fallback triplet
+    (queries without an intermediate), without enumerating them.
+
+    A quadlet's first term depends on its negative only through ``||f(n) - X_G||^2``, so for each
+    group (triple ``(q, p, i)``, or pair ``(q, p)`` for a query without intermediate) one matrix
+    product gives the squared distances of its centroid to the whole reference set, masked to the
+    query's negatives; the second term is the same for all ``|N(q)|`` negatives and is counted that
+    many times. Memory: the groups are processed in blocks of ``block // R`` (groups x reference
+    items), and the triples of a block of queries never exceed ``block`` booleans.
+    """
+    n_ref = ref_x.shape[0]
+    n_neg = neg.sum(dim=1)
+    ref_sq = _sq_norm(ref_x)
+    total, count = _zero(x, ref_x), 0
+    has_inter = inter.any(dim=1)
+    pairs = (pos & ~has_inter.unsqueeze(1)).nonzero()  # fallback groups (q, p)
+    q_step = max(1, block // max(1, n_ref * n_ref))
+    groups = [(pairs[:, 0], pairs[:, 1], None)]
+    for s in range(0, x.shape[0], q_step):
+        trip = (pos[s:s + q_step].unsqueeze(2) & inter[s:s + q_step].unsqueeze(1)).nonzero()
+        groups.append((trip[:, 0] + s, trip[:, 1], trip[:, 2]))
+    g_step = max(1, block // max(1, n_ref))
+    for q_all, p_all, i_all in groups:
+        for s in range(0, q_all.numel(), g_step):
+            q, p = q_all[s:s + g_step], p_all[s:s + g_step]
+            f_q, f_p = x[q], ref_x[p]
+            if i_all is None:
+                centre = (f_q + f_p) / 2
+                r2 = _sq_norm(f_q - f_p) / 4
+            else:
+                f_i = ref_x[i_all[s:s + g_step]]
+                centre = (f_q + f_p + f_i) / 3
+                r2 = torch.maximum(torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre)),
+                                   _sq_norm(f_i - centre))
+                inner = F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i))
+                total = total + (inner * n_neg[q]).sum()
+            d2 = (_sq_norm(centre).unsqueeze(1) - 2 * centre @ ref_x.T + ref_sq.unsqueeze(0)).clamp_min(0)
+            total = total + (F.relu(c * c * r2.unsqueeze(1) - d2) * neg[q]).sum()
+            count += int(n_neg[q].sum())
+    return total, count

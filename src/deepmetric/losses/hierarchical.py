@@ -212,75 +212,44 @@ class RadialLoss(MetricLoss):
     is the pair ``(q, p)``: ``X_G = (f(q) + f(p)) / 2``, ``R = ||f(q) - f(p)|| / 2``, and only the
     first term ``[(c R)^2 - ||f(n) - X_G||^2]_+`` is kept.
 
-    ``tuples=None``: this loss does not decompose (each negative is compared with a centroid of the
-    triple), so the valid quadlets are enumerated; above ``max_tuples`` of them, ``max_tuples`` are
-    drawn uniformly without replacement (``seed``: None for torch's global generator, an int for a
-    private generator seeded once, or a ``torch.Generator``). The fallback triplets of queries
-    without an intermediate are enumerated and capped the same way, separately. ``reduction="mean"``
-    averages over the (kept) tuples.
+    ``tuples=None``: every valid quadlet and every fallback triplet of the batch, exactly and without
+    enumerating them (:func:`~deepmetric.functional.hierarchical.radial_loss_all`: one matrix product per
+    block of groups gives each centroid's distances to all negatives). ``reduction="mean"`` averages
+    over the tuples.
 
     Args:
         c: radius scale (>= 0).
         margin: ``m >= 0``.
         level: the class level (column) of the labels.
-        max_tuples: cap of the enumerated tuples when ``tuples=None`` (positive int or None).
-        seed: generator of the subsampling.
         reduction: ``mean`` or ``sum`` over tuples.
     """
 
     accepts_quadlets = True
     distance = "euclidean"
 
-    def __init__(self, c: float = 3.0, margin: float = 0.3, level: int = 0, max_tuples: int | None = 2 ** 16,
-                 seed: int | torch.Generator | None = None, reduction: str = "mean"):
+    def __init__(self, c: float = 3.0, margin: float = 0.3, level: int = 0, reduction: str = "mean"):
         super().__init__()
         self.c = check_number("c", c, low=0.0)
         self.margin = check_number("margin", margin, low=0.0)
         self.level = _check_level(level)
-        if max_tuples is not None and (isinstance(max_tuples, bool) or not isinstance(max_tuples, numbers.Integral)
-                                       or max_tuples < 1):
-            raise ValueError(f"max_tuples: expected a positive integer or None, got {max_tuples!r}")
-        self.max_tuples = None if max_tuples is None else int(max_tuples)
-        if isinstance(seed, bool) or not (seed is None or isinstance(seed, (numbers.Integral, torch.Generator))):
-            raise TypeError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
-        self.seed = seed
-        self._generators: dict = {}
         self.reduction = H.check_reduction(reduction)
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None or isinstance(self.seed, torch.Generator):
-            return self.seed
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
-        return self._generators[device]
 
     def compute(self, x, labels, tuples, ref_x, ref_labels):
         _check_kind("RadialLoss", tuples)
         H.check_level(self.level, labels)
-        quads, trips = None, None
         if tuples is None:
             with torch.no_grad():
                 ref_labels = None if ref_labels is None else ref_labels.to(x.device)
                 pos, inter, neg = H.hierarchy_masks(labels.to(x.device), ref_labels, self.level)
-                gen = self.generator(x.device)
-                quads = FM.all_quadlets(pos, inter, neg, self.max_tuples, gen)
-                no_inter = ~inter.any(dim=1, keepdim=True)
-                trips = FM.all_triplets(pos & no_inter, neg, self.max_tuples, gen)
-        elif isinstance(tuples, Quadlets):
-            quads = tuples
-        else:
-            trips = tuples
-        total, count = H._zero(x, ref_x), 0
-        if quads is not None:
-            q, p, i, n = quads
+            total, count = H.radial_loss_all(x, ref_x, pos, inter, neg, self.c, self.margin)
+            return H.reduce_total(total, count, self.reduction)
+        if isinstance(tuples, Quadlets):
+            q, p, i, n = tuples
             terms = H.radial_terms(x[q], ref_x[p], ref_x[i], ref_x[n], self.c, self.margin)
-            total, count = total + terms.sum(), count + terms.numel()
-        if trips is not None:
-            a, p, n = trips
+        else:  # Triplets: the no-intermediate form
+            a, p, n = tuples
             terms = H.radial_terms(x[a], ref_x[p], None, ref_x[n], self.c, self.margin)
-            total, count = total + terms.sum(), count + terms.numel()
-        return H.reduce_total(total, count, self.reduction)
+        return H.reduce_total(terms.sum() + H._zero(x, ref_x), terms.numel(), self.reduction)
 
     def extra_repr(self) -> str:
-        return (f"c={self.c}, margin={self.margin}, level={self.level}, max_tuples={self.max_tuples}, "
-                f"reduction={self.reduction!r}")
+        return f"c={self.c}, margin={self.margin}, level={self.level}, reduction={self.reduction!r}"

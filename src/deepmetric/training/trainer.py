@@ -24,6 +24,7 @@ from deepmetric import models as models_mod
 from deepmetric._io import write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
+from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
 from deepmetric.training.distributed import is_main_process, rank_and_world
@@ -236,7 +237,11 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         test_emb = embed(core, test_set.x, ev["batch_size"])
         result["test"] = evaluate(test_emb, test_set.y, distance=distance, nmi=ev["nmi"])
         write_json(out / "metrics.json", result)
-        write_report(out, result)
+        distances = None
+        if "order_preservation" in result["test"]:
+            relations = ("same sub-class", "same class", "other class")
+            distances = dict(zip(relations, quadlet_distances(test_emb, test_set.y, distance, samples=100_000)))
+        write_report(out, result, distances)
     return result
 
 
