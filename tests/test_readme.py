@@ -10,3 +10,12 @@ def test_readme_python_blocks_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_losses_doc_has_a_row_for_every_registered_loss_and_miner():
+    import deepmetric as dm
+    doc = (Path(__file__).parents[1] / "docs" / "losses.md").read_text()
+    losses_part, miners_part = doc.split("## Miners")
+    row_names = lambda text: set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.M))  # noqa: E731
+    assert row_names(losses_part) == set(dm.losses.names())
+    assert row_names(miners_part) == set(dm.mining.names())
