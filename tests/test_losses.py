@@ -838,16 +838,19 @@ def test_distance_backward_equals_autograd_of_formula(name, plain, same):
     where points coincide); double backward works."""
     fn = getattr(dm.distances, name)
     g = torch.Generator().manual_seed(0)
+    # cosine normalises with a multiplication by rsqrt (l2_normalize): equal up to the last bit
+    same_values = torch.equal if name != "cosine_similarity" else (
+        lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-7))
     for dtype in (torch.float32, torch.float64):
         x = torch.randn(7, 4, generator=g, dtype=dtype)
         x[3] = x[1]
         x[5] = 0.0
         y = x if same else torch.cat([x[:2], torch.randn(4, 4, generator=g, dtype=dtype)])
-        assert torch.equal(fn(x, y), plain(x, y))
+        assert same_values(fn(x, y), plain(x, y))
         xs, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
         ys, yp = (xs, xp) if same else (y.clone().requires_grad_(), y.clone().requires_grad_())
         out_s, out_p = fn(xs, ys), plain(xp, yp)
-        assert torch.equal(out_s, out_p)
+        assert same_values(out_s, out_p)
         w = torch.randn(out_s.shape, generator=g, dtype=dtype)
         params_s, params_p = ([xs], [xp]) if same else ([xs, ys], [xp, yp])
         for a, b in zip(torch.autograd.grad(out_s, params_s, w), torch.autograd.grad(out_p, params_p, w)):
@@ -888,3 +891,20 @@ def test_dense_forms_accept_non_contiguous_matrices(pos_density):
         v1, v2 = fn(strided.T), fn(contiguous)
         assert not strided.T.is_contiguous() and all_close(v1, v2, 1e-12) and v2.item() > 0
         assert all_close(grads(v1, [strided])[0].T, grads(v2, [contiguous])[0], 1e-12)
+
+
+def test_l2_normalize_equals_torch_normalize_with_gradients():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x[2] = 0.0
+    x[4] = 1e-14  # under eps: the norm is the constant eps
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = dm.distances.l2_normalize(xa), torch.nn.functional.normalize(xb, dim=1)
+    assert torch.allclose(ya, yb, rtol=1e-14, atol=0)
+    w = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    ga, = torch.autograd.grad(ya, xa, w)
+    gb, = torch.autograd.grad(yb, xb, w)
+    assert torch.allclose(ga, gb, rtol=1e-12, atol=0)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dm.distances.l2_normalize, (x,))
+    assert torch.autograd.gradgradcheck(dm.distances.l2_normalize, (x,))

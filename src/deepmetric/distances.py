@@ -96,10 +96,36 @@ def _matmul_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x @ y.T
 
 
+class _L2Normalize(torch.autograd.Function):
+    """Rows divided by their L2 norm (``torch.nn.functional.normalize(x, dim=1, eps=1e-12)``, same
+    values and gradients) with a multiplication by ``rsqrt`` and a hand-written backward
+    ``(g - y (g . y)) / |x|`` (``g / eps`` for rows under ``eps``, where the norm is the constant
+    ``eps``): about half the time of the division's autograd graph."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        y = x * torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True).clamp_min(eps * eps))
+        ctx.save_for_backward(x, y)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        sq = x.pow(2).sum(dim=1, keepdim=True)  # recomputed from x, so that double backward sees it
+        along = (grad * y).sum(dim=1, keepdim=True).masked_fill(sq < ctx.eps ** 2, 0)
+        return (grad - y * along) * torch.rsqrt(sq.clamp_min(ctx.eps ** 2)), None
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``x_i / max(|x_i|, eps)`` row by row (zero rows stay zero)."""
+    return _L2Normalize.apply(x, eps)
+
+
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x_i.y_j / (|x_i| |y_j|)``; zero vectors have similarity 0 to everything."""
-    xn = torch.nn.functional.normalize(x, dim=1)
-    return _matmul_t(xn, xn) if y is x else xn @ torch.nn.functional.normalize(y, dim=1).T
+    xn = l2_normalize(x)
+    return _matmul_t(xn, xn) if y is x else xn @ l2_normalize(y).T
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

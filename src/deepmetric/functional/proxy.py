@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from deepmetric.distances import l2_normalize
+
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean softmax cross-entropy over the rows of ``logits`` (a connected ``0`` for no rows)."""
@@ -28,7 +30,7 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def scaled_cosine(x: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """``(B, C)`` matrix ``scale * cos(x_i, w_j)``; the scale multiplies the ``(C, D)`` normalised
     weights, not the ``(B, C)`` result (cheaper when ``C * D < B * C``)."""
-    return F.normalize(x, dim=1) @ (F.normalize(weight, dim=1) * scale).T
+    return l2_normalize(x) @ (l2_normalize(weight) * scale).T
 
 
 def _replace_targets(logits: torch.Tensor, labels: torch.Tensor, fn) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from deepmetric._checks import check_embeddings
+from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
 from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
 
@@ -394,7 +395,7 @@ class SoftTripleLoss(ProxyLoss):
         value = F.soft_triple_loss(x, centers, labels, self.centers_per_class, self.la, self.gamma, self.margin)
         if self.tau > 0:
             value = value + self.tau * F.soft_triple_regularizer(
-                torch.nn.functional.normalize(centers, dim=1), self.centers_per_class)
+                l2_normalize(centers), self.centers_per_class)
         return value
 
     def extra_repr(self) -> str:

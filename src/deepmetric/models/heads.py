@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from deepmetric.distances import l2_normalize
 from deepmetric.registry import Registry
 
 MODELS = Registry("model")
@@ -27,7 +28,7 @@ class Embedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)
-        return nn.functional.normalize(z, dim=1) if self.normalize else z
+        return l2_normalize(z) if self.normalize else z
 
 
 @MODELS.register("linear")
