@@ -1,6 +1,7 @@
 """Query-in-gallery evaluation and index search against pytorch-metric-learning and faiss.
 
     .venv/bin/python bench/evaluation.py [--sizes 20000 100000] [--repeats 3] [--million 1000000]
+    .venv/bin/python bench/evaluation.py --ivf-sweep 100000
 
 Part 1: P@1 + R-precision + MAP@R, query-in-gallery, on N Gaussian-cluster embeddings (D = 128,
 1,000 classes, MAP@R about 0.5): deepmetric's exact ``evaluate`` and its approximate (IVF) mode
@@ -162,15 +163,41 @@ def part2(n: int, n_queries: int = 1000, k: int = 10):
         print(f"| {name} {options} | {build:.1f} | {query:.3f} | {mb:.0f} | {recall:.3f} |", flush=True)
 
 
+def ivf_sweep(n: int, grid=((256, 8), (256, 16), (256, 32), (1024, 16), (1024, 32), (1024, 64))):
+    """The approximate mode's speed and accuracy trade-off on N items: ``dm.evaluate`` with an
+    ``ivf-flat`` index for each (nlist, nprobe) against the exact search, in this process."""
+    import deepmetric as dm
+    x, y = gaussian_clusters(n)
+    dm.evaluate(x[:2000], y[:2000], ks=(1,), nmi=False)  # warm-up
+    t0 = time.perf_counter()
+    exact = dm.evaluate(x, y, ks=(1,), nmi=False)["map_at_r"]
+    exact_s = time.perf_counter() - t0
+    print(f"\nIVF sweep, N = {n:,}: exact {exact_s:.2f} s, MAP@R {exact:.4f}")
+    print("| nlist | nprobe | share of the lists scanned | s | speed-up | MAP@R | vs exact |")
+    print("|---|---|---|---|---|---|---|")
+    for nlist, nprobe in grid:
+        t0 = time.perf_counter()
+        approx = dm.evaluate(x, y, ks=(1,), nmi=False, index="ivf-flat",
+                             index_options={"nlist": nlist, "nprobe": nprobe})["map_at_r"]
+        seconds = time.perf_counter() - t0
+        print(f"| {nlist} | {nprobe} | {nprobe / nlist:.1%} | {seconds:.2f} | {exact_s / seconds:.1f}x "
+              f"| {approx:.4f} | {approx / exact - 1:+.1%} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side (median time)")
     parser.add_argument("--million", type=int, default=1000000, help="gallery size of part 2 (0 skips it)")
+    parser.add_argument("--ivf-sweep", type=int, default=0, metavar="N",
+                        help="only the approximate mode's (nlist, nprobe) sweep on N items")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.sizes[0])))
+        return
+    if args.ivf_sweep:
+        ivf_sweep(args.ivf_sweep)
         return
     part1(args.sizes, args.repeats)
     if args.million:
