@@ -108,3 +108,40 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
         ckpt.load(path)
+
+
+def test_loss_sizes_are_filled_in_and_recorded(tmp_path):
+    config = resolve({}, FAST + ["loss=proxy-anchor"])
+    train(config, tmp_path, progress=False, log=quiet)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    state = ckpt.load(tmp_path / "best.pt")
+    assert saved["loss"] == {"name": "proxy-anchor", "num_classes": len(state["classes"]), "embedding_size": 64}
+    assert config["loss"] == {"name": "proxy-anchor"}  # the caller's config is not changed
+    given = resolve({}, FAST + ["loss={name: proxy-anchor, num_classes: 99}"])
+    train(given, tmp_path / "given", progress=False, log=quiet)
+    assert yaml.safe_load((tmp_path / "given" / "config.yaml").read_text())["loss"]["num_classes"] == 99
+
+
+def test_hierarchical_labels_train_with_super_class_batches_and_report_levels(tmp_path):
+    g = np.random.default_rng(0)
+    y = np.array([[s, c] for s in range(6) for c in range(4) for _ in range(10)])
+    centres = 3 * g.normal(size=(6, 8))[y[:, 0]] + g.normal(size=(6, 4, 8))[y[:, 0], y[:, 1]]
+    np.savez(tmp_path / "h.npz", X=(centres + 0.3 * g.normal(size=centres.shape)).astype(np.float32), y=y)
+    config = resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "eval.nmi=false", "loss=radial",
+                          "sampler.m=2", "sampler.classes_per_super_class=2", "batch_size=8", "eval.val_classes=0.34"])
+    result = train(config, tmp_path / "run", progress=False, log=quiet)
+    state = ckpt.load(tmp_path / "run" / "best.pt")
+    fit_supers = {c[0] for c in state["classes"]}
+    train_set, test_set = load_data(config)
+    assert fit_supers < set(train_set.y[:, 0].tolist())  # a whole super-class was held out for validation
+    assert len(set(train_set.y[:, 0].tolist()) - fit_supers) == 1
+    test = result["test"]
+    assert {"level_0", "level_1", "level_1_within_parent"} <= set(test) and 0 <= test["order_preservation"] <= 1
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Test distance distributions" in report and report.count("data:image/png;base64,") == 3
+    with pytest.raises(ValueError, match="classes_per_super_class: needs hierarchical"):
+        train(resolve({}, FAST + ["sampler.classes_per_super_class=2"]), tmp_path / "flat", progress=False, log=quiet)
+    with pytest.raises(ValueError, match="batch_size: expected a multiple of"):
+        train(resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "sampler.m=2",
+                           "sampler.classes_per_super_class=2", "batch_size=10"]), tmp_path / "bad", progress=False,
+              log=quiet)

@@ -6,6 +6,7 @@ Checkpoints are chosen on validation classes carved out of the training classes,
 """
 from __future__ import annotations
 
+import inspect
 import math
 import platform
 import random
@@ -83,6 +84,26 @@ def build_scheduler(spec: dict, optimizer, epochs: int):
     raise ValueError(f"optimizer.schedule: expected one of none, cosine, step; got {schedule!r}")
 
 
+def with_loss_sizes(config: dict, num_classes: int, embedding_size: int) -> dict:
+    """The config with ``num_classes`` (the training classes, finest level) and ``embedding_size``
+    (the model's output) filled in for every loss that takes them and was not given them, so that
+    ``--set loss=proxy-anchor`` or ``--set loss=ie`` works as it is; the run's config.yaml records
+    the values used."""
+    sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
+
+    def fill(spec):
+        if spec is None:
+            return spec
+        params = inspect.signature(losses_mod.LOSSES.get(spec["name"])).parameters
+        return {**spec, **{k: v for k, v in sizes.items() if k in params and k not in spec}}
+
+    config = dict(config)
+    config["loss"] = fill(config["loss"])
+    if config["losses"]:
+        config["losses"] = [fill(spec) for spec in config["losses"]]
+    return config
+
+
 def build_sampler(config: dict, labels: torch.Tensor, seed: int, world: int, rank: int):
     """m items per class in every batch; with ``sampler.classes_per_super_class`` set (hierarchical
     labels), ``batch_size / (classes_per_super_class * m)`` super-classes per batch, that many classes of
@@ -150,6 +171,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     y_fit = contiguous_labels(fit_set.y, classes)
 
     model = models_mod.create(config["model"], in_shape=tuple(fit_set.x.shape[1:]))
+    config = with_loss_sizes(config, num_classes=len(classes), embedding_size=model.out_features)
     if config["losses"]:
         loss_fn, miner = losses_mod.combine(config["losses"]), None
     else:
