@@ -51,14 +51,15 @@ def _check_number(name: str, value, positive: bool = False) -> float:
 
 
 class Miner:
-    """Base class: subclasses implement ``mine(embeddings, ref_embeddings, pos_mask, neg_mask)``."""
+    """Base class: subclasses implement ``mine(embeddings, ref_embeddings, *masks)``, the masks being
+    those of :meth:`relation_masks` (positives and negatives, unless a subclass says otherwise)."""
 
     def __init__(self, distance: str = "euclidean"):
         self.distance = distances.check_distance(distance)
         self.last_count = 0
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
-                 ref_labels: torch.Tensor | None = None) -> Pairs | Triplets:
+                 ref_labels: torch.Tensor | None = None) -> Pairs | Triplets | Quadlets:
         embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
         with torch.no_grad():
             same = ref_emb is embeddings
@@ -66,10 +67,13 @@ class Miner:
             ref_emb = embeddings if same else ref_emb.detach()
             labels = labels.to(embeddings.device)
             ref_lab = None if ref_embeddings is None else ref_lab.to(embeddings.device)
-            pos_mask, neg_mask = pair_masks(labels, ref_lab)
-            out = self.mine(embeddings, ref_emb, pos_mask, neg_mask)
+            out = self.mine(embeddings, ref_emb, *self.relation_masks(labels, ref_lab))
         self.last_count = len(out)
         return out
+
+    def relation_masks(self, labels, ref_labels) -> tuple:
+        """The ``(B, R)`` masks handed to :meth:`mine`: positives and negatives."""
+        return pair_masks(labels, ref_labels)
 
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
         raise NotImplementedError
@@ -447,27 +451,18 @@ class QuadletMiner(Miner):
         self.max_quadlets = None if max_quadlets is None else _positive_count("max_quadlets", max_quadlets)
         self._seed(seed)
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
-                 ref_labels: torch.Tensor | None = None) -> Quadlets:
-        embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-        with torch.no_grad():
-            same = ref_emb is embeddings
-            embeddings = embeddings.detach()
-            ref_emb = embeddings if same else ref_emb.detach()
-            labels = labels.to(embeddings.device)
-            ref_lab = None if ref_embeddings is None else ref_lab.to(embeddings.device)
-            pos, inter, neg = hierarchy_masks(labels, ref_lab, self.level)
-            if self.strategy == "all":
-                out = F.all_quadlets(pos, inter, neg, self.max_quadlets, self.generator(embeddings.device))
-            else:
-                dist = self.ascending_distances(embeddings, ref_emb)
-                if self.strategy == "hard":
-                    out = F.hard_quadlets(dist, pos, inter, neg)
-                else:
-                    out = F.semi_hard_quadlets(dist, pos, inter, neg, self.margin1, self.margin2,
-                                               self.max_quadlets, self.generator(embeddings.device))
-        self.last_count = len(out)
-        return out
+    def relation_masks(self, labels, ref_labels) -> tuple:
+        """Positives, intermediates and negatives (:func:`~deepmetric.functional.hierarchical.hierarchy_masks`)."""
+        return hierarchy_masks(labels, ref_labels, self.level)
+
+    def mine(self, embeddings, ref_embeddings, pos, inter, neg) -> Quadlets:
+        if self.strategy == "all":
+            return F.all_quadlets(pos, inter, neg, self.max_quadlets, self.generator(embeddings.device))
+        dist = self.ascending_distances(embeddings, ref_embeddings)
+        if self.strategy == "hard":
+            return F.hard_quadlets(dist, pos, inter, neg)
+        return F.semi_hard_quadlets(dist, pos, inter, neg, self.margin1, self.margin2, self.max_quadlets,
+                                    self.generator(embeddings.device))
 
     def _params(self) -> dict:
         return {"strategy": self.strategy, "margin1": self.margin1, "margin2": self.margin2, "level": self.level,
