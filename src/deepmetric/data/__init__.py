@@ -1,5 +1,10 @@
 """Data: in-memory data sets, built-in real sets, feature files, class splits and batch samplers.
 
+Video and audio live in submodules imported on demand (they load PyAV): :mod:`deepmetric.data.video`
+(decoding, frame sampling, clips, shot splitting), :mod:`deepmetric.data.audio` (WAV, log-mel
+features, padding with masks) and :mod:`deepmetric.data.features` (a cache of per-frame features,
+YouTube-8M TFRecords).
+
 >>> from deepmetric import data
 >>> train, test = data.load_split("digits", split="zero-shot")
 >>> sampler = data.MPerClassSampler(train.y, m=4, batch_size=20)  # 5 classes x 4 items
