@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric._io import atomic_path, write_json
+from deepmetric.data.datasets import sha256_file
 
 __all__ = [
     "cache_features", "FeatureCache", "encoder_description",
@@ -35,14 +36,6 @@ _MANIFEST = "manifest.json"
 _FEATURES = "features.npy"
 _FORMAT = "deepmetric-feature-cache"
 _HEADER_BYTES = 128  # fixed .npy header size, so the data can be streamed before the shape is known
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encoder_description(encoder) -> str:
@@ -72,7 +65,7 @@ def _fingerprint(item) -> tuple[str, str, object]:
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"video file {str(path)!r} does not exist")
-        return str(item), "file:" + _sha256(path), path
+        return str(item), "file:" + sha256_file(path), path
     try:
         key, frames = item
     except (TypeError, ValueError) as e:
@@ -178,7 +171,7 @@ def cache_features(name_or_dir, videos, encoder, out_dir=None, batch_size: int =
     manifest = {
         "format": _FORMAT, "version": 1, "keys": keys, "offsets": offsets, "lengths": lengths,
         "dim": dim or 0, "count": total, "encoder": desc, "inputs": fingerprints,
-        "features_file": _FEATURES, "sha256": _sha256(directory / _FEATURES),
+        "features_file": _FEATURES, "sha256": sha256_file(directory / _FEATURES),
     }
     write_json(directory / _MANIFEST, manifest)
     return FeatureCache.open(directory, verify=False)
@@ -231,7 +224,7 @@ class FeatureCache:
             raise ValueError(f"feature file {str(fpath)!r} is truncated or wrong: {size} bytes, manifest "
                              f"implies {expected_bytes}")
         if verify:
-            digest = _sha256(fpath)
+            digest = sha256_file(fpath)
             if digest != manifest.get("sha256"):
                 raise ValueError(f"feature file {str(fpath)!r} fails its checksum: sha256 {digest[:16]}..., "
                                  f"manifest says {str(manifest.get('sha256'))[:16]}...")
