@@ -3,7 +3,8 @@
 Video and audio live in submodules imported on demand (they load PyAV): :mod:`deepmetric.data.video`
 (decoding, frame sampling, clips, shot splitting), :mod:`deepmetric.data.audio` (WAV, log-mel
 features, padding with masks) and :mod:`deepmetric.data.features` (a cache of per-frame features,
-YouTube-8M TFRecords).
+YouTube-8M TFRecords); :mod:`deepmetric.data.av` builds the real audio-visual sets (Notting-Hill face
+tracks, spoken and written digits).
 
 >>> from deepmetric import data
 >>> train, test = data.load_split("digits", split="zero-shot")
@@ -30,6 +31,7 @@ from deepmetric.data.datasets import (
     split_classes,
 )
 from deepmetric.data.samplers import HierarchicalBatchSampler, MPerClassSampler
+from deepmetric.data import av  # noqa: E402,F401  (registers the built-in 'notting-hill')
 
 __all__ = [
     "DATASETS", "SPLITS", "ArrayDataset", "BuiltinDataset", "concat", "data_root", "holdout_classes", "load",
