@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from itertools import count
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 import deepmetric as dm
@@ -39,6 +37,8 @@ from deepmetric.data import MPerClassSampler
 from deepmetric.data.av import av_digits
 from deepmetric.models.heads import MLPHead
 from deepmetric.models.temporal import EarlyFusion, LateFusion, ModalityEncoders, VideoEmbedder
+
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "av_digits.yaml"
@@ -49,20 +49,8 @@ NAMES = {"visual": "visual only (MLP on pixels)", "audio": "audio only (MLP on l
 
 
 def load_config(path=CONFIG, overrides=()) -> dict:
-    """The YAML config at ``path`` with ``key.sub=value`` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    config = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
+    """The experiment's YAML config with ``key.sub=value`` overrides; ``models`` must be known names."""
+    config = common.load_config(path, overrides)
     unknown = [m for m in config.get("models", []) if m not in MODELS]
     if unknown:
         raise ValueError(f"models: unknown {unknown}; expected some of {list(MODELS)}")
@@ -193,10 +181,6 @@ def run_cross_modal(data: dict, config: dict, seed: int) -> dict:
             "v2a_p1": v2a["precision_at_1"], "v2a_map_at_r": v2a["map_at_r"]}
 
 
-def summary(values) -> str:
-    """``mean ± sample standard deviation``."""
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
-
 
 def tables(config: dict, rows: dict, cross: list, sizes: tuple[int, int]) -> str:
     seeds = config["seeds"]
@@ -206,14 +190,14 @@ def tables(config: dict, rows: dict, cross: list, sizes: tuple[int, int]) -> str
              "| embedding | digit P@1 | digit MAP@R | digit+speaker MAP@R (level_1) |", "|---|---|---|---|"]
     for name, results in rows.items():
         lines.append(f"| {NAMES[name]} | " + " | ".join(
-            summary([r[k] for r in results]) for k in ("digit_p1", "digit_map_at_r", "speaker_map_at_r")) + " |")
+            summary([r[k] for r in results], 3) for k in ("digit_p1", "digit_map_at_r", "speaker_map_at_r")) + " |")
     if cross:
         lines += ["", "Cross-modal retrieval (ModalityEncoders, cross-modal loss), test side, digit = class", "",
                   "| query -> gallery | P@1 | MAP@R |", "|---|---|---|",
-                  f"| spoken digit -> image | {summary([c['a2v_p1'] for c in cross])} | "
-                  f"{summary([c['a2v_map_at_r'] for c in cross])} |",
-                  f"| image -> spoken digit | {summary([c['v2a_p1'] for c in cross])} | "
-                  f"{summary([c['v2a_map_at_r'] for c in cross])} |"]
+                  f"| spoken digit -> image | {summary([c['a2v_p1'] for c in cross], 3)} | "
+                  f"{summary([c['a2v_map_at_r'] for c in cross], 3)} |",
+                  f"| image -> spoken digit | {summary([c['v2a_p1'] for c in cross], 3)} | "
+                  f"{summary([c['v2a_map_at_r'] for c in cross], 3)} |"]
     return "\n".join(lines)
 
 

@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from itertools import count
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -56,6 +54,8 @@ from deepmetric.distances import l2_normalize
 from deepmetric.models.heads import MLPHead
 from deepmetric.models.temporal import VideoEmbedder
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "notting_hill.yaml"
 
@@ -64,21 +64,8 @@ CONFIG = ROOT / "configs" / "notting_hill.yaml"
 
 
 def load_config(path=CONFIG, overrides=()) -> dict:
-    """The YAML config at ``path`` with ``key.sub=value`` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    config = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return config
+    """The experiment's YAML config with ``key.sub=value`` overrides."""
+    return common.load_config(path, overrides)
 
 
 # ----------------------------------------------------------------------------- data
@@ -356,12 +343,12 @@ def fine_grained(config: dict, data: dict, seed: int) -> dict:
     return results
 
 
-def summary(values) -> str:
+def fold_summary(values) -> str:
     """``mean ± sample standard deviation``, NaN entries left out (and counted)."""
     kept = [v for v in values if v == v]
     if not kept:
         return "n/a"
-    text = f"{statistics.mean(kept):.3f} ± {statistics.stdev(kept) if len(kept) > 1 else 0.0:.3f}"
+    text = common.summary(kept, 3)
     return text + (f" ({len(kept)}/{len(values)} folds)" if len(kept) < len(values) else "")
 
 
@@ -374,7 +361,7 @@ def tables(config: dict, folds_a: list, folds_b: list, n_tracks: int, n_folds: i
              "(a) Actor retrieval: test clips / test tracks against training clips / tracks", "",
              "| embedding | clip P@1 | clip MAP@R | track P@1 | track MAP@R |", "|---|---|---|---|---|"]
     for method in folds_a[0]:
-        cells = [summary([f[method][lvl][key] for f in folds_a]) for lvl in ("clip", "track")
+        cells = [fold_summary([f[method][lvl][key] for f in folds_a]) for lvl in ("clip", "track")
                  for key in ("precision_at_1", "map_at_r")]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     k = config["fine_grained"]["ndcg_k"]
@@ -385,7 +372,7 @@ def tables(config: dict, folds_a: list, folds_b: list, n_tracks: int, n_folds: i
                   f"{config['fine_grained']['pool']} pooling: test clips against all other clips", "",
               "| loss | " + " | ".join(cols.values()) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in folds_b[0]:
-        lines.append(f"| {name} | " + " | ".join(summary([f[name][c] for f in folds_b]) for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(fold_summary([f[name][c] for f in folds_b]) for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,8 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 from deepmetric import models
 from deepmetric.data import holdout_classes
 from deepmetric.training import load_config, train
+
+from common import summary
 from deepmetric.training.trainer import embed, load_data, seed_everything
 
 CONFIG = Path(__file__).parents[1] / "configs" / "omniglot.yaml"
@@ -78,9 +80,6 @@ def run_deepmetric(config: dict) -> dict:
     return {"precision_at_1": result["test"]["precision_at_1"], "map_at_r": result["test"]["map_at_r"],
             "seconds_per_epoch": statistics.mean(e["seconds"] for e in result["epochs"])}
 
-
-def summary(values):
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 def main():

@@ -26,7 +26,7 @@ from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.training import load_config, train
 from deepmetric.training.trainer import embed, load_data, load_run
 
-from omniglot_losses import summary
+from common import summary
 
 CONFIG = Path(__file__).parents[1] / "configs" / "omniglot_hierarchical.yaml"
 LOSSES = {

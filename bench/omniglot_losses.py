@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from deepmetric.data import holdout_classes
 from deepmetric.training import load_config, train
+
+from common import summary
 from deepmetric.training.trainer import load_data
 
 CONFIG = Path(__file__).parents[1] / "configs" / "omniglot.yaml"
@@ -57,9 +58,6 @@ def run(name: str, seed: int, out: Path) -> dict:
     done.write_text(json.dumps(scores))
     return scores
 
-
-def summary(values) -> str:
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 def main():

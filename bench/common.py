@@ -1,0 +1,31 @@
+"""Helpers shared by the bench scripts: YAML experiment configs and mean ± std summaries."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import yaml
+
+
+def load_config(path, overrides=()) -> dict:
+    """The YAML config at ``path`` with ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return config
+
+
+def summary(values, digits: int = 4) -> str:
+    """``mean ± sample standard deviation`` (0 for a single value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
