@@ -39,6 +39,7 @@ from deepmetric.models.heads import MLPHead
 from deepmetric.models.temporal import EarlyFusion, LateFusion, ModalityEncoders, VideoEmbedder
 
 import common
+from common import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "av_digits.yaml"
