@@ -185,7 +185,8 @@ class _Searcher:
 
 #: rows (and columns) of one block of the symmetric search
 SELF_BLOCK = 2048
-#: gallery items sampled to estimate each row's k-th distance before the search
+#: gallery items sampled to estimate each row's k-th distance before the search: n / 20, between
+#: half of _SAMPLE and _SAMPLE (the sample's product then costs at most a tenth of the search's)
 _SAMPLE = 2048
 
 
@@ -307,7 +308,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
 
     # thresholds: about 3k of the n - 1 other items are expected at or below the q-th of m sampled
     # scores; fewer than k are, i.e. Binomial(m, k / n) >= q, for about 0.2% of the rows at n = 1e5
-    m = min(n, _SAMPLE)
+    m = min(n, max(_SAMPLE // 2, min(_SAMPLE, n // 20)))
     q = math.ceil(3 * k * m / max(n - 1, 1))
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(x.device)
     estimate = x.new_full((n,), math.inf)
