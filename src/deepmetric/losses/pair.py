@@ -463,14 +463,31 @@ class CircleLoss(_MaskedPairLoss):
         return f"m={self.m}, gamma={self.gamma}, distance={self.distance!r}, reduction={self.reduction!r}"
 
 
+class _TemperatureLoss(_MaskedPairLoss):
+    """Softmax losses over similarities divided by a temperature (NT-Xent, SupCon)."""
+
+    similarity = True
+
+    def __init__(self, temperature: float, distance: str, reduction: str):
+        super().__init__()
+        self.temperature = check_number("temperature", temperature, low=0.0, strict=True)
+        self.distance = check_loss_distance(type(self).__name__, distance, ("cosine", "dot"))
+        self.reduction = F.check_reduction(reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, distance={self.distance!r}, reduction={self.reduction!r}"
+
+
+@LOSSES.register("info-nce")
 @LOSSES.register("nt-xent")
-class NTXentLoss(_MaskedPairLoss):
+class NTXentLoss(_TemperatureLoss):
     """NT-Xent / InfoNCE loss (Chen, Kornblith, Norouzi, Hinton, ICML 2020, "A Simple Framework for
     Contrastive Learning of Visual Representations", eq. (1)), for every positive pair ``(i, j)``::
 
         l(i, j) = -log( exp(s_ij / tau) / (exp(s_ij / tau) + sum_{k in N(i)} exp(s_ik / tau)) ),   s_ij = sim(z_i, z_j)
 
     averaged over the positive pairs. For SimCLR, label the two views of image ``k`` with ``k``.
+    Registered as ``nt-xent`` and ``info-nce`` (van den Oord et al. 2018's name for the same loss).
     Equal to pytorch-metric-learning's ``NTXentLoss(temperature)`` (cosine similarity), computed with
     one logsumexp per row of the ``(B, R)`` matrix instead of its (positive pairs x negative pairs)
     tensor, so ``B = 1200`` fits in a few ``(B, B)`` matrices. Given tuples count each pair once.
@@ -486,23 +503,15 @@ class NTXentLoss(_MaskedPairLoss):
     True
     """
 
-    similarity = True
-
     def __init__(self, temperature: float = 0.07, distance: str = "cosine", reduction: str = "mean"):
-        super().__init__()
-        self.temperature = check_number("temperature", temperature, low=0.0, strict=True)
-        self.distance = check_loss_distance("NTXentLoss", distance, ("cosine", "dot"))
-        self.reduction = F.check_reduction(reduction)
+        super().__init__(temperature, distance, reduction)
 
     def _loss(self, sim, pos, neg, same_set):
         return F.nt_xent_loss(sim, pos, neg, self.temperature, self.reduction)
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, distance={self.distance!r}, reduction={self.reduction!r}"
-
 
 @LOSSES.register("supervised-contrastive")
-class SupConLoss(_MaskedPairLoss):
+class SupConLoss(_TemperatureLoss):
     """Supervised contrastive loss (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu,
     Krishnan, NeurIPS 2020, "Supervised Contrastive Learning"), ``L^sup_out``, eq. (2)::
 
@@ -523,19 +532,11 @@ class SupConLoss(_MaskedPairLoss):
     True
     """
 
-    similarity = True
-
     def __init__(self, temperature: float = 0.1, distance: str = "cosine", reduction: str = "mean_nonzero"):
-        super().__init__()
-        self.temperature = check_number("temperature", temperature, low=0.0, strict=True)
-        self.distance = check_loss_distance("SupConLoss", distance, ("cosine", "dot"))
-        self.reduction = F.check_reduction(reduction)
+        super().__init__(temperature, distance, reduction)
 
     def _loss(self, sim, pos, neg, same_set):
         return F.supervised_contrastive_loss(sim, pos, neg, self.temperature, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, distance={self.distance!r}, reduction={self.reduction!r}"
 
 
 @LOSSES.register("fast-ap")
