@@ -317,3 +317,14 @@ def test_errors_name_the_argument():
         ranking.relevance(torch.tensor([[0], [1]]), labels, labels, lambda q, r: (r == q.unsqueeze(1)).long())
     with pytest.raises(ValueError, match=r"relevance_fn: expected a bool tensor of shape \(2, 1\)"):
         ranking.relevance(torch.tensor([[0], [1]]), labels, labels, lambda q, r: q.unsqueeze(1) == q.unsqueeze(0))
+
+
+def test_shared_levels_of_an_empty_batch_and_level_ids():
+    from deepmetric.labels import level_ids, shared_levels
+    y = torch.tensor([[1, 5], [0, 5], [1, 2], [1, 5]])
+    assert shared_levels(y[:0], y).shape == (0, 4) and shared_levels(y, y[:0]).shape == (4, 0)
+    assert shared_levels(torch.zeros(0, dtype=torch.long)).shape == (0, 0)
+    # column 0: parents 0 < 1; column 1: rows (0,5) < (1,2) < (1,5)
+    assert level_ids(y).tolist() == [[1, 2], [0, 0], [1, 1], [1, 2]]
+    with pytest.raises(ValueError, match="expected hierarchical"):
+        level_ids(torch.tensor([0, 1]))

@@ -34,10 +34,22 @@ def shared_levels(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) 
     ref_labels = labels if ref_labels is None else ref_labels
     if is_multilabel(labels):
         raise ValueError("shared_levels: multi-label (bool) labels have no hierarchy; use same_mask")
-    a = labels.view(labels.shape[0], -1)
-    b = ref_labels.view(ref_labels.shape[0], -1)
+    levels = num_levels(labels)  # explicit, so that an empty batch keeps its shape
+    a = labels.reshape(labels.shape[0], levels)
+    b = ref_labels.reshape(ref_labels.shape[0], levels)
     agree = a.unsqueeze(1) == b.unsqueeze(0)  # (B, R, L), L is small
     return agree.long().cumprod(dim=2).sum(dim=2)
+
+
+def level_ids(labels: torch.Tensor) -> torch.Tensor:
+    """``(N, L)`` int64: column ``l`` numbers the item's level-``l`` class (its prefix of columns
+    ``0..l``) among the distinct prefixes, ``0..C_l-1`` in lexicographic order; so the last column
+    numbers the finest classes."""
+    if not is_hierarchical(labels):
+        raise ValueError(f"labels: expected hierarchical (N, L) integer labels, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    return torch.stack([torch.unique(labels[:, :level + 1], dim=0, return_inverse=True)[1]
+                        for level in range(labels.shape[1])], dim=1)
 
 
 def same_mask(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, level: int = -1) -> torch.Tensor:

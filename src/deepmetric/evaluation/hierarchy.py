@@ -16,13 +16,9 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import check_distance
-from deepmetric.labels import is_hierarchical
+from deepmetric.labels import is_hierarchical, level_ids
 
 __all__ = ["sample_quadlets", "quadlet_distances", "order_preservation"]
-
-
-def _prefix_ids(labels: torch.Tensor, level: int) -> torch.Tensor:
-    return torch.unique(labels[:, :level + 1], dim=0, return_inverse=True)[1]
 
 
 def sample_quadlets(labels: torch.Tensor, samples: int = 1_000_000, seed: int = 0, level: int = 0):
@@ -37,7 +33,8 @@ def sample_quadlets(labels: torch.Tensor, samples: int = 1_000_000, seed: int = 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
     labels = labels.cpu()
-    fine, coarse = _prefix_ids(labels, n_levels - 1), _prefix_ids(labels, level)
+    ids = level_ids(labels)
+    fine, coarse = ids[:, -1], ids[:, level]
     # fine ids number the rows in lexicographic order, so sorting by them makes every coarse class and,
     # inside it, every fine class a contiguous block
     order = torch.argsort(fine, stable=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from deepmetric.distances import squared_euclidean
-from deepmetric.labels import is_multilabel, num_levels
+from deepmetric.labels import is_multilabel, num_levels, shared_levels
 
 
 def granularity_similarity(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
@@ -43,11 +43,7 @@ def granularity_similarity(labels: torch.Tensor, ref_labels: torch.Tensor | None
         inter = a @ b.T
         union = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0) - inter
         return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros((), dtype=dtype))
-    levels = num_levels(labels)
-    # shared_levels, with an explicit column count (its view(B, -1) fails on an empty batch)
-    a, b = labels.reshape(labels.shape[0], levels), ref.reshape(ref.shape[0], levels)
-    shared = (a.unsqueeze(1) == b.unsqueeze(0)).long().cumprod(dim=2).sum(dim=2)
-    return shared.to(dtype) / levels
+    return shared_levels(labels, ref).to(dtype) / num_levels(labels)
 
 
 def soft_binomial_deviance_loss(sim: torch.Tensor, similarity: torch.Tensor, mask: torch.Tensor | None = None,

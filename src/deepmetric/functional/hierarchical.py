@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepmetric.labels import num_levels, shared_levels
+
 REDUCTIONS = ("mean", "sum")
 
 
@@ -63,7 +65,7 @@ def check_level(level, labels: torch.Tensor) -> int:
                          "labels, got (B, C) bool multi-label")
     if isinstance(level, bool) or not isinstance(level, int):
         raise TypeError(f"level: expected an int, got {type(level).__name__}")
-    n_levels = labels.shape[1] if labels.dim() == 2 else 1
+    n_levels = num_levels(labels)
     if not -n_levels <= level < n_levels:
         raise ValueError(f"level: expected an integer in [{-n_levels}, {n_levels - 1}] for labels with "
                          f"{n_levels} level(s), got {level}")
@@ -79,14 +81,10 @@ def hierarchy_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None
     ``neg = shared <= level``. Flat labels: ``L = 1``, so ``inter`` is empty.
     """
     level = check_level(level, labels)
-    same_set = ref_labels is None
-    ref = labels if same_set else ref_labels
-    a = labels.view(labels.shape[0], -1)
-    b = ref.view(ref.shape[0], -1)
-    n_levels = a.shape[1]
-    shared = (a.unsqueeze(1) == b.unsqueeze(0)).long().cumprod(dim=2).sum(dim=2)
+    n_levels = num_levels(labels)
+    shared = shared_levels(labels, ref_labels)
     pos = shared == n_levels
-    if same_set:
+    if ref_labels is None:
         pos.fill_diagonal_(False)
     inter = (shared > level) & (shared < n_levels)
     neg = shared <= level

@@ -19,8 +19,7 @@ import math
 import numpy as np
 import torch
 
-from deepmetric.tuples import Pairs, Triplets, empty_index
-from deepmetric.tuples import Quadlets
+from deepmetric.tuples import Pairs, Quadlets, Triplets, empty_index
 
 TRIPLET_TYPES = ("semihard", "hard", "easy", "all")
 

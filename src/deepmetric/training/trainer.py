@@ -26,6 +26,7 @@ from deepmetric._io import write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
 from deepmetric.evaluation.hierarchy import quadlet_distances
+from deepmetric.labels import level_ids
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
 from deepmetric.training.distributed import is_main_process, rank_and_world
@@ -130,8 +131,7 @@ def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
     level-``l`` class (its prefix of columns ``0..l``) among the sorted prefixes present in ``y``, so
     every column is ``0..C_l-1`` and the finest column numbers the finest classes."""
     if y.dim() == 2:
-        return torch.stack([torch.unique(y[:, :level + 1], dim=0, return_inverse=True)[1]
-                            for level in range(y.shape[1])], dim=1)
+        return level_ids(y)
     lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
     lookup[torch.as_tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
     return lookup[y]
