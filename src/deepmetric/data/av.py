@@ -52,7 +52,7 @@ import torch
 from deepmetric._io import atomic_path, write_json
 from deepmetric.data.audio import log_mel, pad_or_crop, read_wav
 from deepmetric.data.datasets import (
-    ArrayDataset, _builtin, _require_builtin, data_root, read_idx, sha256_file,
+    ArrayDataset, _builtin, _require_builtin, data_root, load, sha256_file,
 )
 from deepmetric.data.video import clips as _clips
 from deepmetric.data.video import split_shots
@@ -67,11 +67,6 @@ NH_SIZE = 60
 FSDD_RATE = 8000
 CACHE_ENV = "DEEPMETRIC_CACHE"
 _CACHE_VERSION = 1
-
-
-def _root(root) -> Path:
-    """``root`` as the data root directory (``None``: :func:`deepmetric.data.data_root`)."""
-    return data_root(root)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,7 +108,7 @@ def read_notting_hill(root=None) -> tuple[torch.Tensor, torch.Tensor, Path]:
     """
     from scipy.io import loadmat
 
-    root = _root(root)
+    root = data_root(root)
     path = _require_builtin(root, NH_FILE, "notting-hill")
     try:
         mat = loadmat(str(path))
@@ -421,7 +416,7 @@ def fsdd_log_mels(root=None, duration: float = 0.5, n_mels: int = 40, cache=True
     """
     if not duration or duration <= 0:
         raise ValueError(f"duration: expected a positive number of seconds, got {duration!r}")
-    root = _root(root)
+    root = data_root(root)
     speakers = _fsdd_speakers(root)
     files = _fsdd_files(root, speakers)
     labels = {"digit": np.array([f[1] for f in files], dtype=np.int64),
@@ -457,17 +452,6 @@ def _read_cache(path: Path, n: int, length: int, n_mels: int) -> dict[str, np.nd
     return arrays
 
 
-def _mnist_test(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    img_path = _require_builtin(root, "mnist-test/t10k-images-idx3-ubyte.gz", "mnist-test")
-    lab_path = _require_builtin(root, "mnist-test/t10k-labels-idx1-ubyte.gz", "mnist-test")
-    images = read_idx(img_path, expected_magic=2051)
-    labels = read_idx(lab_path, expected_magic=2049)
-    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-        raise ValueError(f"mnist-test: {img_path} holds images {images.shape}, {lab_path} "
-                         f"{labels.shape[0]} labels; expected (N, 28, 28) and N labels")
-    return images, labels.astype(np.int64)
-
-
 def av_digits(root=None, n_pairs_per_digit: int | None = None, seed: int = 0, duration: float = 0.5,
               split: str = "speakers", n_mels: int = 40, cache=True) -> dict[str, dict[str, torch.Tensor]]:
     """Audio-visual digits (AV-MNIST-like): ``{"train": side, "test": side}``.
@@ -501,9 +485,10 @@ def av_digits(root=None, n_pairs_per_digit: int | None = None, seed: int = 0, du
     if n_pairs_per_digit is not None and (isinstance(n_pairs_per_digit, bool)
                                           or not isinstance(n_pairs_per_digit, int) or n_pairs_per_digit < 1):
         raise ValueError(f"n_pairs_per_digit: expected a positive integer or None, got {n_pairs_per_digit!r}")
-    root = _root(root)
+    root = data_root(root)
     feats = fsdd_log_mels(root, duration=duration, n_mels=n_mels, cache=cache)
-    images, image_labels = _mnist_test(root)
+    mnist = load("mnist-test", root)["test"]  # (N, 1, 28, 28) in [0, 1]
+    image_labels = mnist.y.numpy()
     n_speakers = len(_fsdd_speakers(root))
     if split == "speakers":
         is_train_rec = feats["speaker"] < n_speakers - 2
@@ -528,7 +513,7 @@ def av_digits(root=None, n_pairs_per_digit: int | None = None, seed: int = 0, du
         rec = np.concatenate(rec_rows)
         img = np.concatenate(img_rows)
         sides[side] = {
-            "image": torch.from_numpy(images[img].astype(np.float32) / 255.0).unsqueeze(1),
+            "image": mnist.x[torch.from_numpy(img)],
             "audio": torch.from_numpy(feats["audio"][rec]),
             "audio_mask": torch.from_numpy(feats["mask"][rec]),
             "y": torch.from_numpy(np.stack([feats["digit"][rec], feats["speaker"][rec]], axis=1)),
