@@ -16,7 +16,9 @@ def clusters(n=600, classes=30, d=16, seed=0):
 def test_an_exhaustive_index_gives_the_exact_metrics(distance):
     x, y = clusters()
     exact = dm.evaluate(x, y, distance=distance, nmi=False)
-    for name, options in (("flat", {}), ("ivf-flat", {"nlist": 8, "nprobe": 8})):
+    # ivf-fastscan: every list probed, and refine * depth (R + 1 >= 11) >= 600 re-ranks every item exactly
+    for name, options in (("flat", {}), ("ivf-flat", {"nlist": 8, "nprobe": 8}),
+                          ("ivf-fastscan", {"nlist": 8, "nprobe": 8, "refine": 60})):
         approx = dm.evaluate(x, y, distance=distance, nmi=False, index=name, index_options=options)
         assert approx.keys() == exact.keys()
         for key, value in exact.items():
@@ -31,10 +33,11 @@ def test_separate_gallery_and_an_approximate_index():
     assert approx["map_at_r"] == pytest.approx(exact["map_at_r"], abs=1e-6)
 
 
-def test_a_probing_index_loses_little_on_clustered_data():
+@pytest.mark.parametrize("name", ["ivf-flat", "ivf-fastscan"])
+def test_a_probing_index_loses_little_on_clustered_data(name):
     x, y = clusters(n=2000, classes=20, seed=2)
     exact = dm.evaluate(x, y, nmi=False)["map_at_r"]
-    approx = dm.evaluate(x, y, nmi=False, index="ivf-flat", index_options={"nlist": 20, "nprobe": 4})["map_at_r"]
+    approx = dm.evaluate(x, y, nmi=False, index=name, index_options={"nlist": 20, "nprobe": 4})["map_at_r"]
     assert approx == pytest.approx(exact, rel=0.05)
 
 

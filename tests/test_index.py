@@ -20,7 +20,8 @@ from deepmetric.index import BinaryIndex, ExactIndex
 FLOAT_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
 # small settings so that every backend works on a few hundred vectors
 SMALL = {"exact": {}, "flat": {}, "ivf-flat": dict(nlist=4, nprobe=4), "hnsw": dict(M=8),
-         "ivf-pq": dict(nlist=4, m=4, nbits=4, nprobe=4), "faiss": dict(factory="IVF4,Flat", nprobe=4)}
+         "ivf-pq": dict(nlist=4, m=4, nbits=4, nprobe=4), "faiss": dict(factory="IVF4,Flat", nprobe=4),
+         "ivf-fastscan": dict(nlist=4, nprobe=4)}
 
 
 def randn(*shape, seed=0):
@@ -66,7 +67,7 @@ def brute_force_order(dist_row, k):
 
 
 def test_registry_lists_every_backend():
-    assert dmi.names() == sorted(["binary", "exact", "faiss", "flat", "hnsw", "ivf-flat", "ivf-pq"])
+    assert dmi.names() == sorted(["binary", "exact", "faiss", "flat", "hnsw", "ivf-fastscan", "ivf-flat", "ivf-pq"])
     with pytest.raises(KeyError, match="unknown index 'annoy'; known indexes: binary, exact"):
         dmi.create("annoy")
 
@@ -180,6 +181,8 @@ def recall_at_10(index, q, exact_ids):
     ("hnsw", dict(M=16, ef_search=32), 0.9),
     ("ivf-pq", dict(nlist=30, m=8, nbits=6, nprobe=4), 0.5),
     ("faiss", dict(factory="IVF30,PQ16x4np", nprobe=4), 0.5),
+    ("ivf-fastscan", dict(nlist=30, nprobe=4, refine=4), 0.8),
+    ("ivf-fastscan", dict(nlist=30, nprobe=4, refine=0), 0.4),
 ])
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_recall_at_10_against_exact_on_clustered_data(name, options, bound, distance):
@@ -409,6 +412,37 @@ def test_training_on_first_add_or_explicitly():
         index.train(randn(200, 4))
 
 
+@pytest.mark.parametrize("distance", FLOAT_DISTANCES)
+def test_fastscan_reranking_every_candidate_is_exact(distance):
+    # every list probed and refine * k >= n: all vectors are re-ranked by their exact distances
+    x = randn(300, 8, seed=6)
+    index = dmi.create("ivf-fastscan", distance=distance, nlist=4, nprobe=4, refine=30)
+    index.add(x)
+    exact = dmi.create("exact", distance=distance)
+    exact.add(x)
+    q = randn(20, 8, seed=7)
+    d, i = index.search(q, 10)
+    d_exact, i_exact = exact.search(q, 10)
+    assert torch.equal(i, i_exact)
+    assert torch.allclose(d, d_exact, atol=1e-5)
+
+
+def test_fastscan_search_parameters_and_remove(tmp_path):
+    index = dmi.create("ivf-fastscan", nlist=4, m=2, nprobe=3, refine=2.5)
+    index.add(randn(300, 8))
+    index.save(tmp_path / "idx")
+    for each in (index, dmi.load(tmp_path / "idx")):
+        refine = faiss.downcast_index(each._index.index)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(refine))
+        assert (refine.k_factor, ivf.nprobe, ivf.pq.M, each.factory) == (2.5, 3, 2, "IVF4,PQ2x4fs,RFlat")
+    with pytest.raises(NotImplementedError, match="cannot remove vectors"):
+        index.remove(torch.tensor([0]))
+    unrefined = dmi.create("ivf-fastscan", nlist=4, nprobe=4, refine=0)
+    unrefined.add(randn(300, 8))
+    assert unrefined.remove(torch.tensor([0, 5])) == 2 and len(unrefined) == 298
+    assert not torch.isin(unrefined.search(randn(5, 8), 298)[1], torch.tensor([0, 5])).any()
+
+
 def test_bad_options_are_clear():
     with pytest.raises(ValueError, match="m: expected a divisor of the dimension 10"):
         dmi.create("ivf-pq", m=4).add(randn(300, 10))
@@ -420,11 +454,15 @@ def test_bad_options_are_clear():
         dmi.create("faiss", factory="")
     with pytest.raises(ValueError, match="nlist: expected an integer >= 1, got 0"):
         dmi.create("ivf-flat", nlist=0)
+    with pytest.raises(ValueError, match="m: expected a divisor of the dimension 10"):
+        dmi.create("ivf-fastscan", m=4).add(randn(300, 10))
+    with pytest.raises(ValueError, match=r"refine: expected 0 \(no re-ranking\) or a factor >= 1, got 0.5"):
+        dmi.create("ivf-fastscan", refine=0.5)
     with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
         dmi.create("hnsw", nlist=3)
 
 
-@pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "hnsw", "ivf-pq", "faiss", "binary"])
+@pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "hnsw", "ivf-pq", "faiss", "ivf-fastscan", "binary"])
 def test_k_beyond_the_index_pads(name):
     index = built(name, n=40)
     d, ids = index.search(queries_for(index, 3), 45)
@@ -439,7 +477,8 @@ def test_k_beyond_the_index_pads(name):
 
 
 ROUND_TRIPS = [("exact", "euclidean"), ("exact", "dot"), ("flat", "cosine"), ("ivf-flat", "dot"),
-               ("hnsw", "squared_euclidean"), ("ivf-pq", "euclidean"), ("faiss", "cosine"), ("binary", None)]
+               ("hnsw", "squared_euclidean"), ("ivf-pq", "euclidean"), ("faiss", "cosine"),
+               ("ivf-fastscan", "euclidean"), ("ivf-fastscan", "cosine"), ("binary", None)]
 
 
 @pytest.mark.parametrize("name,distance", ROUND_TRIPS)

@@ -23,7 +23,7 @@ def write(path, x, **arrays):
 def test_list_indexes():
     result = run("list", "indexes")
     assert result.exit_code == 0
-    assert result.output.strip() == "indexes: binary, exact, faiss, flat, hnsw, ivf-flat, ivf-pq"
+    assert result.output.strip() == "indexes: binary, exact, faiss, flat, hnsw, ivf-fastscan, ivf-flat, ivf-pq"
 
 
 def test_build_and_search_hand_worked(tmp_path):

@@ -130,10 +130,16 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
 
     if active.numel() == 0:
         return out
-    ranked = None  # query-in-gallery: one symmetric search of every item, when its results fit in memory
-    exact_self = self_mode and not full_map and isinstance(searcher, _Searcher)
-    if exact_self and n_q * depth_of(active) <= _SELF_RESULTS:
-        ranked = self_knn(queries, depth_of(active), searcher.distance, q_groups)[1]
+    # When the results fit in memory, every query is searched at once: query-in-gallery by one symmetric
+    # search, an index in one call (faiss and torch keep separate thread pools, and every switch
+    # between them waits for the other's threads to stop spinning).
+    ranked = None
+    if not full_map and n_q * depth_of(active) <= _SELF_RESULTS:
+        if self_mode and isinstance(searcher, _Searcher):
+            ranked = self_knn(queries, depth_of(active), searcher.distance, q_groups)[1]
+        elif isinstance(searcher, _IndexSearcher):
+            ranked = searcher.search(queries, depth_of(active),
+                                     torch.arange(n_q, device=queries.device) if self_mode else None)[1]
 
     def search(rows, depth):
         """Relevance of the rows' results and whether each list ended early (padding: nothing more
@@ -256,10 +262,12 @@ class _IndexSearcher:
         """Groups are refused by ``evaluate`` before an index is built."""
         width = min(k + int(self_index is not None), self.n)
         distances, ids = self.index.search(queries, width)
-        if self_index is not None:
-            drop = ids == self_index.unsqueeze(1)
-            drop[~drop.any(dim=1), -1] = True  # the query was not among its neighbours: drop the last
-            distances, ids = distances[~drop].view(-1, width - 1), ids[~drop].view(-1, width - 1)
+        if self_index is not None:  # drop the query's own entry, or the last one if it was not returned
+            found = ids == self_index.unsqueeze(1)
+            drop = torch.where(found.any(dim=1), found.byte().argmax(dim=1), width - 1)
+            cols = torch.arange(width - 1, device=ids.device).unsqueeze(0)
+            keep = cols + (cols >= drop.unsqueeze(1)).long()
+            distances, ids = distances.gather(1, keep), ids.gather(1, keep)
         if ids.shape[1] < k:
             pad = k - ids.shape[1]
             ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), -1)], 1)
