@@ -222,20 +222,20 @@ class FaissIndex(Index):
         self._index.add_with_ids(x, labels)
 
     def _search(self, queries, k):
-        distances = np.empty((queries.shape[0], k), dtype=np.float32)
+        d = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         for s in range(0, queries.shape[0], SEARCH_CHUNK):
-            self._index.search(queries[s:s + SEARCH_CHUNK], k, D=distances[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
-        if self.distance == "euclidean":
-            distances = np.sqrt(np.maximum(distances, 0.0))
-        elif self.distance == "squared_euclidean":
-            distances = np.maximum(distances, 0.0)
+            self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
+        if self.distance in ("euclidean", "squared_euclidean"):  # in place: the results may be large
+            np.maximum(d, 0.0, out=d)
+            if self.distance == "euclidean":
+                np.sqrt(d, out=d)
         elif self.distance == "cosine":
-            distances = 1.0 - distances
+            np.subtract(1.0, d, out=d)
         else:
-            distances = -distances
-        distances[ids < 0] = np.inf
-        return torch.from_numpy(distances.astype(np.float32, copy=False)), torch.from_numpy(ids)
+            np.negative(d, out=d)
+        d[ids < 0] = np.inf
+        return torch.from_numpy(d), torch.from_numpy(ids)
 
     def _remove(self, labels, positions, keep):
         try:
@@ -369,7 +369,6 @@ class IVFFastScanIndex(FaissIndex):
             index.k_factor = self.refine
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.max_points_per_centroid = self.TRAIN_PER_LIST
-        ivf.implem = 11  # faiss' reservoir result handler: the fastest for the deep lists of evaluation
 
     def _read(self, directory, manifest):
         self.factory = self.factory.format(m=self.m or manifest["dimension"] // 2)
