@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 
 from deepmetric._checks import check_embeddings
 from deepmetric.distances import check_distance
+from deepmetric.index import _heaps
 
 #: queries per chunk and gallery items per block: one block of scores holds
 #: ``QUERY_CHUNK * GALLERY_CHUNK`` floats (32 MB in float32 by default).
@@ -205,79 +208,6 @@ def _symmetric_factors(x: torch.Tensor, distance: str):
     return x, -x
 
 
-def _topk_by_value_then_id(values: torch.Tensor, ids: torch.Tensor, k: int):
-    """The ``k`` entries of each row smallest by (value, id), sorted that way."""
-    k = min(k, values.shape[1])
-    v, where = torch.topk(values, min(k + 1, values.shape[1]), dim=1, largest=False, sorted=True)
-    out_v, out_i = v[:, :k], ids.gather(1, where[:, :k])
-    if v.shape[1] > k:  # rows with values equal to the k-th beyond it: choose the smallest ids exactly
-        ambiguous = (v[:, k] == v[:, k - 1]).nonzero().flatten()
-        if ambiguous.numel():
-            sub_v, sub_i = _sort_by_value_then_index(values[ambiguous], ids[ambiguous])
-            out_v[ambiguous], out_i[ambiguous] = sub_v[:, :k], sub_i[:, :k]
-    return _order_ties_by_index(out_v, out_i)
-
-
-class _RunningTopK:
-    """Top-k of a block of rows over the columns seen so far, updated from sparse candidates.
-
-    ``thr`` is each row's admission threshold: the smaller of an estimate made before the search and
-    the k-th best value kept so far. Candidates wait in ``pending`` (rows and ids as int32, to keep
-    the memory of every block's waiting candidates small) and are merged in batches.
-    """
-
-    def __init__(self, n_rows: int, k: int, estimate: torch.Tensor):
-        self.k, self.estimate = k, estimate
-        self.values = estimate.new_empty((n_rows, 0))
-        self.ids = torch.empty((n_rows, 0), dtype=torch.int32, device=estimate.device)
-        self.pending, self.n_pending = [], 0
-        self.thr = estimate
-
-    def add(self, rows: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
-        if rows.numel():
-            self.pending.append((rows.to(torch.int32), ids.to(torch.int32), values))
-            self.n_pending += rows.numel()
-            if self.n_pending > self.values.shape[0] * self.k:
-                self.merge()
-
-    def merge(self) -> None:
-        if not self.pending:
-            return
-        rows, ids, values = (torch.cat(parts) for parts in zip(*self.pending))
-        rows = rows.long()
-        self.pending, self.n_pending = [], 0
-        n_rows = self.values.shape[0]
-        order = torch.sort(rows).indices
-        rows, ids, values = rows[order], ids[order], values[order]
-        counts = torch.bincount(rows, minlength=n_rows)
-        pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-        width = int(counts.max())
-        dense_v = values.new_full((n_rows, width), math.inf)
-        dense_i = ids.new_full((n_rows, width), -1)
-        dense_v[rows, pos], dense_i[rows, pos] = values, ids
-        self.values, self.ids = _topk_by_value_then_id(
-            torch.cat([self.values, dense_v], 1), torch.cat([self.ids, dense_i], 1), self.k)
-        if self.values.shape[1] == self.k:
-            self.thr = torch.minimum(self.estimate, self.values[:, -1])
-
-
-def _candidates(s: torch.Tensor, thr: torch.Tensor, by_row: bool, mask: torch.Tensor):
-    """``(rows, cols)`` of the entries of ``s`` at or below their row's (``by_row``) or column's threshold.
-
-    ``mask`` is a reused bool buffer of ``s``'s size. Candidates are rare, so the mask is first read 8
-    entries at a time (as int64 words) and only the words holding a candidate are read entry by entry.
-    """
-    n_cols = s.shape[1]
-    flat = torch.le(s, thr[:, None] if by_row else thr[None, :], out=mask).view(-1)
-    if flat.numel() % 8:
-        pos = flat.nonzero().flatten()
-    else:
-        words = flat.view(torch.int64).nonzero().flatten()
-        hit = flat.view(-1, 8).index_select(0, words).nonzero()
-        pos = words[hit[:, 0]] * 8 + hit[:, 1]
-    return pos // n_cols, pos % n_cols
-
-
 def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch.Tensor | None = None,
              block_size: int = SELF_BLOCK, seed: int = 0):
     """Exact k nearest neighbours of every item among the others (query-in-gallery), exploiting symmetry.
@@ -287,18 +217,21 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     :func:`_symmetric_factors` is symmetric, so each block ``S[I, J]`` with ``I <= J`` is computed once
     and ranked both along its rows (for the items of I) and along its columns (for the items of J).
 
-    Ranking a block costs a pass over it rather than a sort. Each row keeps a threshold: first an
-    estimate of its k-th score from a random sample of the gallery, chosen so that about 3k items fall
-    below it, then the k-th best score found so far. Only entries at or below their row's threshold
-    are collected and merged into the running top-k. A row whose estimate proved too low (fewer than
-    k items below it) is searched again by the per-query search, so the result is always exact.
-    Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
+    Ranking a block costs one pass over it (:mod:`deepmetric.index._heaps`): every item keeps its k
+    best (score, id) pairs in a bounded max-heap, and an entry is offered to the heap only when it is
+    at or below the item's threshold: first an estimate of its k-th score from a random sample of
+    the gallery, chosen so that about 3k items fall below it, then the heap's worst kept score. An
+    item whose estimate proved too low (fewer than k items below it) is searched again by the
+    per-query search, so the result is always exact. Runs on the CPU (other devices: copied there and
+    back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
+    if x.device.type != "cpu":
+        d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
+        return d.to(x.device), i.to(x.device)
     n = x.shape[0]
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
     buffer = x.new_empty(min(block_size, n) * min(block_size, n))
-    mask = torch.empty(buffer.shape, dtype=torch.bool, device=x.device)
 
     def scores(rows: slice, cols: torch.Tensor | slice, out: torch.Tensor) -> torch.Tensor:
         torch.mm(a[rows], b[cols].T, out=out)
@@ -310,36 +243,34 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     # scores; fewer than k are, i.e. Binomial(m, k / n) >= q, for about 0.2% of the rows at n = 1e5
     m = min(n, max(_SAMPLE // 2, min(_SAMPLE, n // 20)))
     q = math.ceil(3 * k * m / max(n - 1, 1))
-    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(x.device)
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
     estimate = x.new_full((n,), math.inf)
     if q <= m // 2:
         for i0, i1 in bounds:
             s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
-            s[torch.arange(i0, i1, device=x.device)[:, None] == sample[None, :]] = math.inf
+            s[torch.arange(i0, i1)[:, None] == sample[None, :]] = math.inf
             estimate[i0:i1] = s.topk(q, dim=1, largest=False, sorted=True).values[:, -1]
-    states = [_RunningTopK(i1 - i0, k, estimate[i0:i1]) for i0, i1 in bounds]
 
-    for bi, (i0, i1) in enumerate(bounds):
-        for bj in range(bi, len(bounds)):
-            j0, j1 = bounds[bj]
-            s = scores(slice(i0, i1), slice(j0, j1), buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0))
-            if bi == bj:
-                s.fill_diagonal_(math.inf)
-            rows, cols = _candidates(s, states[bi].thr, True, mask[: s.numel()].view(s.shape))
-            states[bi].add(rows, cols + j0, s[rows, cols])
-            if bj != bi:
-                rows, cols = _candidates(s, states[bj].thr, False, mask[: s.numel()].view(s.shape))
-                states[bj].add(cols, rows + i0, s[rows, cols])
-
-    for state in states:
-        state.merge()
-        if state.values.shape[1] < k:  # no row has k items under its threshold: keep the columns aligned
-            pad = k - state.values.shape[1]
-            state.values = torch.cat([state.values, state.values.new_full((state.values.shape[0], pad), math.inf)], 1)
-            state.ids = torch.cat([state.ids, state.ids.new_full((state.ids.shape[0], pad), -1)], 1)
-    a = b = buffer = mask = None  # free the factors and block buffers before the results are assembled
-    values = torch.cat([state.values for state in states])
-    ids = torch.cat([state.ids for state in states]).long().masked_fill(torch.isinf(values), -1)
+    values = torch.empty((n, k), dtype=x.dtype)
+    ids = torch.empty((n, k), dtype=torch.int32)
+    heaps = (values.numpy(), ids.numpy(), np.zeros(n, dtype=np.int32), estimate.numpy().copy())
+    previous_threads = numba.get_num_threads()
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    try:
+        for bi, (i0, i1) in enumerate(bounds):
+            for bj in range(bi, len(bounds)):
+                j0, j1 = bounds[bj]
+                s = scores(slice(i0, i1), slice(j0, j1), buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0))
+                if bi == bj:
+                    s.fill_diagonal_(math.inf)
+                _heaps.screen_rows(s.numpy(), i0, j0, *heaps)
+                if bj != bi:
+                    _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
+        _heaps.sort_heaps(heaps[0], heaps[1], heaps[2], math.inf)
+    finally:
+        numba.set_num_threads(previous_threads)
+    a = b = buffer = None  # free the factors and the block buffer before the results are assembled
+    ids = ids.long().masked_fill(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)

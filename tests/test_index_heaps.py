@@ -1,0 +1,87 @@
+"""The compiled screening kernels of the query-in-gallery search against plain loops."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepmetric.index import _heaps
+
+
+def empty_heaps(n, k, dtype=np.float32, thresholds=None):
+    values = np.zeros((n, k), dtype=dtype)
+    ids = np.zeros((n, k), dtype=np.int32)
+    t = np.full(n, np.inf, dtype=dtype) if thresholds is None else np.asarray(thresholds, dtype=dtype)
+    return values, ids, np.zeros(n, dtype=np.int32), t
+
+
+def sorted_heaps(heaps):
+    values, ids, sizes, _ = heaps
+    _heaps.sort_heaps(values, ids, sizes, math.inf)
+    return values, ids
+
+
+def loop_best(pairs, k, threshold=math.inf):
+    """Plain loop: the pairs (score, id) at or below the threshold, smallest by (score, id), padded."""
+    kept = sorted(p for p in pairs if p[0] <= threshold)[:k]
+    return kept + [(math.inf, -1)] * (k - len(kept))
+
+
+def as_pairs(values, ids, row):
+    return [(float(v), int(j)) for v, j in zip(values[row], ids[row])]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 12), st.integers(1, 150), st.integers(0, 10**6), st.booleans())
+def test_rows_and_columns_keep_the_k_smallest_pairs_over_blocks(k, n_rows, n_cols, seed, float64):
+    # small integer scores make ties frequent: ties must go to the smaller id, whatever the block order
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if float64 else np.float32
+    s = rng.integers(0, 6, size=(n_rows, n_cols)).astype(dtype)
+    row0, col0 = n_cols, 0  # rows are items n_cols.., columns items 0..n_cols - 1
+    n = n_rows + n_cols
+    heaps = empty_heaps(n, k, dtype)
+    half = n_cols // 2  # the block arrives in two column blocks, the later one first
+    _heaps.screen_rows(s[:, half:], row0, col0 + half, *heaps)
+    _heaps.screen_rows(s[:, :half], row0, col0, *heaps)
+    _heaps.screen_columns(s, row0, col0, *heaps)
+    values, ids = sorted_heaps(heaps)
+    for r in range(n_rows):
+        expected = loop_best([(float(s[r, c]), col0 + c) for c in range(n_cols)], k)
+        assert as_pairs(values, ids, row0 + r) == expected
+    for c in range(n_cols):
+        expected = loop_best([(float(s[r, c]), row0 + r) for r in range(n_rows)], k)
+        assert as_pairs(values, ids, col0 + c) == expected
+
+
+def test_thresholds_admit_only_scores_at_or_below_them():
+    s = np.array([[3.0, 1.0, 2.0, 1.0, 5.0],
+                  [0.5, 4.0, 4.0, 0.25, 9.0]], dtype=np.float32)
+    heaps = empty_heaps(2, 3, thresholds=[2.0, 0.5])
+    _heaps.screen_rows(s, 0, 0, *heaps)
+    values, ids = sorted_heaps(heaps)
+    # row 0: 1.0 (id 1), 1.0 (id 3), 2.0 (id 2); 3.0 and 5.0 are above 2.0
+    assert as_pairs(values, ids, 0) == [(1.0, 1), (1.0, 3), (2.0, 2)]
+    # row 1: only 0.25 (id 3) and 0.5 (id 0) pass; the third slot stays empty
+    assert as_pairs(values, ids, 1) == [(0.25, 3), (0.5, 0), (math.inf, -1)]
+
+
+def test_a_full_heap_tightens_its_threshold_to_its_worst_pair():
+    s = np.array([[4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+    heaps = empty_heaps(1, 2)
+    _heaps.screen_rows(s, 0, 0, *heaps)
+    assert heaps[2][0] == 2 and heaps[3][0] == 2.0  # kept 1.0 and 2.0; the worst kept is the threshold
+
+
+@pytest.mark.parametrize("k", [1, 2, 64, 65])
+def test_column_chunks_of_every_width(k):
+    # more columns than one task's chunk, and a last chunk that is partly filled
+    rng = np.random.default_rng(k)
+    n_cols = 2 * _heaps.COLUMN_CHUNK + 3
+    s = rng.standard_normal((70, n_cols)).astype(np.float32)
+    heaps = empty_heaps(n_cols, k)
+    _heaps.screen_columns(s, 1000, 0, *heaps)
+    values, ids = sorted_heaps(heaps)
+    for c in range(n_cols):
+        assert as_pairs(values, ids, c) == loop_best([(float(s[r, c]), 1000 + r) for r in range(70)], k)
