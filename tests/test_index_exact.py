@@ -5,10 +5,17 @@ import pytest
 import torch
 
 from deepmetric.distances import DISTANCES, as_ascending, pairwise
-from deepmetric.index import knn
+from deepmetric.index import exact, knn
 
 CHUNKINGS = [dict(), dict(chunk_size=1, gallery_chunk_size=1), dict(chunk_size=3, gallery_chunk_size=4),
              dict(chunk_size=5, gallery_chunk_size=7)]
+
+
+@pytest.fixture(autouse=True, params=["heaps", "sorted blocks"])
+def selection(request, monkeypatch):
+    """Every test runs with both selections of the per-query search: heaps always, or never."""
+    monkeypatch.setattr(exact, "HEAP_RATIO", 0 if request.param == "heaps" else 10**9)
+    return request.param
 
 
 def brute_force(q, g, k, distance, exclude=None):

@@ -15,11 +15,14 @@ no further pass over the block:
 * ``cosine``: ``s_ij = -x_i.y_j / (|x_i| |y_j|)``, returned as ``1 + s_ij = 1 - cos``;
 * ``dot``: ``s_ij = -x_i.y_j``, returned as is.
 
-A running top-k of scores is merged block by block. Ties are broken by gallery index on the score and
-again on the returned distance, so identical vectors always come back in gallery order.
+A running top-k of scores is merged block by block (query-in-gallery: every item's bounded heap,
+filled by the compiled kernels of :mod:`deepmetric.index._heaps`). Ties are broken by gallery index
+on the score and again on the returned distance, so identical vectors always come back in gallery
+order.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
@@ -111,6 +114,37 @@ def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
     return scores
 
 
+#: the per-query heaps select while ``HEAP_RATIO * k <= gallery size``; deeper lists are sorted
+HEAP_RATIO = 8
+
+
+def _new_heaps(n: int, k: int, dtype: torch.dtype, thresholds: torch.Tensor | None):
+    """Empty bounded heaps of ``n`` rows for :mod:`deepmetric.index._heaps`: ``(values, ids, sizes,
+    thresholds)`` as numpy arrays (thresholds ``+inf`` unless given)."""
+    values = np.empty((n, k), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    t = np.full(n, np.inf, dtype=values.dtype) if thresholds is None else thresholds.cpu().numpy().astype(values.dtype)
+    return values, np.empty((n, k), dtype=np.int32), np.zeros(n, dtype=np.int32), t
+
+
+def _sorted_heaps(heaps):
+    """``(values, ids)`` tensors of the heaps in ascending (value, id) order, padded with ``+inf`` / -1."""
+    values, ids, sizes, _ = heaps
+    with _numba_threads():
+        _heaps.sort_heaps(values, ids, sizes, math.inf)
+    return torch.from_numpy(values), torch.from_numpy(ids).long()
+
+
+@contextlib.contextmanager
+def _numba_threads():
+    """Run the compiled kernels on as many threads as torch uses (``torch.set_num_threads``)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
@@ -149,9 +183,12 @@ class _Searcher:
         n_q = queries.shape[0]
         x = torch.nn.functional.normalize(queries, dim=1) if self.distance == "cosine" else queries
         buffer = queries.new_empty(n_q * min(self.block, self.n))
+        rows = torch.arange(n_q, device=queries.device)
+        # selection: per-query heaps (compiled, on the CPU) while k is small against the gallery,
+        # else a running top-k of sorted blocks
+        heaps = _new_heaps(n_q, k, queries.dtype, None) if HEAP_RATIO * k <= self.n else None
         best_s = queries.new_empty((n_q, 0))
         best_i = torch.empty((n_q, 0), dtype=torch.long, device=queries.device)
-        rows = torch.arange(n_q, device=queries.device)
         for g0 in range(0, self.n, self.block):
             g1 = min(g0 + self.block, self.n)
             scores = buffer[: n_q * (g1 - g0)].view(n_q, g1 - g0)
@@ -162,12 +199,18 @@ class _Searcher:
                 scores[rows[inside], cols[inside]] = math.inf
             if query_groups is not None:
                 scores.masked_fill_(query_groups.unsqueeze(1) == gallery_groups[g0:g1].unsqueeze(0), math.inf)
+            if heaps is not None:
+                with _numba_threads():
+                    _heaps.screen_rows(scores.cpu().numpy(), 0, g0, *heaps)
+                continue
             s, i = _stable_topk(scores, min(k, g1 - g0))
             # earlier blocks hold smaller gallery indices: a stable sort of [best, new] keeps gallery order
             s, i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + g0], dim=1)
             s, order = s.sort(dim=1, stable=True)
             best_s, best_i = s[:, :k], i.gather(1, order[:, :k])
-        if best_s.shape[1] < k:  # gallery smaller than k
+        if heaps is not None:
+            best_s, best_i = (t.to(queries.device) for t in _sorted_heaps(heaps))
+        elif best_s.shape[1] < k:  # gallery smaller than k
             pad = k - best_s.shape[1]
             best_s = torch.cat([best_s, best_s.new_full((n_q, pad), math.inf)], dim=1)
             best_i = torch.cat([best_i, best_i.new_full((n_q, pad), -1)], dim=1)
@@ -251,12 +294,8 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
             s[torch.arange(i0, i1)[:, None] == sample[None, :]] = math.inf
             estimate[i0:i1] = s.topk(q, dim=1, largest=False, sorted=True).values[:, -1]
 
-    values = torch.empty((n, k), dtype=x.dtype)
-    ids = torch.empty((n, k), dtype=torch.int32)
-    heaps = (values.numpy(), ids.numpy(), np.zeros(n, dtype=np.int32), estimate.numpy().copy())
-    previous_threads = numba.get_num_threads()
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    try:
+    heaps = _new_heaps(n, k, x.dtype, estimate)
+    with _numba_threads():
         for bi, (i0, i1) in enumerate(bounds):
             for bj in range(bi, len(bounds)):
                 j0, j1 = bounds[bj]
@@ -266,11 +305,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
                 _heaps.screen_rows(s.numpy(), i0, j0, *heaps)
                 if bj != bi:
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
-        _heaps.sort_heaps(heaps[0], heaps[1], heaps[2], math.inf)
-    finally:
-        numba.set_num_threads(previous_threads)
+    values, ids = _sorted_heaps(heaps)
     a = b = buffer = None  # free the factors and the block buffer before the results are assembled
-    ids = ids.long().masked_fill(torch.isinf(values), -1)
+    ids = ids.masked_fill(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
