@@ -748,3 +748,14 @@ def test_bad_input_raises_clear_errors():
         dm.evaluate(x, y, relevance_fn=lambda q, r: r[:, :2] == q.unsqueeze(1))
     with pytest.raises(TypeError, match="relevance_fn: expected a bool tensor"):
         dm.evaluate(x, y, relevance_fn=lambda q, r: (r == q.unsqueeze(1)).long())
+
+
+def test_embeddings_that_require_grad_give_the_same_metrics():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(60, 5, generator=gen)
+    y = torch.arange(60) // 6
+    expected = dm.evaluate(x, y, nmi=False)
+    assert dm.evaluate(x.clone().requires_grad_(), y, nmi=False) == expected
+    separate = dm.evaluate(x[:20].clone().requires_grad_(), y[:20], gallery=x[20:].clone().requires_grad_(),
+                           gallery_labels=y[20:], nmi=False)
+    assert separate == dm.evaluate(x[:20], y[:20], gallery=x[20:], gallery_labels=y[20:], nmi=False)

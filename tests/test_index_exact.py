@@ -210,3 +210,15 @@ def test_bad_input_raises_clear_errors():
         knn(x, x, 1, chunk_size=0)
     with pytest.raises(ValueError, match="overflow"):
         knn(torch.full((1, 3), 1e30), torch.full((1, 3), -1e30), 1)
+
+
+def test_embeddings_that_require_grad_are_searched_without_a_graph():
+    # embeddings straight from a model: the search needs no gradient and must not fail on one
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 4, generator=gen).requires_grad_()
+    g = torch.randn(60, 4, generator=gen)
+    xd = x.detach()
+    for args, plain, kw in (((x, g), (xd, g), {}), ((x, x), (xd, xd), {"exclude_self": True})):
+        d, i = knn(*args, 3, **kw)
+        expected_d, expected_i = knn(*plain, 3, **kw)
+        assert torch.equal(i, expected_i) and torch.equal(d, expected_d) and not d.requires_grad

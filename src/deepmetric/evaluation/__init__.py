@@ -366,7 +366,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
     device = queries.device
     dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
-    queries, gallery = queries.to(dtype), gallery.to(device=device, dtype=dtype)
+    queries, gallery = queries.detach().to(dtype), gallery.detach().to(device=device, dtype=dtype)  # no gradient
     q_labels, g_labels = q_labels.to(device), g_labels.to(device)
     if q_groups is not None:
         q_groups, g_groups = q_groups.to(device), g_groups.to(device)

@@ -15,10 +15,10 @@ no further pass over the block:
 * ``cosine``: ``s_ij = -x_i.y_j / (|x_i| |y_j|)``, returned as ``1 + s_ij = 1 - cos``;
 * ``dot``: ``s_ij = -x_i.y_j``, returned as is.
 
-A running top-k of scores is merged block by block (query-in-gallery: every item's bounded heap,
-filled by the compiled kernels of :mod:`deepmetric.index._heaps`). Ties are broken by gallery index
-on the score and again on the returned distance, so identical vectors always come back in gallery
-order.
+A running top-k of scores is kept block by block: bounded per-query heaps filled by the compiled
+kernels of :mod:`deepmetric.index._heaps` while k is small against the gallery (``HEAP_RATIO``;
+always for query-in-gallery), else a merge of sorted blocks. Ties are broken by gallery index on the
+score and again on the returned distance, so identical vectors always come back in gallery order.
 """
 from __future__ import annotations
 
@@ -322,8 +322,8 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
 
 def _prepare(queries, gallery, distance, query_groups=None, gallery_groups=None):
     """Validate and convert search inputs; returns them on the queries' device in a common dtype."""
-    queries = _as_float(check_embeddings(queries, "queries"))
-    gallery = _as_float(check_embeddings(gallery, "gallery"))
+    queries = _as_float(check_embeddings(queries, "queries")).detach()  # a search has no gradient
+    gallery = _as_float(check_embeddings(gallery, "gallery")).detach()
     distance = check_distance(distance)
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(
