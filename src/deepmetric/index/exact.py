@@ -288,11 +288,14 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     q = math.ceil(3 * k * m / max(n - 1, 1))
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
     estimate = x.new_full((n,), math.inf)
-    if q <= m // 2:
-        for i0, i1 in bounds:
-            s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
-            s[torch.arange(i0, i1)[:, None] == sample[None, :]] = math.inf
-            estimate[i0:i1] = s.topk(q, dim=1, largest=False, sorted=True).values[:, -1]
+    if q <= m // 2:  # the q-th smallest sampled score of each row: the root of a heap of q
+        sampled = _new_heaps(n, q, x.dtype, None)
+        with _numba_threads():
+            for i0, i1 in bounds:
+                s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
+                s[torch.arange(i0, i1)[:, None] == sample[None, :]] = math.inf
+                _heaps.screen_rows(s.numpy(), i0, 0, *sampled)
+        estimate = torch.from_numpy(sampled[0][:, 0])
 
     heaps = _new_heaps(n, k, x.dtype, estimate)
     with _numba_threads():
