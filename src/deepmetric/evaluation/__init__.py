@@ -324,10 +324,12 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     The search depth is the largest of the queries' numbers of relevant items (at every level of a
     hierarchy) and of the reported ks, so MAP@R and R-precision are exact.
 
-    Approximate mode: ``index="ivf-flat"`` (or any name of :mod:`deepmetric.index`, with
-    ``index_options`` such as ``{"nlist": 256, "nprobe": 16}``) builds that index over the gallery and
+    Approximate mode: ``index="ivf-fastscan"`` (or any name of :mod:`deepmetric.index`, with
+    ``index_options`` such as ``{"nlist": 256, "nprobe": 24}``) builds that index over the gallery and
     reads the ranked lists from it instead of the exact search; the metrics are then those of the
-    approximate ranking (faster on large galleries; not with ``groups``).
+    approximate ranking (faster on large galleries; not with ``groups``). They can be biased either
+    way: an IVF's lists tend to hold a query's class-mates, so with about one list per class MAP@R is
+    overestimated (docs/results.md, "Approximate mode"); compare with the exact search on a subset.
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
     >>> evaluate(x, torch.tensor([0, 0, 1, 1]), nmi=False)["map_at_r"]
