@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
-from sklearn.metrics.cluster import contingency_matrix
 
 from deepmetric._checks import check_embeddings, check_labels
 from deepmetric.labels import is_multilabel
@@ -51,7 +48,9 @@ def kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, n_init: int
     x = embeddings.detach().cpu().double().numpy()
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters: expected 1..{x.shape[0]} (the number of embeddings), got {n_clusters}")
-    if backend == "sklearn":
+    if backend == "sklearn":  # scikit-learn and faiss are imported when used: each costs memory and time
+        from sklearn.cluster import KMeans
+
         return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(x)
     import faiss
 
@@ -85,6 +84,8 @@ def pairwise_f1(classes, clusters) -> float:
     classes, clusters = np.asarray(classes), np.asarray(clusters)
     if classes.ndim != 1 or clusters.shape != classes.shape:
         raise ValueError(f"clusters: expected shape {classes.shape} to match classes (1-D), got {clusters.shape}")
+    from sklearn.metrics.cluster import contingency_matrix
+
     tp = _n_pairs(contingency_matrix(classes, clusters, sparse=True).data)
     denominator = (_n_pairs(np.unique(clusters, return_counts=True)[1])
                    + _n_pairs(np.unique(classes, return_counts=True)[1]))
@@ -103,6 +104,8 @@ def clustering_scores(embeddings: torch.Tensor, labels: torch.Tensor, seed: int 
     classes = class_ids(check_labels(labels, embeddings.shape[0], "labels"))
     clusters = kmeans(embeddings, int(classes.max()) + 1 if classes.size else 0, seed=seed, n_init=n_init,
                       backend=backend)
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
     return {"nmi": float(normalized_mutual_info_score(classes, clusters)),
             "ami": float(adjusted_mutual_info_score(classes, clusters)),
             "f1": pairwise_f1(classes, clusters)}
