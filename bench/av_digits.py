@@ -224,10 +224,7 @@ def main(argv=None):
         if config.get("cross_modal", True):
             cross.append(run_cross_modal(data, config, int(seed)))
     text = tables(config, rows, cross, (len(data["train"]["y"]), len(data["test"]["y"])))
-    print("\n" + text)
-    print(f"\ntotal time {time.time() - start:.0f} s")
-    if args.out_md is not None:
-        args.out_md.write_text(text + "\n")
+    common.report(text, start, args.out_md)
     return rows, cross
 
 

@@ -1,10 +1,13 @@
-"""Helpers shared by the bench scripts: YAML experiment configs and mean ± std summaries."""
+"""Helpers shared by the bench scripts: YAML experiment configs, mean ± std summaries, reports."""
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import yaml
+
+from deepmetric._io import write_text
 
 
 def load_config(path, overrides=()) -> dict:
@@ -29,3 +32,12 @@ def summary(values, digits: int = 4) -> str:
     """``mean ± sample standard deviation`` (0 for a single value)."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def report(text: str, start: float, out_md: Path | None = None) -> None:
+    """Print the result tables and the run's total time since ``start`` (``time.time()``); with
+    ``out_md``, also write the tables there (atomically)."""
+    print("\n" + text)
+    print(f"\ntotal time {time.time() - start:.0f} s")
+    if out_md is not None:
+        write_text(out_md, text + "\n")

@@ -401,10 +401,7 @@ def main(argv=None):
         folds_a.append(track_level(config, data, int(config["seed"])))
         folds_b.append(fine_grained(config, data, int(config["seed"])))
     text = tables(config, folds_a, folds_b, len(ft.tracks), len(folds))
-    print("\n" + text)
-    print(f"\ntotal time {time.time() - start:.0f} s")
-    if args.out_md is not None:
-        args.out_md.write_text(text + "\n")
+    common.report(text, start, args.out_md)
     return folds_a, folds_b
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from deepmetric._io import write_text
 from deepmetric.data import holdout_classes
 from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.training import load_config, train
@@ -68,7 +69,7 @@ def run(name: str, seed: int, out: Path) -> dict:
     test = result["test"]
     scores = {key: test[key] for key in COLUMNS if key in test}
     scores["alphabet_map_at_r"] = test["level_0"]["map_at_r"]
-    done.write_text(json.dumps(scores))
+    write_text(done, json.dumps(scores))  # atomic: a crash never leaves a torn resume marker
     return scores
 
 

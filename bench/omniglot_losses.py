@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from deepmetric._io import write_text
 from deepmetric.data import holdout_classes
 from deepmetric.training import load_config, train
 
@@ -55,7 +56,7 @@ def run(name: str, seed: int, out: Path) -> dict:
     result = train(load_config(CONFIG, [*overrides, f"seed={seed}"]), done.parent, progress=False,
                    log=lambda *a: None)
     scores = {key: result["test"][key] for key in ("map_at_r", "precision_at_1")}
-    done.write_text(json.dumps(scores))
+    write_text(done, json.dumps(scores))  # atomic: a crash never leaves a torn resume marker
     return scores
 
 
