@@ -171,6 +171,26 @@ def test_faiss_flat_agrees_with_exact(distance):
         assert_same_neighbours(*flat.search(q, k), *exact.search(q, k))
 
 
+@pytest.mark.parametrize("name", ["flat", "ivf-flat"])
+@pytest.mark.parametrize("distance", FLOAT_DISTANCES)
+def test_faiss_ties_keep_insertion_order_like_exact(name, distance):
+    # six copies of one vector (tied for every query) and one far vector, under shuffled int ids:
+    # faiss alone returns tied inner products in reverse order and keeps the last inserted of a
+    # tied run cut at k; every k must give exact's answer
+    g = torch.tensor([[1.0, 1.0]] * 6 + [[5.0, 5.0]])
+    q = torch.tensor([[1.0, 1.0], [0.5, 0.4], [-1.0, 0.0]])
+    ids = torch.tensor([10, 3, 7, 1, 2, 9, 4])
+    exact = dmi.create("exact", distance=distance)
+    index = dmi.create(name, distance=distance, **({"nlist": 1} if name == "ivf-flat" else {}))
+    exact.add(g, ids)
+    index.add(g, ids)
+    for k in range(1, 9):
+        d_ref, i_ref = exact.search(q, k)
+        d, i = index.search(q, k)
+        assert torch.equal(i, i_ref), (k, i.tolist(), i_ref.tolist())
+        torch.testing.assert_close(d, d_ref, atol=1e-5, rtol=0)
+
+
 def recall_at_10(index, q, exact_ids):
     found = index.search(q, 10)[1]
     return float((found.unsqueeze(2) == exact_ids.unsqueeze(1)).any(2).float().mean())

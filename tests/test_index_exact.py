@@ -222,3 +222,36 @@ def test_embeddings_that_require_grad_are_searched_without_a_graph():
         d, i = knn(*args, 3, **kw)
         expected_d, expected_i = knn(*plain, 3, **kw)
         assert torch.equal(i, expected_i) and torch.equal(d, expected_d) and not d.requires_grad
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean"])
+def test_euclidean_ranks_are_kept_far_from_the_origin(distance):
+    # a common shift changes no distance, but |x|^2 + |y|^2 - 2 x.y computed on the shifted float32
+    # vectors (norms about 2,800 times the spread) would lose every digit that ranks the neighbours
+    gen = torch.Generator().manual_seed(11)
+    x = 0.1 * torch.randn(300, 8, generator=gen)
+    shifted = x + 1000.0
+    reference = shifted.double() - 1000.0  # the shifted points themselves, centred exactly
+    for q, g, kw in ((shifted[:50], shifted[50:], {}), (shifted, shifted, {"exclude_self": True})):
+        rq, rg = (reference[:50], reference[50:]) if q.shape[0] == 50 else (reference, reference)
+        d, i = knn(q, g, 10, distance, **kw)
+        d_ref, i_ref = knn(rq, rg, 10, distance, **kw)
+        gaps = torch.cat([d_ref[:, 1:] - d_ref[:, :-1], torch.full((d.shape[0], 1), math.inf)], 1)
+        untied = (gaps > 1e-3) & torch.cat([torch.full((d.shape[0], 1), True), gaps[:, :-1] > 1e-3], 1)
+        assert untied.float().mean() > 0.5
+        assert torch.equal(i[untied], i_ref[untied])
+        torch.testing.assert_close(d, d_ref.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_query_in_gallery_refuses_overflowing_embeddings():
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0)) * 1e20
+    for kw in ({"exclude_self": True}, {}):
+        with pytest.raises(ValueError, match="overflow"):
+            knn(x, x, 3, **kw)
+    assert knn(x.double(), x.double(), 3, exclude_self=True)[1].min() >= 0
+
+
+def test_cosine_distances_are_never_negative():
+    x = torch.tensor([[1.0, 1e-4, 3.0], [0.3, 0.2, 0.9]], dtype=torch.float64) * torch.tensor([[1.0], [7.0]])
+    d, _ = knn(x, x, 2, "cosine")
+    assert (d >= 0).all() and d[:, 0].max() < 1e-12

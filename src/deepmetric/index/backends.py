@@ -27,7 +27,7 @@ import torch
 from deepmetric._checks import check_embeddings
 from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
-from deepmetric.index.base import INDEXES, Index, read_npy
+from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
 from deepmetric.index.exact import knn
 
 
@@ -222,6 +222,26 @@ class FaissIndex(Index):
         self._index.add_with_ids(x, labels)
 
     def _search(self, queries, k):
+        """faiss' top-k with ties in insertion order. faiss keeps an arbitrary subset of the items
+        tied at the k-th distance (the last inserted, for inner products), so one more is searched;
+        rows whose (k+1)-th result ties with the k-th are searched again, deeper, until the tied run
+        ends inside the results."""
+        d, ids = self._faiss_search(queries, k + 1)
+        depth = k + 1
+        while True:
+            open_rows = np.flatnonzero((d[:, -1] == d[:, k - 1]) & (ids[:, -1] >= 0))
+            if not open_rows.size or depth >= len(self):
+                break
+            depth = min(2 * depth, len(self) + 1)
+            deeper_d, deeper_ids = self._faiss_search(queries[open_rows], depth)
+            d = np.concatenate([d, np.full((len(d), depth - d.shape[1]), np.inf, np.float32)], axis=1)
+            ids = np.concatenate([ids, np.full((len(ids), depth - ids.shape[1]), -1, np.int64)], axis=1)
+            d[open_rows], ids[open_rows] = deeper_d, deeper_ids
+        self._order_ties(d, ids)
+        return torch.from_numpy(np.ascontiguousarray(d[:, :k])), torch.from_numpy(np.ascontiguousarray(ids[:, :k]))
+
+    def _faiss_search(self, queries, k):
+        """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots)."""
         d = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         for s in range(0, queries.shape[0], SEARCH_CHUNK):
@@ -232,10 +252,24 @@ class FaissIndex(Index):
                 np.sqrt(d, out=d)
         elif self.distance == "cosine":
             np.subtract(1.0, d, out=d)
+            np.maximum(d, 0.0, out=d)
         else:
             np.negative(d, out=d)
         d[ids < 0] = np.inf
-        return torch.from_numpy(d), torch.from_numpy(ids)
+        return d, ids
+
+    def _order_ties(self, d: np.ndarray, ids: np.ndarray) -> None:
+        """Put equal distances in insertion order, in place; only the rows that hold a tie are re-sorted."""
+        rows = np.flatnonzero((d[:, 1:] == d[:, :-1]).any(axis=1))
+        if not rows.size:
+            return
+        sub_d, sub_ids = d[rows], ids[rows]
+        positions = np.full(sub_ids.shape, len(self._labels), dtype=np.int64)  # -1 slots sort last
+        found = sub_ids >= 0
+        positions[found] = _lookup(self._labels, sub_ids[found], "ids")
+        order = np.lexsort((positions, sub_d))  # per row: by distance, then insertion position
+        d[rows] = np.take_along_axis(sub_d, order, axis=1)
+        ids[rows] = np.take_along_axis(sub_ids, order, axis=1)
 
     def _remove(self, labels, positions, keep):
         try:

@@ -5,8 +5,8 @@ as its negative); ties keep gallery order (the smaller gallery index comes first
 ``k`` candidates remain for a query (``k`` larger than the gallery after exclusions), the missing slots
 are padded with index ``-1`` and distance ``+inf``.
 
-How a block is ranked. Each (query chunk x gallery block) of scores is one fused matrix product into
-a reused buffer, with the formulas of :mod:`deepmetric.distances` rearranged so that ranking needs
+How a block is ranked. Each (query chunk x gallery block) of scores is one fused matrix product (oneDNN
+for float32, see :func:`_mm_t`), with the formulas of :mod:`deepmetric.distances` rearranged so that ranking needs
 no further pass over the block:
 
 * ``euclidean`` and ``squared_euclidean``: ``s_ij = |y_j|^2 - 2 x_i.y_j`` (``|x_i|^2`` is constant in a
@@ -34,9 +34,36 @@ from deepmetric.distances import check_distance
 from deepmetric.index import _heaps
 
 #: queries per chunk and gallery items per block: one block of scores holds
-#: ``QUERY_CHUNK * GALLERY_CHUNK`` floats (32 MB in float32 by default).
+#: ``QUERY_CHUNK * GALLERY_CHUNK`` floats (8 MB in float32 by default, so that it stays in the cache
+#: between the product and the screening). Searches deeper than a block (k > GALLERY_CHUNK) take
+#: blocks of k items: a merge of sorted blocks costs O(k) per block.
 QUERY_CHUNK = 1024
-GALLERY_CHUNK = 8192
+GALLERY_CHUNK = 2048
+
+
+def _onednn_linear():
+    """oneDNN's fully connected product (``torch.ops.mkldnn._linear_pointwise``), when this torch has it."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T (+ bias)``, a new ``(len(a), len(b))`` tensor.
+
+    float32 on the CPU goes through oneDNN, which reaches about twice the throughput of torch's BLAS
+    (MKL) on this project's AVX-512 machines when the result fits in the last-level cache
+    (``bench/evaluation.py`` prints the GFLOPS of both); other dtypes and devices use ``torch.mm``.
+    """
+    if _ONEDNN_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu":
+        return _ONEDNN_LINEAR(a, b, bias, "none", [], "")
+    return torch.mm(a, b.T) if bias is None else torch.addmm(bias, a, b.T)
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +130,15 @@ def _stable_topk(scores: torch.Tensor, k: int):
 
 def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
     """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root; 0 below 1e-12 as
-    in ``distances.euclidean``) and ``squared_euclidean``, ``-cos`` for ``cosine``, ``-x.y`` for ``dot``."""
+    in ``distances.euclidean``) and ``squared_euclidean``; ``1 - cos`` (at least 0) from ``-cos`` for
+    ``cosine``; ``-x.y`` for ``dot``."""
     if distance in ("euclidean", "squared_euclidean"):
         d2 = scores.clamp_min(0.0)
         if distance == "squared_euclidean":
             return d2
         return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
-    if distance == "cosine":
-        return 1.0 + scores
+    if distance == "cosine":  # 1 - cos, at least 0 (rounding can take cos a little above 1)
+        return (1.0 + scores).clamp_min(0.0)
     return scores
 
 
@@ -145,32 +173,60 @@ def _numba_threads():
         numba.set_num_threads(previous)
 
 
+def _center(x: torch.Tensor) -> torch.Tensor:
+    """The point euclidean searches move to the origin: the mean vector, rounded to a multiple of the
+    power of two just below the items' spread (their RMS deviation from the mean).
+
+    Moving every vector by the same amount leaves every distance unchanged, but ``|x|^2 + |y|^2 -
+    2 x.y`` loses the digits that rank neighbours when the norms are large against the distances
+    between items (embeddings far from the origin). The rounding keeps the shift exact on grids of
+    coarser spacing, e.g. small integer coordinates, whose tied distances then stay exactly tied.
+    """
+    total, squares = x.new_zeros(x.shape[1], dtype=torch.float64), 0.0
+    for chunk in x.split(65536):  # float64 sums without a float64 copy of x
+        chunk = chunk.double()
+        total += chunk.sum(0)
+        squares += float(chunk.pow(2).sum())
+    mean = total / x.shape[0]
+    spread = math.sqrt(max(squares / x.numel() - float(mean.pow(2).mean()), 0.0))
+    if not spread > 0:
+        return torch.zeros_like(x[0])
+    step = 2.0 ** math.floor(math.log2(spread))
+    return ((mean / step).round() * step).to(x.dtype)
+
+
+def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype) -> None:
+    """Scores are bounded by (|x| + |y|)^2; refuse inputs whose products would overflow."""
+    if not norm_sum ** 2 < torch.finfo(dtype).max:
+        raise ValueError(f"queries/gallery: {distance} distances overflow {dtype} (the largest |x| + |y| "
+                         f"is {norm_sum:.3g}); scale the embeddings down")
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
     def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK):
         self.distance = distance
         self.block = gallery_chunk_size
+        self.center = None
         if distance == "cosine":
             gallery = torch.nn.functional.normalize(gallery, dim=1)
-        self.gallery_t = gallery.T
+        elif distance in ("euclidean", "squared_euclidean") and gallery.shape[0]:
+            self.center = _center(gallery)
+            gallery = gallery - self.center
+        self.gallery = gallery.contiguous()
         self.n = gallery.shape[0]
         if distance in ("euclidean", "squared_euclidean"):
             self.bias = gallery.pow(2).sum(1)  # |y_j|^2
             self.alpha = -2.0
         else:
-            self.bias = torch.zeros(self.n, dtype=gallery.dtype, device=gallery.device)
+            self.bias = None
             self.alpha = -1.0
         self.max_norm = float(gallery.double().norm(dim=1).max()) if self.n else 0.0
 
     def _check_overflow(self, queries: torch.Tensor):
-        """Scores are bounded by (|x| + |y|)^2; refuse inputs whose products would overflow."""
-        if self.distance == "cosine" or queries.shape[0] == 0:
-            return
-        bound = (float(queries.double().norm(dim=1).max()) + self.max_norm) ** 2
-        if not bound < torch.finfo(queries.dtype).max:
-            raise ValueError(f"queries/gallery: {self.distance} distances overflow {queries.dtype} "
-                             f"(vector norms up to {math.sqrt(bound):.3g}); scale the embeddings down")
+        if self.distance != "cosine" and queries.shape[0]:
+            _check_overflow(float(queries.double().norm(dim=1).max()) + self.max_norm, self.distance, queries.dtype)
 
     def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
         """Top-k ``(distances, indices)`` of a chunk of validated queries.
@@ -179,20 +235,22 @@ class _Searcher:
         query-in-gallery protocol). ``query_groups`` ``(c,)`` / ``gallery_groups`` ``(G,)``: a query never
         retrieves an item of its own group.
         """
+        if self.center is not None:
+            queries = queries - self.center
         self._check_overflow(queries)
         n_q = queries.shape[0]
         x = torch.nn.functional.normalize(queries, dim=1) if self.distance == "cosine" else queries
-        buffer = queries.new_empty(n_q * min(self.block, self.n))
+        x = self.alpha * x  # scores = alpha x.y (+ |y|^2): a power of two, so no rounding is added
         rows = torch.arange(n_q, device=queries.device)
         # selection: per-query heaps (compiled, on the CPU) while k is small against the gallery,
         # else a running top-k of sorted blocks
         heaps = _new_heaps(n_q, k, queries.dtype, None) if HEAP_RATIO * k <= self.n else None
         best_s = queries.new_empty((n_q, 0))
         best_i = torch.empty((n_q, 0), dtype=torch.long, device=queries.device)
-        for g0 in range(0, self.n, self.block):
-            g1 = min(g0 + self.block, self.n)
-            scores = buffer[: n_q * (g1 - g0)].view(n_q, g1 - g0)
-            torch.addmm(self.bias[g0:g1].unsqueeze(0), x, self.gallery_t[:, g0:g1], alpha=self.alpha, out=scores)
+        step = self.block if heaps is not None else max(self.block, k)
+        for g0 in range(0, self.n, step):
+            g1 = min(g0 + step, self.n)
+            scores = _mm_t(x, self.gallery[g0:g1], None if self.bias is None else self.bias[g0:g1])
             if self_index is not None:
                 cols = self_index - g0
                 inside = (cols >= 0) & (cols < g1 - g0)
@@ -272,12 +330,15 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
         return d.to(x.device), i.to(x.device)
     n = x.shape[0]
+    if distance in ("euclidean", "squared_euclidean") and n:
+        x = x - _center(x)
+    if distance != "cosine" and n:
+        _check_overflow(2 * float(x.double().norm(dim=1).max()), distance, x.dtype)
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
-    buffer = x.new_empty(min(block_size, n) * min(block_size, n))
 
-    def scores(rows: slice, cols: torch.Tensor | slice, out: torch.Tensor) -> torch.Tensor:
-        torch.mm(a[rows], b[cols].T, out=out)
+    def scores(rows: slice, cols: torch.Tensor | slice) -> torch.Tensor:
+        out = _mm_t(a[rows], b[cols])
         if groups is not None:
             out.masked_fill_(groups[rows, None] == groups[None, cols], math.inf)
         return out
@@ -292,7 +353,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         sampled = _new_heaps(n, q, x.dtype, None)
         with _numba_threads():
             for i0, i1 in bounds:
-                s = scores(slice(i0, i1), sample, x.new_empty((i1 - i0, m)))
+                s = scores(slice(i0, i1), sample)
                 s[torch.arange(i0, i1)[:, None] == sample[None, :]] = math.inf
                 _heaps.screen_rows(s.numpy(), i0, 0, *sampled)
         estimate = torch.from_numpy(sampled[0][:, 0])
@@ -302,14 +363,14 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         for bi, (i0, i1) in enumerate(bounds):
             for bj in range(bi, len(bounds)):
                 j0, j1 = bounds[bj]
-                s = scores(slice(i0, i1), slice(j0, j1), buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0))
+                s = scores(slice(i0, i1), slice(j0, j1))
                 if bi == bj:
                     s.fill_diagonal_(math.inf)
                 _heaps.screen_rows(s.numpy(), i0, j0, *heaps)
                 if bj != bi:
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
     values, ids = _sorted_heaps(heaps)
-    a = b = buffer = None  # free the factors and the block buffer before the results are assembled
+    a = b = s = None  # free the factors and the last block before the results are assembled
     ids = ids.masked_fill(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
     if distance != "dot":
@@ -359,8 +420,9 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
             gallery_groups``), :func:`self_knn` computes the same result with half the arithmetic.
         query_groups, gallery_groups: ``(Q,)`` and ``(G,)`` integer group ids, given together; a query
             never retrieves a gallery item of its own group (e.g. frames of the same video).
-        chunk_size: queries per chunk. gallery_chunk_size: gallery items per block; a running top-k is
-            merged block by block, so memory is ``O(chunk_size * (gallery_chunk_size + k))``.
+        chunk_size: queries per chunk. gallery_chunk_size: gallery items per block (at least k of
+            them when k is large against the gallery); a running top-k is kept block by block, so
+            memory is ``O(chunk_size * (gallery_chunk_size + k))``.
 
     Returns:
         ``(distances, indices)``, both ``(Q, k)``: ascending distances (``cosine`` as ``1 - cos``,
