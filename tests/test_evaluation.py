@@ -228,9 +228,13 @@ def test_hand_worked_separate_sets_and_k_beyond_the_gallery():
         "recall_at_2": 1.0, "precision_at_2": 1 / 2, "map_at_2": 1 / 2, "ndcg_at_2": (1 / (1 + C3) + C3) / 2,
         "recall_at_3": 1.0, "precision_at_3": 1 / 2, "map_at_3": 2 / 3, "ndcg_at_3": (1.5 / (1 + C3) + C3) / 2,
         "r_precision": 1 / 4, "map_at_r": 1 / 4, "mrr": 3 / 4, "num_queries": 3, "queries_without_relevant": 1})
-    # k larger than the gallery: searched as deep as the gallery goes, no metric at 10 (or 4) reported
+    # k larger than the gallery: the default ks beyond it (4, 8, 10) are left out, the k asked for is
+    # reported with the 7 missing slots not relevant: P@10 (2/10 + 1/10) / 2, mAP@10 = mAP@3,
+    # NDCG@10 = NDCG@3
     scores = dm.evaluate(q, ql, g, gl, k=10, nmi=False, full_map=True)
-    assert not [key for key in scores if key.endswith(("_at_10", "_at_4"))]
+    assert not [key for key in scores if key.endswith(("_at_4", "_at_8"))]
+    assert {key: scores[key] for key in scores if key.endswith("_at_10")} == pytest.approx({
+        "recall_at_10": 1.0, "precision_at_10": 3 / 20, "map_at_10": 2 / 3, "ndcg_at_10": (1.5 / (1 + C3) + C3) / 2})
     assert scores["map_at_r"] == pytest.approx(1 / 4) and scores["recall_at_2"] == 1.0
     assert scores["map"] == pytest.approx((5 / 6 + 1 / 2) / 2)  # full-ranking AP: q0 5/6, q1 1/2
 
@@ -300,8 +304,8 @@ def test_hand_worked_hierarchical_uses_the_finest_level():
     top = {"precision_at_1": 0.0, "recall_at_1": 0.0, "map_at_1": 0.0, "ndcg_at_1": 0.0,
            "recall_at_2": 0.5, "precision_at_2": 0.25, "map_at_2": 0.25, "ndcg_at_2": C3 / 2,
            "r_precision": 0.0, "map_at_r": 0.0, "mrr": 5 / 12, "num_queries": 4, "queries_without_relevant": 0}
-    assert list(scores) == list(top) + ["level_0", "level_1", "level_1_within_parent", "order_preservation"]
-    assert math.isnan(scores["order_preservation"])  # no item has an intermediate (same parent, other child)
+    # no item has an intermediate (same parent, other child): order_preservation is undefined, left out
+    assert list(scores) == list(top) + ["level_0", "level_1", "level_1_within_parent"]
     assert {key: scores[key] for key in top} == pytest.approx(top)
     assert scores["level_0"] == pytest.approx(top) and scores["level_1"] == pytest.approx(top)
     assert scores["level_1_within_parent"] == pytest.approx({
@@ -471,7 +475,7 @@ def test_flat_equals_plain_loops_query_in_gallery_with_groups(ks, k, full_map):
     ours = dm.evaluate(x, y, groups=groups, nmi=False, ks=ks, k=k, full_map=full_map, chunk_size=16)
     allowed = ((groups.unsqueeze(1) != groups.unsqueeze(0)) & ~torch.eye(n, dtype=torch.bool)).tolist()
     relevant = (y.unsqueeze(1) == y.unsqueeze(0)).tolist()
-    report = sorted({v for v in ks + ((k,) if k else ()) if v <= n - 1})
+    report = sorted({v for v in ks if v <= n - 1} | ({k} if k else set()))  # the k asked for, always
     expected, skipped = loop_scores(plain_distances(x, x, "euclidean"), allowed, relevant, relevant, report, full_map)
     assert_equal_to_loops(ours, expected, skipped, n)
 
@@ -704,6 +708,27 @@ def test_ks_reported_only_where_the_gallery_allows():
     assert [k for k in scores if "_at_" in k and not k.endswith("_at_r")] == [
         "precision_at_1", "recall_at_3", "precision_at_3", "map_at_3", "ndcg_at_3",
         "recall_at_5", "precision_at_5", "map_at_5", "ndcg_at_5"]
+
+
+def test_hierarchy_of_single_item_instances_reports_the_coarser_levels():
+    # (category, instance) with one item per instance: no query has a relevant item at the finest
+    # level, so its metrics are left out (not zero, not NaN); level 0 is the flat evaluation of column 0
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 3, generator=gen)
+    y = torch.stack([torch.arange(12) % 3, torch.arange(12)], 1)
+    scores = dm.evaluate(x, y, nmi=False, per_class=True)
+    assert "map_at_r" not in scores and scores["queries_without_relevant"] == 12
+    assert scores["class_mean"] == {}
+    assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False))
+
+
+def test_undefined_order_preservation_is_left_out():
+    # a single top-level class: no quadlet has an item of another top-level class
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.stack([torch.zeros(12, dtype=torch.long), torch.arange(12) % 3], 1)
+    assert "order_preservation" not in dm.evaluate(x, y, nmi=False)
+    y[:6, 0] = 1
+    assert 0.0 <= dm.evaluate(x, y, nmi=False)["order_preservation"] <= 1.0
 
 
 def test_bad_input_raises_clear_errors():

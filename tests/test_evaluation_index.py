@@ -47,6 +47,8 @@ def test_groups_need_the_exact_search():
         dm.evaluate(x, y, groups=torch.arange(100) // 2, nmi=False, index="flat")
     with pytest.raises(KeyError, match="no-such-index"):
         dm.evaluate(x, y, nmi=False, index="no-such-index")
+    with pytest.raises(ValueError, match="full_map: .*exact search"):
+        dm.evaluate(x, y, nmi=False, index="hnsw", full_map=True)
 
 
 class FirstItems:

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from deepmetric._io import atomic_path, write_json
@@ -12,3 +14,9 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_json_has_null_for_nan_and_infinities(tmp_path):
+    target = tmp_path / "m.json"
+    write_json(target, {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": (2, "x")})
+    assert json.loads(target.read_text()) == {"a": None, "b": [1.5, None, {"c": None}], "d": [2, "x"]}

@@ -190,7 +190,10 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
 
 
 def _means(values: dict, n_relevant: torch.Tensor) -> dict:
+    """Means over the queries with a relevant item; none when no query has one (undefined, not 0)."""
     scored = n_relevant > 0
+    if not bool(scored.any()):
+        return {}
     return {name: float(v[scored].mean()) for name, v in values.items()}
 
 
@@ -244,7 +247,7 @@ def _per_class(values: dict, n_relevant: torch.Tensor, labels: torch.Tensor):
         entry = {name: m[c] for name, m in lists.items()} if n else {}
         per_class[key] = {**entry, "num_queries": total, "queries_without_relevant": total - n}
     has = n_scored > 0
-    return per_class, {name: float(m[has].mean()) for name, m in means.items()}
+    return per_class, ({name: float(m[has].mean()) for name, m in means.items()} if bool(has.any()) else {})
 
 
 class _IndexSearcher:
@@ -291,7 +294,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     ``groups`` (and ``gallery_groups`` with a separate gallery) are integer ids; a query never
     retrieves an item of its own group, and such items do not count as relevant. Queries with no
     relevant item in the gallery are excluded from every mean and counted in
-    ``queries_without_relevant`` (never scored as zero).
+    ``queries_without_relevant`` (never scored as zero); when no query has one, the metrics are
+    left out (e.g. the finest level of a hierarchy of single-item instances; ``level_0`` has them).
 
     Labels (DESIGN.md): flat ``(N,)`` int (relevant = same class); multi-label ``(N, C)`` bool
     (relevant = at least one label shared); hierarchical ``(N, L)`` int, column 0 the coarsest: the
@@ -308,8 +312,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     over queries) to count each query's relevant items.
 
     Keys (all means over the scored queries, see :mod:`deepmetric.evaluation.ranking` for the
-    formulas): ``precision_at_1``; for every reported k (``ks`` and ``k``, up to the number of items a
-    query can retrieve) ``recall_at_{k}`` (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by
+    formulas): ``precision_at_1``; for every reported k (``ks`` up to the number of items a query can
+    retrieve, and ``k`` always: slots beyond the gallery count as not relevant) ``recall_at_{k}`` (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by
     ``min(k, R)``) and ``ndcg_at_{k}``; ``r_precision``; ``map_at_r``; ``mrr`` (exact: queries whose
     first relevant item lies beyond the search depth are searched again deeper); ``map`` (AP over the
     full ranking, with ``full_map=True``: every query ranks the whole gallery, chunk by chunk);
@@ -351,6 +355,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
                         f"got {type(relevance_fn).__name__}")
     if index is not None and (groups is not None or gallery_groups is not None):
         raise ValueError("groups: excluding groups needs the exact search; leave index=None")
+    if index is not None and full_map:
+        raise ValueError("full_map: mAP over the full ranking needs the exact search (an approximate index "
+                         "does not rank every item); leave index=None")
     if per_class and is_multilabel(q_labels):
         raise ValueError("per_class: needs one class per query; multi-label (bool) labels have none")
     n_q, n_g = queries.shape[0], gallery.shape[0]
@@ -389,12 +396,12 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
         def base_fn(indices, rows):
             return ranking.relevance(indices, q_labels[rows], g_labels, relevance_fn)
-    if not bool((views[0].n_relevant > 0).any()):
+    if not any(bool((view.n_relevant > 0).any()) for view in views):
         raise ValueError("labels/gallery_labels: no query has a relevant item in the gallery "
                          "(after excluding itself and its group), so no ranking metric is defined")
 
     retrievable = n_g - int(self_mode)
-    report_ks = sorted({v for v in ks + (() if k is None else (k,)) if v <= retrievable})
+    report_ks = sorted({v for v in ks if v <= retrievable} | ({k} if k is not None else set()))
     options = dict(self_mode=self_mode, q_groups=q_groups, g_groups=g_groups, report_ks=report_ks,
                    full_map=full_map, chunk_size=chunk_size)
     if index is None:
@@ -414,7 +421,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         within = _within_parent(queries, q_labels, gallery, g_labels, level, distance, **options)
         results[f"level_{level}_within_parent"] = {**_means(within, counts[:, level]), **_counts(counts[:, level])}
     if levels >= 2 and self_mode and q_groups is None:
-        results["order_preservation"] = hierarchy.order_preservation(queries, q_labels, distance, seed=seed)
+        preserved = hierarchy.order_preservation(queries, q_labels, distance, seed=seed)
+        if not math.isnan(preserved):  # NaN: no quadlet (e.g. a single top-level class)
+            results["order_preservation"] = preserved
     if per_class:
         results["per_class"], results["class_mean"] = _per_class(values[0], views[0].n_relevant, q_labels)
     return results

@@ -233,6 +233,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if len(val_set):
             val_emb = embed(core, val_set.x, ev["batch_size"])
             record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=False)
+            if ev["select"] not in record["val"]:
+                raise ValueError(f"eval.select: {ev['select']!r} is not among the validation metrics "
+                                 f"({', '.join(k for k, v in record['val'].items() if isinstance(v, float))})")
             score = record["val"][ev["select"]]
         else:
             score = float(epoch)  # no validation classes: keep the last epoch
