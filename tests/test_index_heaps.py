@@ -85,3 +85,20 @@ def test_column_chunks_of_every_width(k):
     values, ids = sorted_heaps(heaps)
     for c in range(n_cols):
         assert as_pairs(values, ids, c) == loop_best([(float(s[r, c]), 1000 + r) for r in range(70)], k)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 80), st.integers(1, 40), st.integers(0, 10**6), st.booleans())
+def test_tied_runs_take_ascending_ids_like_a_lexicographic_sort(n, k, levels, seed, float64):
+    # rows sorted by value with many ties (and runs longer than the insertion-sort limit when levels
+    # is small); ids a permutation, -1 padding under +inf
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if float64 else np.float32
+    values = np.sort(rng.integers(0, levels, (n, k)).astype(dtype), axis=1)
+    values[:, k - rng.integers(0, k) :] = np.inf
+    ids = np.stack([rng.permutation(10 * k)[:k] for _ in range(n)]).astype(np.int64)
+    ids[np.isinf(values)] = -1
+    expected = [[j for _, j in sorted(zip(values[r].tolist(), ids[r].tolist()))] for r in range(n)]
+    before = values.copy()
+    _heaps.order_tied_runs(values, ids)
+    assert ids.tolist() == expected and np.array_equal(values, before)

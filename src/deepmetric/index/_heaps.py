@@ -6,9 +6,13 @@ Every row ``g`` keeps the ``k`` best ``(score, id)`` pairs seen so far in a max-
 its size in ``sizes[g]`` and its admission threshold in ``thresholds[g]``: an estimate before the
 heap is full, then the root's score. A score above the threshold is skipped with one comparison;
 only the rare scores at or below it touch the heap.
+
+:func:`order_tied_runs` puts the ids of equal values in ascending order in rows already sorted by
+value, for every search (ties keep gallery order).
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 #: columns per task of the column screening (each task owns its columns' heaps, so no two threads
@@ -120,3 +124,31 @@ def sort_heaps(values, ids, sizes, empty_value):
             values[g, last], ids[g, last] = values[g, 0], ids[g, 0]
             _sift_down(values[g], ids[g], last, v, j)
             size = last
+
+
+#: runs of equal values up to this length are insertion-sorted, longer ones sorted by np.sort
+_SHORT_RUN = 16
+
+
+@njit(parallel=True, cache=True)
+def order_tied_runs(values, ids):
+    """In rows sorted by value, sort the ids of every run of equal values in place (ascending): one
+    pass per row, so ties cost O(k) rather than the two full sorts of a (value, id) lexicographic sort."""
+    k = values.shape[1]
+    for g in prange(values.shape[0]):
+        start = 0
+        while start < k:
+            end = start + 1
+            while end < k and values[g, end] == values[g, start]:
+                end += 1
+            if end - start > _SHORT_RUN:
+                ids[g, start:end] = np.sort(ids[g, start:end])
+            else:
+                for m in range(start + 1, end):
+                    j = ids[g, m]
+                    p = m - 1
+                    while p >= start and ids[g, p] > j:
+                        ids[g, p + 1] = ids[g, p]
+                        p -= 1
+                    ids[g, p + 1] = j
+            start = end

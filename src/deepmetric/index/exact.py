@@ -96,7 +96,15 @@ def _sort_by_value_then_index(values: torch.Tensor, cols: torch.Tensor):
 
 
 def _order_ties_by_index(values: torch.Tensor, cols: torch.Tensor):
-    """Rows already sorted by value: put runs of equal values in column order (only rows with ties)."""
+    """Rows already sorted by value: put runs of equal values in column order. On the CPU ``cols`` is
+    reordered in place (by :func:`deepmetric.index._heaps.order_tied_runs`); elsewhere the rows with
+    ties are sorted again."""
+    if values.device.type == "cpu":
+        values, cols = values.contiguous(), cols.contiguous()
+        if values.shape[0] and values.shape[1] > 1:
+            with _numba_threads():
+                _heaps.order_tied_runs(values.numpy(), cols.numpy())
+        return values, cols
     tied = (values[:, 1:] == values[:, :-1]).any(dim=1).nonzero().flatten()
     if tied.numel():
         values, cols = values.clone(), cols.clone()
@@ -131,14 +139,15 @@ def _stable_topk(scores: torch.Tensor, k: int):
 def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
     """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root; 0 below 1e-12 as
     in ``distances.euclidean``) and ``squared_euclidean``; ``1 - cos`` (at least 0) from ``-cos`` for
-    ``cosine``; ``-x.y`` for ``dot``."""
+    ``cosine``; ``-x.y`` for ``dot``. ``scores`` is overwritten (results can be large)."""
     if distance in ("euclidean", "squared_euclidean"):
-        d2 = scores.clamp_min(0.0)
+        d2 = scores.clamp_min_(0.0)
         if distance == "squared_euclidean":
             return d2
-        return torch.where(d2 > 1e-12, d2.clamp_min(1e-12).sqrt(), torch.zeros_like(d2))
+        small = d2 <= 1e-12
+        return d2.sqrt_().masked_fill_(small, 0.0)
     if distance == "cosine":  # 1 - cos, at least 0 (rounding can take cos a little above 1)
-        return (1.0 + scores).clamp_min(0.0)
+        return scores.add_(1.0).clamp_min_(0.0)
     return scores
 
 
@@ -212,8 +221,9 @@ class _Searcher:
         if distance == "cosine":
             gallery = torch.nn.functional.normalize(gallery, dim=1)
         elif distance in ("euclidean", "squared_euclidean") and gallery.shape[0]:
-            self.center = _center(gallery)
-            gallery = gallery - self.center
+            center = _center(gallery)
+            if bool(center.any()):  # a moved copy of the gallery only when it is far from the origin
+                self.center, gallery = center, gallery - center
         self.gallery = gallery.contiguous()
         self.n = gallery.shape[0]
         if distance in ("euclidean", "squared_euclidean"):
@@ -262,6 +272,9 @@ class _Searcher:
                     _heaps.screen_rows(scores.cpu().numpy(), 0, g0, *heaps)
                 continue
             s, i = _stable_topk(scores, min(k, g1 - g0))
+            if g0 == 0:
+                best_s, best_i = s, i
+                continue
             # earlier blocks hold smaller gallery indices: a stable sort of [best, new] keeps gallery order
             s, i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + g0], dim=1)
             s, order = s.sort(dim=1, stable=True)
@@ -272,16 +285,17 @@ class _Searcher:
             pad = k - best_s.shape[1]
             best_s = torch.cat([best_s, best_s.new_full((n_q, pad), math.inf)], dim=1)
             best_i = torch.cat([best_i, best_i.new_full((n_q, pad), -1)], dim=1)
-        best_i = best_i.masked_fill(torch.isinf(best_s), -1)  # only excluded items score +inf
+        best_i.masked_fill_(torch.isinf(best_s), -1)  # only excluded items score +inf
         distances = self._distances(best_s, queries)
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
-            best_i = best_i.masked_fill(torch.isinf(distances), -1)  # pads sort last: keep them -1
+            best_i.masked_fill_(torch.isinf(distances), -1)  # pads sort last: keep them -1
         return distances, best_i
 
     def _distances(self, scores, queries):
+        """Distances from the kept scores, overwriting them."""
         if self.distance in ("euclidean", "squared_euclidean"):  # add back the row constant |x_i|^2
-            scores = scores + queries.pow(2).sum(1, keepdim=True)
+            scores = scores.add_(queries.pow(2).sum(1, keepdim=True))
         return _score_distances(scores, self.distance)
 
 
@@ -331,7 +345,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         return d.to(x.device), i.to(x.device)
     n = x.shape[0]
     if distance in ("euclidean", "squared_euclidean") and n:
-        x = x - _center(x)
+        center = _center(x)
+        if bool(center.any()):
+            x = x - center
     if distance != "cosine" and n:
         _check_overflow(2 * float(x.double().norm(dim=1).max()), distance, x.dtype)
     a, b = _symmetric_factors(x, distance)
@@ -369,8 +385,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
                 _heaps.screen_rows(s.numpy(), i0, j0, *heaps)
                 if bj != bi:
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
+                del s  # freed before the next block is allocated: the allocator reuses its memory
     values, ids = _sorted_heaps(heaps)
-    a = b = s = None  # free the factors and the last block before the results are assembled
+    a = b = None  # free the factors before the results are assembled
     ids = ids.masked_fill(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
     if distance != "dot":
