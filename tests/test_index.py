@@ -171,15 +171,16 @@ def test_faiss_flat_agrees_with_exact(distance):
         assert_same_neighbours(*flat.search(q, k), *exact.search(q, k))
 
 
+@pytest.mark.parametrize("ids", [None, [10, 3, 7, 1, 2, 9, 4]])
 @pytest.mark.parametrize("name", ["flat", "ivf-flat"])
 @pytest.mark.parametrize("distance", FLOAT_DISTANCES)
-def test_faiss_ties_keep_insertion_order_like_exact(name, distance):
+def test_faiss_ties_keep_insertion_order_like_exact(name, distance, ids):
     # six copies of one vector (tied for every query) and one far vector, under shuffled int ids:
     # faiss alone returns tied inner products in reverse order and keeps the last inserted of a
     # tied run cut at k; every k must give exact's answer
     g = torch.tensor([[1.0, 1.0]] * 6 + [[5.0, 5.0]])
     q = torch.tensor([[1.0, 1.0], [0.5, 0.4], [-1.0, 0.0]])
-    ids = torch.tensor([10, 3, 7, 1, 2, 9, 4])
+    ids = None if ids is None else torch.tensor(ids)  # default ids 0, 1, ... or shuffled ones
     exact = dmi.create("exact", distance=distance)
     index = dmi.create(name, distance=distance, **({"nlist": 1} if name == "ivf-flat" else {}))
     exact.add(g, ids)

@@ -27,6 +27,7 @@ import torch
 from deepmetric._checks import check_embeddings
 from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
+from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
 from deepmetric.index.exact import knn
 
@@ -224,21 +225,23 @@ class FaissIndex(Index):
     def _search(self, queries, k):
         """faiss' top-k with ties in insertion order. faiss keeps an arbitrary subset of the items
         tied at the k-th distance (the last inserted, for inner products), so one more is searched;
-        rows whose (k+1)-th result ties with the k-th are searched again, deeper, until the tied run
-        ends inside the results."""
-        d, ids = self._faiss_search(queries, k + 1)
+        the rare rows whose (k+1)-th result ties with the k-th are searched again, deeper, until the
+        tied run ends inside their results."""
+        d, ids = self._ordered_search(queries, k + 1)
+        cut = np.flatnonzero((d[:, k] == d[:, k - 1]) & (ids[:, k] >= 0))
+        d, ids = np.ascontiguousarray(d[:, :k]), np.ascontiguousarray(ids[:, :k])
         depth = k + 1
-        while True:
-            open_rows = np.flatnonzero((d[:, -1] == d[:, k - 1]) & (ids[:, -1] >= 0))
-            if not open_rows.size or depth >= len(self):
-                break
+        while cut.size and depth < len(self):
             depth = min(2 * depth, len(self) + 1)
-            deeper_d, deeper_ids = self._faiss_search(queries[open_rows], depth)
-            d = np.concatenate([d, np.full((len(d), depth - d.shape[1]), np.inf, np.float32)], axis=1)
-            ids = np.concatenate([ids, np.full((len(ids), depth - ids.shape[1]), -1, np.int64)], axis=1)
-            d[open_rows], ids[open_rows] = deeper_d, deeper_ids
+            deeper_d, deeper_ids = self._ordered_search(queries[cut], depth)
+            d[cut], ids[cut] = deeper_d[:, :k], deeper_ids[:, :k]
+            cut = cut[(deeper_d[:, -1] == deeper_d[:, k - 1]) & (deeper_ids[:, -1] >= 0)]
+        return torch.from_numpy(d), torch.from_numpy(ids)
+
+    def _ordered_search(self, queries, k):
+        d, ids = self._faiss_search(queries, k)
         self._order_ties(d, ids)
-        return torch.from_numpy(np.ascontiguousarray(d[:, :k])), torch.from_numpy(np.ascontiguousarray(ids[:, :k]))
+        return d, ids
 
     def _faiss_search(self, queries, k):
         """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots)."""
@@ -259,17 +262,22 @@ class FaissIndex(Index):
         return d, ids
 
     def _order_ties(self, d: np.ndarray, ids: np.ndarray) -> None:
-        """Put equal distances in insertion order, in place; only the rows that hold a tie are re-sorted."""
+        """Put equal distances in insertion order, in place (one pass per row, compiled). Ids added in
+        increasing order (the default ``0, 1, ...``) are ordered as they are; others are mapped to
+        their insertion positions and back, in the rows that hold a tie."""
+        labels = self._labels
+        if labels.size < 2 or bool((np.diff(labels) > 0).all()):
+            order_tied_runs(d, ids)
+            return
         rows = np.flatnonzero((d[:, 1:] == d[:, :-1]).any(axis=1))
         if not rows.size:
             return
-        sub_d, sub_ids = d[rows], ids[rows]
-        positions = np.full(sub_ids.shape, len(self._labels), dtype=np.int64)  # -1 slots sort last
+        sub_ids = ids[rows]
+        positions = np.full(sub_ids.shape, -1, dtype=np.int64)  # -1 slots (+inf) stay together
         found = sub_ids >= 0
-        positions[found] = _lookup(self._labels, sub_ids[found], "ids")
-        order = np.lexsort((positions, sub_d))  # per row: by distance, then insertion position
-        d[rows] = np.take_along_axis(sub_d, order, axis=1)
-        ids[rows] = np.take_along_axis(sub_ids, order, axis=1)
+        positions[found] = _lookup(labels, sub_ids[found], "ids")
+        order_tied_runs(np.ascontiguousarray(d[rows]), positions)
+        ids[rows] = np.where(positions >= 0, labels[positions.clip(min=0)], -1)
 
     def _remove(self, labels, positions, keep):
         try:
