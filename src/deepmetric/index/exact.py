@@ -5,9 +5,9 @@ as its negative); ties keep gallery order (the smaller gallery index comes first
 ``k`` candidates remain for a query (``k`` larger than the gallery after exclusions), the missing slots
 are padded with index ``-1`` and distance ``+inf``.
 
-How a block is ranked. Each (query chunk x gallery block) of scores is one fused matrix product (oneDNN
-for float32, see :func:`_mm_t`), with the formulas of :mod:`deepmetric.distances` rearranged so that ranking needs
-no further pass over the block:
+How a block is ranked. Each (query chunk x gallery block) of scores is one fused matrix product
+(oneDNN for float32, see :func:`_mm_t`), with the formulas of :mod:`deepmetric.distances` rearranged
+so that ranking needs no further pass over the block:
 
 * ``euclidean`` and ``squared_euclidean``: ``s_ij = |y_j|^2 - 2 x_i.y_j`` (``|x_i|^2`` is constant in a
   row); the returned distance is ``sqrt(max(s_ij + |x_i|^2, 0))`` (resp. without the root; 0 below
@@ -182,6 +182,10 @@ def _numba_threads():
         numba.set_num_threads(previous)
 
 
+#: rows per chunk of the float64 statistics of a gallery (its centre and largest norm)
+_ROWS = 16384
+
+
 def _center(x: torch.Tensor) -> torch.Tensor:
     """The point euclidean searches move to the origin: the mean vector, rounded to a multiple of the
     power of two just below the items' spread (their RMS deviation from the mean).
@@ -192,7 +196,7 @@ def _center(x: torch.Tensor) -> torch.Tensor:
     coarser spacing, e.g. small integer coordinates, whose tied distances then stay exactly tied.
     """
     total, squares = x.new_zeros(x.shape[1], dtype=torch.float64), 0.0
-    for chunk in x.split(65536):  # float64 sums without a float64 copy of x
+    for chunk in x.split(_ROWS):  # float64 sums without a float64 copy of x
         chunk = chunk.double()
         total += chunk.sum(0)
         squares += float(chunk.pow(2).sum())
@@ -202,6 +206,11 @@ def _center(x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x[0])
     step = 2.0 ** math.floor(math.log2(spread))
     return ((mean / step).round() * step).to(x.dtype)
+
+
+def _max_norm(x: torch.Tensor) -> float:
+    """The largest row norm, computed in float64 chunk by chunk."""
+    return max((float(c.double().norm(dim=1).max()) for c in x.split(_ROWS)), default=0.0)
 
 
 def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype) -> None:
@@ -232,11 +241,11 @@ class _Searcher:
         else:
             self.bias = None
             self.alpha = -1.0
-        self.max_norm = float(gallery.double().norm(dim=1).max()) if self.n else 0.0
+        self.max_norm = _max_norm(gallery)
 
     def _check_overflow(self, queries: torch.Tensor):
         if self.distance != "cosine" and queries.shape[0]:
-            _check_overflow(float(queries.double().norm(dim=1).max()) + self.max_norm, self.distance, queries.dtype)
+            _check_overflow(_max_norm(queries) + self.max_norm, self.distance, queries.dtype)
 
     def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
         """Top-k ``(distances, indices)`` of a chunk of validated queries.
@@ -349,7 +358,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         if bool(center.any()):
             x = x - center
     if distance != "cosine" and n:
-        _check_overflow(2 * float(x.double().norm(dim=1).max()), distance, x.dtype)
+        _check_overflow(2 * _max_norm(x), distance, x.dtype)
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
 
