@@ -396,12 +396,12 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
                 del s  # freed before the next block is allocated: the allocator reuses its memory
     values, ids = _sorted_heaps(heaps)
-    a = b = None  # free the factors before the results are assembled
-    ids = ids.masked_fill(torch.isinf(values), -1)
+    a = b = heaps = None  # free the factors and the int32 heap ids before the results are assembled
+    ids.masked_fill_(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
-        ids = ids.masked_fill(torch.isinf(distances), -1)
+        ids.masked_fill_(torch.isinf(distances), -1)
     # rows with fewer than k results although their estimate was finite: the estimate was too low
     redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
     if redo.numel():
