@@ -104,15 +104,19 @@ def endless(sampler):
         yield from sampler
 
 
-def fit(params, batch_loss, sampler, steps: int, lr: float, desc: str) -> None:
-    """``steps`` Adam steps on ``batch_loss(idx)`` over the sampler's batches."""
-    opt = torch.optim.Adam(params, lr=lr)
-    batches = endless(sampler)
-    for _ in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
+def fit(model, batch_loss, y, config: dict, seed: int, desc: str) -> None:
+    """``config["steps"]`` Adam steps on ``batch_loss(idx)`` over m-per-class batches of the labels
+    ``y`` (``config["batch"]``); the model is in training mode during the steps, in eval mode after."""
+    b = config["batch"]
+    batches = endless(MPerClassSampler(y, int(b["m"]), int(b["batch_size"]), seed=seed))
+    opt = torch.optim.Adam(list(model.parameters()), lr=float(config["lr"]))
+    model.train()
+    for _ in tqdm(range(int(config["steps"])), desc=desc, leave=False, mininterval=1.0):
         value = batch_loss(torch.as_tensor(next(batches)))
         opt.zero_grad()
         value.backward()
         opt.step()
+    model.eval()
 
 
 def make_loss(config: dict):
@@ -130,16 +134,12 @@ def run_model(name: str, data: dict, config: dict, seed: int) -> dict:
     model, inputs = build(name, data["train"], config, seed)
     loss, miner = make_loss(config)
     y = data["train"]["y"][:, 0]
-    model.train()
 
     def batch_loss(idx):
         emb = model(*inputs(data["train"], idx))
         return loss(emb, y[idx], miner(emb, y[idx]) if miner is not None else None)
 
-    b = config["batch"]
-    fit(list(model.parameters()), batch_loss, MPerClassSampler(y, int(b["m"]), int(b["batch_size"]), seed=seed),
-        int(config["steps"]), float(config["lr"]), desc=f"{name} seed {seed}")
-    model.eval()
+    fit(model, batch_loss, y, config, seed, desc=f"{name} seed {seed}")
     test = data["test"]
     with torch.no_grad():
         emb = model(*inputs(test, torch.arange(len(test["y"]))))
@@ -162,16 +162,12 @@ def run_cross_modal(data: dict, config: dict, seed: int) -> dict:
                              hidden=tuple(config["model"]["hidden"]), out_features=int(config["model"]["out_features"]))
     loss, _ = make_loss(config)
     y = tr["y"][:, 0]
-    model.train()
 
     def batch_loss(idx):
         return cross_modal_loss(loss, model(tr["audio"][idx], modality="audio"),
                                 model(tr["image"][idx], modality="image"), y[idx])
 
-    b = config["batch"]
-    fit(list(model.parameters()), batch_loss, MPerClassSampler(y, int(b["m"]), int(b["batch_size"]), seed=seed),
-        int(config["steps"]), float(config["lr"]), desc=f"cross-modal seed {seed}")
-    model.eval()
+    fit(model, batch_loss, y, config, seed, desc=f"cross-modal seed {seed}")
     te = data["test"]
     with torch.no_grad():
         a, v = model(te["audio"], modality="audio"), model(te["image"], modality="image")
