@@ -696,6 +696,12 @@ def test_numpy_inputs_equal_tensor_inputs():
     d = dm.evaluate(x[:20].numpy(), y[:20].numpy(), gallery=x[20:].numpy(), gallery_labels=y[20:].numpy())
     e = dm.evaluate(x[:20], y[:20], gallery=x[20:], gallery_labels=y[20:])
     assert d == e
+    # views numpy makes without copying: reversed (negative strides), strided, read-only
+    flipped = dm.evaluate(x.numpy()[::-1], y.numpy()[::-1], nmi=False)
+    assert flipped == dm.evaluate(x.flip(0), y.flip(0), nmi=False)
+    frozen = x.numpy().copy()
+    frozen.flags.writeable = False
+    assert dm.evaluate(frozen[::2], y.numpy()[::2], nmi=False) == dm.evaluate(x[::2], y[::2], nmi=False)
 
 
 def test_ks_reported_only_where_the_gallery_allows():
@@ -743,10 +749,16 @@ def test_bad_input_raises_clear_errors():
         dm.evaluate(x.tolist(), y)
     with pytest.raises(ValueError, match="gallery and gallery_labels"):
         dm.evaluate(x, y, gallery=x)
-    with pytest.raises(ValueError, match="ref_embeddings: expected dimension 3"):
+    with pytest.raises(ValueError, match="gallery: expected dimension 3"):
         dm.evaluate(x, y, torch.randn(4, 2), y[:4])
-    with pytest.raises(ValueError, match="ref_labels: expected the same label form"):
+    with pytest.raises(ValueError, match="gallery_labels: expected the same label form"):
         dm.evaluate(x, y, x, torch.zeros(6, 2, dtype=torch.long))
+    bad = x.clone()
+    bad[2, 0] = math.nan
+    with pytest.raises(ValueError, match=r"gallery: contains NaN or infinite values \(first bad rows: \[2\]\)"):
+        dm.evaluate(x, y, bad, y)
+    with pytest.raises(ValueError, match="gallery_labels: expected 6 rows to match the embeddings"):
+        dm.evaluate(x, y, x, y[:5])
     with pytest.raises(ValueError, match=r"groups: expected shape \(6,\)"):
         dm.evaluate(x, y, groups=torch.zeros(5, dtype=torch.long))
     with pytest.raises(TypeError, match="groups: expected integer"):

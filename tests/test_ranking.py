@@ -42,6 +42,8 @@ def test_map_at_k_hand_worked():
     assert ranking.map_at_k(rel, 4, n_rel).tolist() == pytest.approx([5 / 6, 1 / 6, 0.0])
     # R = 0: undefined (NaN), the caller excludes the query
     assert math.isnan(ranking.map_at_k(rel[2:], 4, torch.tensor([0]))[0])
+    # numpy integers are integers (e.g. a k read from an array)
+    assert ranking.map_at_k(rel, np.int64(2), n_rel).tolist() == pytest.approx([1 / 2, 1 / 4, 0.0])
 
 
 def test_average_precision_hand_worked():
@@ -116,6 +118,7 @@ def test_gap_hand_worked():
     assert ranking.gap_at_k(scores, targets, k=10) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
     # k = 1: 0.9 T, 0.8 F -> 1/3
     assert ranking.gap_at_k(scores, targets, k=1) == pytest.approx(1 / 3)
+    assert ranking.gap_at_k(scores, targets, k=np.int32(1)) == pytest.approx(1 / 3)
     # no positive at all: 0 (as YouTube-8M)
     assert ranking.gap_at_k(scores, torch.zeros(2, 3, dtype=torch.bool)) == 0.0
 

@@ -39,22 +39,24 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
     return labels.long()
 
 
-def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None):
-    """Validate a batch and its optional reference set; return all four (ref defaults to the batch)."""
+def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_names=("ref_embeddings", "ref_labels")):
+    """Validate a batch and its optional reference set; return all four (ref defaults to the batch).
+    ``ref_names``: the reference set's argument names in error messages."""
+    ref_name, ref_labels_name = ref_names
     embeddings = check_embeddings(embeddings, "embeddings")
     labels = check_labels(labels, embeddings.shape[0], "labels")
     if (ref_embeddings is None) != (ref_labels is None):
-        raise ValueError("ref_embeddings and ref_labels must be given together")
+        raise ValueError(f"{ref_name} and {ref_labels_name} must be given together")
     if ref_embeddings is None:
         return embeddings, labels, embeddings, labels
-    ref_embeddings = check_embeddings(ref_embeddings, "ref_embeddings")
-    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+    ref_embeddings = check_embeddings(ref_embeddings, ref_name)
+    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name)
     if ref_embeddings.shape[1] != embeddings.shape[1]:
         raise ValueError(
-            f"ref_embeddings: expected dimension {embeddings.shape[1]} to match embeddings, "
+            f"{ref_name}: expected dimension {embeddings.shape[1]} to match embeddings, "
             f"got {ref_embeddings.shape[1]}")
     if ref_labels.dim() != labels.dim() or ref_labels.shape[1:] != labels.shape[1:] or ref_labels.dtype != labels.dtype:
         raise ValueError(
-            f"ref_labels: expected the same label form as labels {tuple(labels.shape[1:])} {labels.dtype}, "
+            f"{ref_labels_name}: expected the same label form as labels {tuple(labels.shape[1:])} {labels.dtype}, "
             f"got {tuple(ref_labels.shape[1:])} {ref_labels.dtype}")
     return embeddings, labels, ref_embeddings, ref_labels

@@ -88,9 +88,16 @@ def unpack_bits(packed, n_bits: int, name: str = "packed") -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(packed, axis=1, count=int(n_bits)).astype(bool))
 
 
-def _signs(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``{-1, +1}`` codes ``2 h - 1`` of bits ``h``."""
+def _signs(bits: torch.Tensor) -> torch.Tensor:
+    """``{-1, +1}`` codes ``2 h - 1`` of bits ``h``, in the float type whose products of them are exact
+    (float32 up to ``2^24`` bits, float64 beyond)."""
+    dtype = torch.float32 if bits.shape[1] <= _FLOAT32_EXACT_BITS else torch.float64
     return bits.to(dtype).mul_(2).sub_(1)
+
+
+def _hamming(query_signs: torch.Tensor, db_signs: torch.Tensor) -> torch.Tensor:
+    """Hamming distances of ``{-1, +1}`` codes as whole floats: ``(b - q.d) / 2``."""
+    return (query_signs.shape[1] - query_signs @ db_signs.T).div_(2).round_()
 
 
 def hamming_distances(query_codes, db_codes) -> torch.Tensor:
@@ -108,7 +115,4 @@ def hamming_distances(query_codes, db_codes) -> torch.Tensor:
     db = to_bits(db_codes, "db_codes").to(q.device)
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"db_codes: expected codes of {q.shape[1]} bits to match query_codes, got {db.shape[1]}")
-    b = q.shape[1]
-    dtype = torch.float32 if b <= _FLOAT32_EXACT_BITS else torch.float64
-    dots = _signs(q, dtype) @ _signs(db, dtype).T
-    return (b - dots).div_(2).round_().long()
+    return _hamming(_signs(q), _signs(db)).long()

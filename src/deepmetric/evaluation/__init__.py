@@ -38,7 +38,8 @@ def _as_tensor(x, name: str):
     if x is None or isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.array(x, copy=True) if not x.flags.writeable else x)
+        # torch shares writable arrays with non-negative strides; others (read-only, reversed) are copied
+        return torch.from_numpy(x if x.flags.writeable and min(x.strides, default=0) >= 0 else x.copy())
     raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
 
 
@@ -91,6 +92,10 @@ def _nans(n: int, device) -> torch.Tensor:
 
 def _chunk_metrics(rel, gains, n_relevant, ideal_counts, report_ks, full_map) -> dict:
     """Per-query metrics of queries that all have ``n_relevant > 0``."""
+    if full_map:  # the whole ranking for mAP and MRR; the other metrics read no deeper than R or k
+        full = {"mrr": ranking.reciprocal_rank(rel), "map": ranking.average_precision(rel, n_relevant)}
+        depth = max(max(report_ks, default=1), int(n_relevant.max()))
+        rel, gains = rel[:, :depth], gains[:, :depth]
     scores = {"precision_at_1": ranking.precision_at_1(rel)}
     ideal = ranking.ideal_gains(ideal_counts, report_ks[-1]) if report_ks else None
     for v in report_ks:
@@ -100,9 +105,9 @@ def _chunk_metrics(rel, gains, n_relevant, ideal_counts, report_ks, full_map) ->
         scores[f"ndcg_at_{v}"] = ranking.ndcg_at_k(gains, v, ideal)
     scores["r_precision"] = ranking.r_precision(rel, n_relevant)
     scores["map_at_r"] = ranking.map_at_r(rel, n_relevant)
-    scores["mrr"] = ranking.reciprocal_rank(rel)
     if full_map:
-        scores["map"] = ranking.average_precision(rel, n_relevant)
+        return scores | full
+    scores["mrr"] = ranking.reciprocal_rank(rel)
     return scores
 
 
@@ -345,7 +350,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
     self_mode = gallery is None
-    queries, q_labels, gallery, g_labels = check_pair(embeddings, labels, gallery, gallery_labels)
+    queries, q_labels, gallery, g_labels = check_pair(embeddings, labels, gallery, gallery_labels,
+                                                         ref_names=("gallery", "gallery_labels"))
     distance = check_distance(distance)
     ks, k = _check_ks(ks, k)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

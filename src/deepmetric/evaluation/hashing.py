@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from deepmetric._checks import check_embeddings, check_labels
-from deepmetric.codes import hamming_distances, to_bits
+from deepmetric._threads import over_rows
+from deepmetric.codes import _hamming, _signs, to_bits
 from deepmetric.distances import euclidean
+from deepmetric.evaluation import ranking
 from deepmetric.labels import same_mask
 
 __all__ = ["hashing_scores"]
@@ -45,6 +47,27 @@ def _count(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _small_ints(distances: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Hamming distances (whole floats) in the smallest integer type that holds ``0..n_bits``."""
+    dtype = torch.uint8 if n_bits <= 255 else torch.int16 if n_bits <= 32767 else torch.int32
+    return distances.to(dtype)
+
+
+def _stable_order(distances: torch.Tensor) -> torch.Tensor:
+    """Each row's column order by ascending Hamming distance, ties in column (database) order. On the
+    CPU numpy's radix sort of small integers, about fifteen times faster than ``torch.sort``."""
+    if distances.device.type != "cpu":
+        return torch.sort(distances, dim=1, stable=True).indices
+    a = distances.numpy()
+    order = np.empty(a.shape, dtype=np.int64)
+
+    def sort(r0: int, r1: int) -> None:
+        order[r0:r1] = np.argsort(a[r0:r1], axis=1, kind="stable")
+
+    over_rows(sort, a.shape[0])
+    return torch.from_numpy(order)
 
 
 def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | None = None,
@@ -81,7 +104,7 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     if q_bits.shape[1] != db_bits.shape[1]:
         raise ValueError(f"db_codes: expected codes of {q_bits.shape[1]} bits to match query_codes, "
                          f"got {db_bits.shape[1]}")
-    n_q, n_db = q_bits.shape[0], db_bits.shape[0]
+    n_q, n_db, n_bits = q_bits.shape[0], db_bits.shape[0], q_bits.shape[1]
     if n_q == 0 or n_db == 0:
         raise ValueError(f"query_codes/db_codes: expected at least one code each, got {n_q} and {n_db}")
     device = q_bits.device
@@ -107,36 +130,36 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     radius = None if radius is None else _count(radius, "radius", 0)
     step = _count(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
 
-    positions = torch.arange(1, n_db + 1, device=device, dtype=torch.float64)
+    db_signs = _signs(db_bits)
     per_query: dict[str, list[torch.Tensor]] = {}
     for s in range(0, n_q, step):
         rows = slice(s, s + step)
         relevant = same_mask(q_labels[rows], db_labels)
-        n_rel = relevant.sum(1).double()
+        n_rel = relevant.sum(1)
         keep = n_rel > 0
         if not keep.any():
             continue
         relevant, n_rel = relevant[keep], n_rel[keep]
-        ham = hamming_distances(q_bits[rows][keep], db_bits)
+        ham = _small_ints(_hamming(_signs(q_bits[rows][keep]), db_signs), n_bits)
         if query_real is None:
-            order = torch.sort(ham, dim=1, stable=True).indices
+            order = _stable_order(ham)
         else:  # lexicographic (Hamming, euclidean, database index): two stable sorts
             order = torch.sort(euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
-            order = order.gather(1, torch.sort(ham.gather(1, order), dim=1, stable=True).indices)
+            order = order.gather(1, _stable_order(ham.gather(1, order)))
         rel = relevant.gather(1, order)
-        hits = rel.cumsum(1).double()
-        precision_rel = hits / positions * rel  # P(i) rel(i)
-        scores = {"map": precision_rel.sum(1) / n_rel}
+        scores = {"map": ranking.average_precision(rel, n_rel)}
         if top_k is not None:
-            k = min(top_k, n_db)
-            scores[f"map_at_{top_k}"] = precision_rel[:, :k].sum(1) / hits[:, k - 1].clamp_min(1)
+            top = rel[:, :min(top_k, n_db)]
+            hits = top.cumsum(1)
+            ranks = torch.arange(1, top.shape[1] + 1, device=device, dtype=torch.float64)
+            scores[f"map_at_{top_k}"] = (hits / ranks * top).sum(1) / hits[:, -1].clamp_min(1)
         for n in ns:
-            scores[f"precision_at_{n}"] = hits[:, n - 1] / n
+            scores[f"precision_at_{n}"] = rel[:, :n].sum(1).double() / n
         if radius is not None:
             within = ham <= radius
             n_within, found = within.sum(1).double(), (within & relevant).sum(1).double()
             scores[f"precision_within_radius_{radius}"] = found / n_within.clamp_min(1)
-            scores[f"recall_within_radius_{radius}"] = found / n_rel
+            scores[f"recall_within_radius_{radius}"] = found / n_rel.double()
         for name, value in scores.items():
             per_query.setdefault(name, []).append(value.double())
     if not per_query:

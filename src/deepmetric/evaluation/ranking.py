@@ -16,6 +16,7 @@ relevant items of a query.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from deepmetric.labels import is_multilabel, same_mask
@@ -34,9 +35,15 @@ def _check_rel(rel: torch.Tensor) -> torch.Tensor:
     return rel
 
 
-def _check_k(rel: torch.Tensor, k, name: str = "rel") -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+def _positive_k(k) -> int:
+    """``k`` as an int: a python or numpy integer >= 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _check_k(rel: torch.Tensor, k, name: str = "rel") -> int:
+    k = _positive_k(k)
     if k > rel.shape[1]:
         raise ValueError(f"k: {name} has only {rel.shape[1]} columns, got k={k}; search with at least k results")
     return k
@@ -184,7 +191,12 @@ def average_precision(rel: torch.Tensor, n_relevant: torch.Tensor) -> torch.Tens
         q = int(short[0])
         raise ValueError(f"rel: query {q} shows {int(found[q])} of its {int(n_relevant[q])} relevant items; "
                          "average_precision needs the full ranking (search with k = the gallery size)")
-    return (_precisions(rel) * rel).sum(dim=1) / n_relevant.double()
+    # P(i) at the relevant ranks only: the m-th relevant item of a row, at rank i, adds m / i
+    rows, cols = rel.nonzero(as_tuple=True)  # row by row, ranks ascending
+    first = found.cumsum(0) - found  # where each row's relevant items start in rows/cols
+    m = torch.arange(1, rows.numel() + 1, device=rel.device) - first[rows]
+    total = torch.zeros(rel.shape[0], dtype=torch.float64, device=rel.device)
+    return total.index_add_(0, rows, m.double() / (cols + 1).double()) / n_relevant.double()
 
 
 def reciprocal_rank(rel: torch.Tensor) -> torch.Tensor:
@@ -216,8 +228,7 @@ def ideal_gains(counts: torch.Tensor, k: int) -> torch.Tensor:
     [[2.0, 2.0, 1.0, 0.0]]
     """
     counts = _check_counts(counts, "counts", 2)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    k = _positive_k(k)
     if counts.shape[1] > 1 and bool((counts[:, 1:] > counts[:, :-1]).any()):
         raise ValueError("counts: expected counts[:, g] (items with gain > g) to be non-increasing in g")
     ranks = torch.arange(1, k + 1, device=counts.device)
@@ -285,8 +296,7 @@ def gap_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 20) -> float:
         raise TypeError(f"targets: expected a bool torch.Tensor of shape {tuple(scores.shape)}, got {got}")
     if targets.shape != scores.shape:
         raise ValueError(f"targets: expected shape {tuple(scores.shape)} like scores, got {tuple(targets.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    k = _positive_k(k)
     targets = targets.to(scores.device)
     n_positives = int(targets.sum())
     if n_positives == 0 or scores.numel() == 0:
