@@ -728,6 +728,22 @@ def test_hierarchy_of_single_item_instances_reports_the_coarser_levels():
     assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False))
 
 
+def test_hierarchy_clustering_metrics_at_every_level():
+    # two parents 10 apart, each with three children that overlap completely: k-means with two
+    # clusters finds the parents exactly (NMI = AMI = F1 = 1 at level 0), not the children
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([[p, c] for p in range(2) for c in range(3) for _ in range(5)])
+    x = 0.1 * torch.randn(30, 2, generator=gen) + 10.0 * y[:, :1].float()
+    scores = dm.evaluate(x, y)
+    assert scores["level_0"]["nmi"] == pytest.approx(1.0)
+    assert scores["level_0"]["ami"] == pytest.approx(1.0)
+    assert scores["level_0"]["f1"] == pytest.approx(1.0)
+    assert scores["nmi"] < 0.9  # the children are not separable
+    assert {key: scores["level_1"][key] for key in ("nmi", "ami", "f1")} == {
+        key: scores[key] for key in ("nmi", "ami", "f1")}
+    assert "nmi" not in dm.evaluate(x, y, nmi=False)["level_0"]
+
+
 def test_undefined_order_preservation_is_left_out():
     # a single top-level class: no quadlet has an item of another top-level class
     x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))

@@ -176,6 +176,33 @@ def test_hand_worked_multilabel_and_queries_without_relevant():
                                     "recall_within_radius_1": 0.5, "num_queries": 2, "queries_without_relevant": 1})
 
 
+def test_hand_worked_hierarchical_labels_every_level():
+    # (coarse, fine) labels. db: 11 (0, 1), 10 (0, 0), 00 (1, 0)
+    # q0 = 11 (0, 0): Hamming 0, 1, 2. finest [F, T, F]: AP = P(2) = 1/2, P@1 = 0, radius 1 holds db0, db1
+    #   (precision 1/2, recall 1/1); level 0 [T, T, F]: AP = 1, P@1 = 1, radius 1: 2/2, recall 2/2
+    # q1 = 11 (2, 5): nothing relevant at any level -> excluded and counted
+    # q2 = 00 (1, 7): Hamming 2, 1, 0. finest: nothing relevant; level 0 [T, F, F] (db2 first): AP = 1,
+    #   P@1 = 1, radius 1 holds db2, db1: precision 1/2, recall 1
+    q = np.array([[1, 1], [1, 1], [0, 0]])
+    ql = np.array([[0, 0], [2, 5], [1, 7]])
+    db = np.array([[1, 1], [1, 0], [0, 0]])
+    dl = np.array([[0, 1], [0, 0], [1, 0]])
+    scores = hashing_scores(q, ql, db, dl, precision_ns=(1,), radius=1)
+    finest = {"map": 1 / 2, "precision_at_1": 0.0, "precision_within_radius_1": 0.5,
+              "recall_within_radius_1": 1.0, "num_queries": 3, "queries_without_relevant": 2}
+    assert scores["level_0"] == pytest.approx({"map": 1.0, "precision_at_1": 1.0, "precision_within_radius_1": 0.75,
+                                               "recall_within_radius_1": 1.0, "num_queries": 3,
+                                               "queries_without_relevant": 1})
+    assert scores["level_1"] == pytest.approx(finest)
+    assert {key: scores[key] for key in finest} == pytest.approx(finest)
+    assert set(scores) == set(finest) | {"level_0", "level_1"}
+    # a finest level without any relevant item: only the counts there
+    only_coarse = hashing_scores(q[2:], ql[2:], db, dl, precision_ns=(1,), radius=1)
+    assert {key: only_coarse[key] for key in ("num_queries", "queries_without_relevant")} == {
+        "num_queries": 1, "queries_without_relevant": 1}
+    assert "map" not in only_coarse and only_coarse["level_0"]["map"] == 1.0
+
+
 # ------------------------------------------------------------------ against loops and DPSH
 
 @settings(max_examples=30, deadline=None)

@@ -418,11 +418,17 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     values = _scores(searcher, queries, base_fn, views, **options)
 
     results = _means(values[0], views[0].n_relevant)
-    if nmi and not is_multilabel(q_labels):
+    clusters = nmi and not is_multilabel(q_labels)
+    if clusters:
         results.update(clustering.clustering_scores(queries, q_labels, seed=seed, backend=kmeans))
     results.update(_counts(views[0].n_relevant))
     for level in range(levels):
-        results[f"level_{level}"] = {**_means(values[level + 1], counts[:, level]), **_counts(counts[:, level])}
+        results[f"level_{level}"] = _means(values[level + 1], counts[:, level])
+        if clusters:  # the finest level's are the top-level keys
+            results[f"level_{level}"].update(
+                {key: results[key] for key in ("nmi", "ami", "f1")} if level == levels - 1 else
+                clustering.clustering_scores(queries, q_labels[:, :level + 1], seed=seed, backend=kmeans))
+        results[f"level_{level}"].update(_counts(counts[:, level]))
     for level in range(1, levels):
         # an item relevant at `level` shares the parent, so the counts are those of the whole gallery
         within = _within_parent(queries, q_labels, gallery, g_labels, level, distance, **options)

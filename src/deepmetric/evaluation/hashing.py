@@ -29,7 +29,7 @@ from deepmetric._threads import over_rows
 from deepmetric.codes import _hamming, _signs, to_bits
 from deepmetric.distances import euclidean
 from deepmetric.evaluation import ranking
-from deepmetric.labels import same_mask
+from deepmetric.labels import is_hierarchical, same_mask, shared_levels
 
 __all__ = ["hashing_scores"]
 
@@ -77,8 +77,10 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
 
     ``query_codes`` ``(Q, b)`` and ``db_codes`` ``(N, b)`` are codes in any form
     :func:`deepmetric.codes.to_bits` accepts (``{-1, +1}``, ``{0, 1}``, bool; real values by sign).
-    Labels are flat ``(n,)`` integers or multi-label ``(n, C)`` bool (relevant = at least one shared
-    label), numpy or torch.
+    Labels are flat ``(n,)`` integers, multi-label ``(n, C)`` bool (relevant = at least one shared
+    label) or hierarchical ``(n, L)`` integers, column 0 the coarsest (the keys below at the finest
+    level, relevant = every column equal, and ``level_{l}`` with the same keys at level ``l``,
+    relevant = columns ``0..l`` equal), numpy or torch.
 
     Keys (formulas in the module docstring):
 
@@ -91,7 +93,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     * ``precision_at_{n}`` for each ``n`` in ``precision_ns`` up to the database size;
     * ``precision_within_radius_{r}`` and ``recall_within_radius_{r}`` for ``radius = r`` (skipped
       with ``radius=None``); an empty radius counts as precision 0;
-    * ``num_queries`` and ``queries_without_relevant`` (queries excluded from every mean).
+    * ``num_queries`` and ``queries_without_relevant`` (queries excluded from every mean; when no
+      query has a relevant item at the finest level of a hierarchy, only these two are reported there).
 
     Work is chunked over queries (``chunk_size`` queries at a time, by default so that a chunk holds
     about 2 million query-database entries), so memory is ``O(chunk_size * N)``.
@@ -131,42 +134,64 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     step = _count(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
 
     db_signs = _signs(db_bits)
-    per_query: dict[str, list[torch.Tensor]] = {}
+    levels = q_labels.shape[1] if is_hierarchical(q_labels) else 0
+    views: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(1 + levels)]  # finest, then each level
     for s in range(0, n_q, step):
         rows = slice(s, s + step)
-        relevant = same_mask(q_labels[rows], db_labels)
-        n_rel = relevant.sum(1)
-        keep = n_rel > 0
+        if levels:  # relevant at level l: the first l + 1 columns equal
+            shared = shared_levels(q_labels[rows], db_labels)
+            masks = [shared == levels] + [shared > level for level in range(levels)]
+        else:
+            masks = [same_mask(q_labels[rows], db_labels)]
+        keep = torch.stack([m.any(1) for m in masks]).any(0)
         if not keep.any():
             continue
-        relevant, n_rel = relevant[keep], n_rel[keep]
         ham = _small_ints(_hamming(_signs(q_bits[rows][keep]), db_signs), n_bits)
         if query_real is None:
             order = _stable_order(ham)
         else:  # lexicographic (Hamming, euclidean, database index): two stable sorts
             order = torch.sort(euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
             order = order.gather(1, _stable_order(ham.gather(1, order)))
-        rel = relevant.gather(1, order)
-        scores = {"map": ranking.average_precision(rel, n_rel)}
-        if top_k is not None:
-            top = rel[:, :min(top_k, n_db)]
-            hits = top.cumsum(1)
-            ranks = torch.arange(1, top.shape[1] + 1, device=device, dtype=torch.float64)
-            scores[f"map_at_{top_k}"] = (hits / ranks * top).sum(1) / hits[:, -1].clamp_min(1)
-        for n in ns:
-            scores[f"precision_at_{n}"] = rel[:, :n].sum(1).double() / n
-        if radius is not None:
-            within = ham <= radius
-            n_within, found = within.sum(1).double(), (within & relevant).sum(1).double()
-            scores[f"precision_within_radius_{radius}"] = found / n_within.clamp_min(1)
-            scores[f"recall_within_radius_{radius}"] = found / n_rel.double()
-        for name, value in scores.items():
-            per_query.setdefault(name, []).append(value.double())
-    if not per_query:
+        for values, relevant in zip(views, masks):
+            relevant = relevant[keep]
+            scored = relevant.any(1)
+            if not scored.any():
+                continue
+            scores = _query_scores(relevant[scored], order[scored], ham[scored], top_k, ns, radius)
+            for name, value in scores.items():
+                values.setdefault(name, []).append(value)
+    if not any(views):
         raise ValueError("query_labels/db_labels: no query has a relevant item in the database, "
                          "so no hashing metric is defined")
-    results = {name: float(torch.cat(values).mean()) for name, values in per_query.items()}
-    n_kept = torch.cat(per_query["map"]).numel()
-    results["num_queries"] = n_q
-    results["queries_without_relevant"] = n_q - n_kept
+    results = _means(views[0], n_q)
+    for level in range(levels):
+        results[f"level_{level}"] = _means(views[level + 1], n_q)
     return results
+
+
+def _query_scores(relevant, order, ham, top_k, ns, radius) -> dict:
+    """Per-query metrics (float64) of queries that all have a relevant item: ``relevant`` and ``ham``
+    ``(c, N)`` in database order, ``order`` the Hamming ranking of the database."""
+    n_rel = relevant.sum(1)
+    rel = relevant.gather(1, order)
+    scores = {"map": ranking.average_precision(rel, n_rel)}
+    if top_k is not None:
+        top = rel[:, :min(top_k, rel.shape[1])]
+        hits = top.cumsum(1)
+        ranks = torch.arange(1, top.shape[1] + 1, device=rel.device, dtype=torch.float64)
+        scores[f"map_at_{top_k}"] = (hits / ranks * top).sum(1) / hits[:, -1].clamp_min(1)
+    for n in ns:
+        scores[f"precision_at_{n}"] = rel[:, :n].sum(1).double() / n
+    if radius is not None:
+        within = ham <= radius
+        n_within, found = within.sum(1).double(), (within & relevant).sum(1).double()
+        scores[f"precision_within_radius_{radius}"] = found / n_within.clamp_min(1)
+        scores[f"recall_within_radius_{radius}"] = found / n_rel.double()
+    return scores
+
+
+def _means(values: dict, n_q: int) -> dict:
+    """Means over the scored queries, and the counts; no metric when no query was scored."""
+    results = {name: float(torch.cat(v).mean()) for name, v in values.items()}
+    n_scored = sum(v.numel() for v in values.get("map", []))
+    return {**results, "num_queries": n_q, "queries_without_relevant": n_q - n_scored}
