@@ -255,3 +255,21 @@ def test_cosine_distances_are_never_negative():
     x = torch.tensor([[1.0, 1e-4, 3.0], [0.3, 0.2, 0.9]], dtype=torch.float64) * torch.tensor([[1.0], [7.0]])
     d, _ = knn(x, x, 2, "cosine")
     assert (d >= 0).all() and d[:, 0].max() < 1e-12
+
+
+@pytest.mark.parametrize("chunks", [{}, {"gallery_chunk_size": 3}])
+def test_cosine_parallel_vectors_of_different_norms_tie_in_gallery_order(chunks):
+    # every gallery row is a positive whole multiple of one of four integer directions (exactly
+    # parallel in float32): its cosine distance to any multiple of the same direction is exactly that
+    # of the others (ties in gallery order), in the per-query and the query-in-gallery search alike
+    gen = torch.Generator().manual_seed(3)
+    directions = torch.randint(-5, 6, (4, 5), generator=gen).float()
+    which = torch.arange(24) % 4
+    x = directions[which] * torch.randint(1, 30, (24, 1), generator=gen).float()
+    d, i = knn(x[:4], x, 6, "cosine", **chunks)
+    assert i.tolist() == [(which == c).nonzero().flatten().tolist() for c in range(4)]
+    assert bool((d == d[:, :1]).all())
+    d, i = knn(x, x, 5, "cosine", exclude_self=True, **chunks)
+    for q in range(24):
+        assert i[q].tolist() == [j for j in (which == which[q]).nonzero().flatten().tolist() if j != q]
+        assert bool((d[q] == d[q, 0]).all())

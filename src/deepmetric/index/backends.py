@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import knn
+from deepmetric.index.exact import knn, unit_rows
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -195,7 +195,7 @@ class FaissIndex(Index):
         self._check_dim(x.shape[1], name)
         x = x.float()
         if self.distance == "cosine":
-            x = torch.nn.functional.normalize(x, dim=1)
+            x = unit_rows(x)
         return np.ascontiguousarray(x.cpu().numpy()), int(x.shape[1])
 
     def train(self, vectors) -> None:

@@ -217,6 +217,17 @@ def _center(x: torch.Tensor) -> torch.Tensor:
     return ((mean / step).round() * step).to(x.dtype)
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm (zero rows stay zero), computed in float64 chunk by chunk and
+    rounded to ``x``'s dtype, so that parallel vectors of different norms come out identical and their
+    cosine distances tie exactly (dividing in float32 can differ in the last bit)."""
+    out = torch.empty_like(x)
+    for rows, chunk in zip(out.split(_ROWS), x.split(_ROWS)):
+        chunk = chunk.double()
+        rows.copy_(chunk / chunk.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return out
+
+
 def _max_norm(x: torch.Tensor) -> float:
     """The largest row norm, computed in float64 chunk by chunk."""
     return max((float(c.double().norm(dim=1).max()) for c in x.split(_ROWS)), default=0.0)
@@ -237,7 +248,7 @@ class _Searcher:
         self.block = gallery_chunk_size
         self.center = None
         if distance == "cosine":
-            gallery = torch.nn.functional.normalize(gallery, dim=1)
+            gallery = unit_rows(gallery)
         elif distance in ("euclidean", "squared_euclidean") and gallery.shape[0]:
             center = _center(gallery)
             if bool(center.any()):  # a moved copy of the gallery only when it is far from the origin
@@ -267,7 +278,7 @@ class _Searcher:
             queries = queries - self.center
         self._check_overflow(queries)
         n_q = queries.shape[0]
-        x = torch.nn.functional.normalize(queries, dim=1) if self.distance == "cosine" else queries
+        x = unit_rows(queries) if self.distance == "cosine" else queries
         x = self.alpha * x  # scores = alpha x.y (+ |y|^2): a power of two, so no rounding is added
         rows = torch.arange(n_q, device=queries.device)
         # selection: per-query heaps (compiled, on the CPU) while k is small against the gallery,
@@ -336,7 +347,7 @@ def _symmetric_factors(x: torch.Tensor, distance: str):
         ones = torch.ones_like(sq)
         return torch.cat([x, sq, ones], 1), torch.cat([-2.0 * x, ones, sq], 1)
     if distance == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
+        x = unit_rows(x)
     return x, -x
 
 
