@@ -58,6 +58,12 @@ def test_to_bits_bad_input():
         to_bits(np.array([["a", "b"]]))
     with pytest.raises(TypeError, match="codes: expected real or bool"):
         to_bits(torch.ones(2, 2, dtype=torch.complex64))
+    # bytes of packed codes are not bits (each would read as one bit 1)
+    packed = pack_bits(torch.tensor([[1, -1] * 8, [-1, 1] * 8]))
+    with pytest.raises(ValueError, match=r"codes: integer codes must hold one bit per column .*\[0, 1\].*unpack_bits"):
+        to_bits(packed)
+    with pytest.raises(ValueError, match=r"first bad rows: \[1\]"):
+        to_bits(torch.tensor([[0, 1], [2, 0]]))
 
 
 # ------------------------------------------------------------------ packing

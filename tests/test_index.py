@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import stat
 
 import faiss
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deepmetric.index as dmi
+from deepmetric._io import write_json
 from deepmetric.codes import hamming_distances
 from deepmetric.index import BinaryIndex, ExactIndex
 
@@ -286,7 +288,7 @@ def test_radius_search_equals_brute_force(bits):
     ids = torch.arange(1100) + 1000
     index = BinaryIndex()
     index.add(db, ids)
-    for radius in (0, 1, 2, 3, 5, bits + 3):
+    for radius in (0, 1, 2, 3, 5, bits + 3, 3 * bits, 10 ** 6):  # beyond 2 bits: everything, at once
         check_radius_search(index, db, ids, q, radius)
     assert index.radius_search(q[:0], 2) == ([], [])
 
@@ -606,6 +608,32 @@ def test_save_refuses_to_replace_other_directories(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="no dimension yet"):
         dmi.create("flat").save(tmp_path / "empty")
+    # a manifest.json of something else (a web app's) does not make a directory an index
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "manifest.json").write_text('{"name": "my app", "files": {}}')
+    (tmp_path / "app" / "app.js").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a saved index .* refusing to replace it"):
+        built("exact", n=5).save(tmp_path / "app")
+    assert sorted(os.listdir(tmp_path / "app")) == ["app.js", "manifest.json"]
+    # a saved index holding a file its manifest does not list
+    built("exact", n=5).save(tmp_path / "idx")
+    (tmp_path / "idx" / "README").write_text("keep me")
+    with pytest.raises(ValueError, match="holds files its manifest.json does not list \\(README\\)"):
+        built("exact", n=6).save(tmp_path / "idx")
+    assert len(dmi.load(tmp_path / "idx")) == 5 and (tmp_path / "idx" / "README").read_text() == "keep me"
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        built("flat", n=5).save(tmp_path / "idx")
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "idx").st_mode) == 0o750
+    for name in os.listdir(tmp_path / "idx"):
+        assert stat.S_IMODE(os.stat(tmp_path / "idx" / name).st_mode) == 0o640, name
+    assert stat.S_IMODE(os.stat(tmp_path / "metrics.json").st_mode) == 0o640
 
 
 def leftovers(tmp_path):

@@ -9,6 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def usual_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a temporary file (or directory) the permissions a plain ``open`` (``mkdir``) would, 0666
+    (0777) less the umask: ``tempfile`` makes them private to the owner."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; on success move it to ``path``, on error delete it."""
@@ -16,6 +24,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    usual_mode(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -27,7 +27,8 @@ def to_bits(codes, name: str = "codes") -> torch.Tensor:
 
     ``codes`` is a torch tensor or numpy array of shape ``(N, b)``: ``{-1, +1}`` codes (any real
     values are binarised by sign, ``x > 0`` -> 1, as ``h = sgn(u)`` in DPSH, Li et al. 2016),
-    ``{0, 1}`` integers, or bool. A torch tensor keeps its device.
+    ``{0, 1}`` integers, or bool; integers outside ``[-1, 1]`` are refused (bytes of packed codes are
+    not bits: see :func:`unpack_bits`). A torch tensor keeps its device.
 
     >>> to_bits(torch.tensor([[-1, 1], [1, 1]]))
     tensor([[False,  True],
@@ -51,6 +52,12 @@ def to_bits(codes, name: str = "codes") -> torch.Tensor:
     if codes.is_floating_point() and torch.isnan(codes).any():
         bad = torch.isnan(codes).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{name}: contains NaN, which has no sign (first bad rows: {bad})")
+    if not codes.is_floating_point() and codes.numel() and not -1 <= int(codes.min()) <= int(codes.max()) <= 1:
+        wide = codes.long()  # comparisons with -1 on unsigned bytes would wrap around
+        bad = ((wide < -1) | (wide > 1)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name}: integer codes must hold one bit per column ({{-1, +1}} or {{0, 1}}), got "
+                         f"values outside [-1, 1] (first bad rows: {bad}); unpack packed bytes with "
+                         f"deepmetric.codes.unpack_bits first")
     return codes > 0
 
 

@@ -511,8 +511,9 @@ class BinaryIndex(Index):
         packed, _ = self._prepare(queries, "queries")
         if packed.shape[0] == 0:
             return [], []
-        # faiss keeps distances < threshold: radius + 1 keeps those <= radius
-        multi_hash = self._multi_hash_index(int(radius))
+        # faiss keeps distances < threshold: radius + 1 keeps those <= radius. Hashing for a radius
+        # beyond the code length d (everything) would enumerate ever more bit flips: hash for d.
+        multi_hash = self._multi_hash_index(min(int(radius), self._index.d))
         lims, distances, positions = multi_hash.range_search(_padded(packed), int(radius) + 1)
         counts = np.diff(lims.astype(np.int64))
         query = np.repeat(np.arange(packed.shape[0]), counts)

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepmetric._io import usual_mode
 from deepmetric.registry import Registry
 
 INDEXES = Registry("index", "indexes")
@@ -175,9 +176,20 @@ def _check_replaceable(target: Path) -> None:
         return
     if not target.is_dir():
         raise ValueError(f"directory: {target} exists and is not a directory")
-    if any(target.iterdir()) and not (target / MANIFEST).is_file():
-        raise ValueError(f"directory: {target} exists and is not a saved index (no {MANIFEST}); "
+    present = {path.name for path in target.iterdir()}
+    if not present:
+        return
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        listed = {MANIFEST, *manifest["files"]} if manifest.get("format") == FORMAT else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        listed = None
+    if listed is None:
+        raise ValueError(f"directory: {target} exists and is not a saved index (no deepmetric {MANIFEST}); "
                          f"refusing to replace it")
+    if present - listed:
+        raise ValueError(f"directory: {target} holds files its {MANIFEST} does not list "
+                         f"({', '.join(sorted(present - listed)[:5])}); refusing to replace it and lose them")
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:
@@ -324,6 +336,7 @@ class Index:
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        usual_mode(tmp, directory=True)
         try:
             files = list(self._write(tmp))
             _write_npy(tmp / "ids.npy", self._labels)
