@@ -435,7 +435,7 @@ def test_training_on_first_add_or_explicitly():
         index.train(randn(200, 4))
 
 
-@pytest.mark.parametrize("distance", FLOAT_DISTANCES)
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
 def test_fastscan_reranking_every_candidate_is_exact(distance):
     # every list probed and refine * k >= n: all vectors are re-ranked by their exact distances
     x = randn(300, 8, seed=6)
@@ -448,6 +448,53 @@ def test_fastscan_reranking_every_candidate_is_exact(distance):
     d_exact, i_exact = exact.search(q, 10)
     assert torch.equal(i, i_exact)
     assert torch.allclose(d, d_exact, atol=1e-5)
+
+
+def test_fastscan_cosine_returns_every_item_and_refuses_dot_and_zero_vectors():
+    # small integer vectors (many equal inner products): faiss' inner-product fast scan used to
+    # return empty slots here; cosine is ranked as the euclidean distance of unit vectors
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (300, 4), generator=gen).float()
+    x = x[x.ne(0).any(1)]
+    q = torch.randint(1, 3, (20, 4), generator=gen).float()
+    index = dmi.create("ivf-fastscan", distance="cosine", nlist=2, nprobe=2, refine=1000)
+    index.add(x)
+    exact = dmi.create("exact", distance="cosine")
+    exact.add(x)
+    d, i = index.search(q, len(x))
+    d_exact, _ = exact.search(q, len(x))
+    assert bool((i >= 0).all())
+    assert sorted(i[0].tolist()) == list(range(len(x)))
+    assert torch.allclose(d, d_exact, atol=1e-6)
+    with pytest.raises(ValueError, match=r"queries: zero vectors have no direction.*first zero rows: \[1\]"):
+        index.search(torch.stack([q[0], torch.zeros(4)]), 3)
+    with pytest.raises(ValueError, match="not 'dot'"):
+        dmi.create("ivf-fastscan", distance="dot")
+
+
+def test_a_failed_first_add_leaves_no_dimension_behind():
+    index = dmi.create("ivf-flat", nlist=100, nprobe=4)
+    with pytest.raises(ValueError, match="cannot train"):
+        index.add(randn(50, 8))  # fewer vectors than lists
+    index.add(randn(500, 4))
+    assert index.dim == 4 and len(index) == 500
+    assert index.search(randn(2, 4, seed=1), 3)[1].shape == (2, 3)
+    fastscan = dmi.create("ivf-fastscan", nlist=40, nprobe=4)  # m: half the dimension it is built for
+    with pytest.raises(ValueError, match="cannot train"):
+        fastscan.add(randn(30, 8))
+    fastscan.add(randn(300, 6))
+    assert fastscan.dim == 6 and fastscan.search(randn(2, 6, seed=1), 3)[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["flat", "hnsw"])
+@pytest.mark.parametrize("distance", ["euclidean", "dot"])
+def test_faiss_refuses_overflowing_vectors(name, distance):
+    index = dmi.create(name, distance=distance)
+    with pytest.raises(ValueError, match="overflow"):
+        index.add(torch.full((3, 4), 1e20))
+    index.add(randn(10, 4))
+    with pytest.raises(ValueError, match="overflow"):
+        index.search(torch.full((1, 4), 1e20), 2)
 
 
 def test_fastscan_search_parameters_and_remove(tmp_path):

@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import knn, unit_rows
+from deepmetric.index.exact import _check_overflow, _max_norm, knn, unit_rows
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -196,6 +196,8 @@ class FaissIndex(Index):
         x = x.float()
         if self.distance == "cosine":
             x = unit_rows(x)
+        elif x.shape[0]:  # scores are bounded by (|x| + |y|)^2 <= (2 max(|x|, |y|))^2
+            _check_overflow(2 * _max_norm(x), self.distance, x.dtype)
         return np.ascontiguousarray(x.cpu().numpy()), int(x.shape[1])
 
     def train(self, vectors) -> None:
@@ -217,10 +219,16 @@ class FaissIndex(Index):
                              f"{x.shape[0]} vectors: {_faiss_message(err)}") from None
 
     def _add(self, x, labels):
-        if self._index is None:
-            self._build(x.shape[1])
-        self._train(x)
-        self._index.add_with_ids(x, labels)
+        first = self._index is None
+        try:
+            if first:
+                self._build(x.shape[1])
+            self._train(x)
+            self._index.add_with_ids(x, labels)
+        except BaseException:
+            if first:  # no index for a dimension that was never added: the next add may bring another
+                self._index = None
+            raise
 
     def _search(self, queries, k):
         """faiss' top-k with ties in insertion order. faiss keeps an arbitrary subset of the items
@@ -249,7 +257,13 @@ class FaissIndex(Index):
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         for s in range(0, queries.shape[0], SEARCH_CHUNK):
             self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
-        if self.distance in ("euclidean", "squared_euclidean"):  # in place: the results may be large
+        self._to_distances(d)
+        d[ids < 0] = np.inf
+        return d, ids
+
+    def _to_distances(self, d: np.ndarray) -> None:
+        """faiss' scores (``||x - y||^2`` or ``x.y``) as distances, in place (the results may be large)."""
+        if self.distance in ("euclidean", "squared_euclidean"):
             np.maximum(d, 0.0, out=d)
             if self.distance == "euclidean":
                 np.sqrt(d, out=d)
@@ -258,8 +272,6 @@ class FaissIndex(Index):
             np.maximum(d, 0.0, out=d)
         else:
             np.negative(d, out=d)
-        d[ids < 0] = np.inf
-        return d, ids
 
     def _order_ties(self, d: np.ndarray, ids: np.ndarray) -> None:
         """Put equal distances in insertion order, in place (one pass per row, compiled). Ids added in
@@ -383,6 +395,11 @@ class IVFFastScanIndex(FaissIndex):
     candidates. The cells are trained on up to ``TRAIN_PER_LIST`` vectors per list (all of them for
     ``n <= TRAIN_PER_LIST * nlist``); ``m`` must divide the dimension (default: half of it).
     Supports :meth:`remove` only with ``refine=0`` (faiss' re-ranking stage cannot remove).
+
+    Distances: ``euclidean``, ``squared_euclidean`` and ``cosine``, the last as the euclidean ranking
+    of unit vectors (``1 - cos = ||x - y||^2 / 2``; zero vectors, which have no direction, are
+    refused). ``dot`` is refused: faiss' fast scan of inner products returns empty slots for items
+    that exist (zero queries, coarse-valued vectors); use ``ivf-flat`` or ``hnsw`` for it.
     """
 
     backend = "ivf-fastscan"
@@ -395,14 +412,37 @@ class IVFFastScanIndex(FaissIndex):
         if isinstance(refine, bool) or not isinstance(refine, (int, float)) or not (refine == 0 or refine >= 1):
             raise ValueError(f"refine: expected 0 (no re-ranking) or a factor >= 1, got {refine!r}")
         self.refine = float(refine)
-        super().__init__(f"IVF{nlist},PQ{{m}}x4fs" + (",RFlat" if self.refine else ""), distance, nprobe=nprobe)
+        if check_distance(distance) == "dot":
+            raise ValueError("distance: ivf-fastscan supports euclidean, squared_euclidean and cosine, not 'dot' "
+                             "(faiss' fast scan of inner products drops results); use ivf-flat or hnsw")
+        self._template = f"IVF{nlist},PQ{{m}}x4fs" + (",RFlat" if self.refine else "")
+        super().__init__(self._template, distance, nprobe=nprobe)
         self.options = {"nlist": nlist, "m": m, "nprobe": nprobe, "refine": refine}
+
+    @property
+    def _metric(self):
+        return faiss.METRIC_L2  # cosine too, on unit vectors
+
+    def _prepare(self, vectors, name):
+        x, d = super()._prepare(vectors, name)
+        if self.distance == "cosine" and x.size and not bool(np.all(np.any(x != 0, axis=1))):
+            bad = np.flatnonzero(~np.any(x != 0, axis=1))[:5].tolist()
+            raise ValueError(f"{name}: zero vectors have no direction, so ivf-fastscan cannot rank them by cosine "
+                             f"(first zero rows: {bad}); use exact or flat")
+        return x, d
+
+    def _to_distances(self, d: np.ndarray) -> None:
+        if self.distance != "cosine":
+            super()._to_distances(d)
+            return
+        np.multiply(d, 0.5, out=d)  # unit vectors: 1 - cos = ||x - y||^2 / 2
+        np.maximum(d, 0.0, out=d)
 
     def _build(self, d):
         m = self.m or d // 2
         if m < 1 or d % m:
             raise ValueError(f"m: expected a divisor of the dimension {d} (sub-vectors of equal length), got {m}")
-        self.factory = self.factory.format(m=m)
+        self.factory = self._template.format(m=m)
         super()._build(d)
 
     def _configure(self, index) -> None:
@@ -413,8 +453,11 @@ class IVFFastScanIndex(FaissIndex):
         ivf.cp.max_points_per_centroid = self.TRAIN_PER_LIST
 
     def _read(self, directory, manifest):
-        self.factory = self.factory.format(m=self.m or manifest["dimension"] // 2)
+        self.factory = self._template.format(m=self.m or manifest["dimension"] // 2)
         super()._read(directory, manifest)
+        if _unwrap(self._index).metric_type != faiss.METRIC_L2:
+            raise ValueError(f"{directory / self._file}: an inner-product ivf-fastscan index (saved by an "
+                             "earlier deepmetric); rebuild it")
 
 
 # --------------------------------------------------------------------------------------------------
