@@ -714,6 +714,17 @@ def test_ks_reported_only_where_the_gallery_allows():
     assert [k for k in scores if "_at_" in k and not k.endswith("_at_r")] == [
         "precision_at_1", "recall_at_3", "precision_at_3", "map_at_3", "ndcg_at_3",
         "recall_at_5", "precision_at_5", "map_at_5", "ndcg_at_5"]
+    # groups: 12 items in groups of 4 leave every query 8 items, in groups of 6 only 6 (no recall_at_8)
+    x, y = torch.randn(12, 3, generator=gen), torch.randint(0, 2, (12,), generator=gen)
+    for size, expected in ((4, [1, 2, 4, 8, 10]), (6, [1, 2, 4])):
+        groups = torch.arange(12) // size
+        scores = dm.evaluate(x, y, groups=groups, nmi=False, ks=(1, 2, 4, 8, 10), k=10 if size == 4 else None)
+        assert [k for k in scores if k.startswith("recall_at_")] == [f"recall_at_{v}" for v in expected]
+    # separate sets: the gallery holds 3 items of query 0's group 7 among 10
+    g_groups = torch.tensor([7, 7, 7, 1, 2, 3, 4, 5, 6, 8])
+    scores = dm.evaluate(x[:2], y[:2], gallery=x[2:], gallery_labels=y[2:], groups=torch.tensor([7, 0]),
+                         gallery_groups=g_groups, nmi=False, ks=(1, 7, 8))
+    assert [k for k in scores if k.startswith("recall_at_")] == ["recall_at_1", "recall_at_7"]
 
 
 def test_hierarchy_of_single_item_instances_reports_the_coarser_levels():
