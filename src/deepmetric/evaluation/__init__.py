@@ -317,8 +317,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     over queries) to count each query's relevant items.
 
     Keys (all means over the scored queries, see :mod:`deepmetric.evaluation.ranking` for the
-    formulas): ``precision_at_1``; for every reported k (``ks`` up to the number of items every query
-    can retrieve, after its own group, and ``k`` always: slots beyond the gallery count as not relevant) ``recall_at_{k}``
+    formulas): ``precision_at_1``; for every reported k (``ks`` up to the number of items every scored
+    query can retrieve, after its own group, and ``k`` always: slots beyond the gallery count as not relevant) ``recall_at_{k}``
     (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by ``min(k, R)``) and ``ndcg_at_{k}``;
     ``r_precision``; ``map_at_r``; ``mrr`` (exact: queries whose
     first relevant item lies beyond the search depth are searched again deeper); ``map`` (AP over the
@@ -407,11 +407,12 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         raise ValueError("labels/gallery_labels: no query has a relevant item in the gallery "
                          "(after excluding itself and its group), so no ranking metric is defined")
 
-    retrievable = n_g - int(self_mode)  # items the most restricted query can retrieve
+    retrievable = n_g - int(self_mode)  # items the most restricted scored query can retrieve
     if q_groups is not None:  # minus its group (which holds the query itself in query-in-gallery)
+        scored = q_groups[torch.stack([view.n_relevant > 0 for view in views]).any(0)]
         ids, sizes = torch.unique(g_groups, return_counts=True)
-        at = torch.searchsorted(ids, q_groups).clamp_max(ids.numel() - 1)
-        retrievable = n_g - int(torch.where(ids[at] == q_groups, sizes[at], 0).max())
+        at = torch.searchsorted(ids, scored).clamp_max(ids.numel() - 1)
+        retrievable = n_g - int(torch.where(ids[at] == scored, sizes[at], 0).max())
     report_ks = sorted({v for v in ks if v <= retrievable} | ({k} if k is not None else set()))
     options = dict(self_mode=self_mode, q_groups=q_groups, g_groups=g_groups, report_ks=report_ks,
                    full_map=full_map, chunk_size=chunk_size)
