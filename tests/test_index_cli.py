@@ -116,3 +116,16 @@ def test_errors_are_clear(tmp_path):
     ids_file.write_bytes(ids_file.read_bytes()[:-8])
     result = run("index", "search", tmp_path / "idx", write(tmp_path / "q4.npz", np.zeros((1, 4))))
     assert result.exit_code != 0 and str(ids_file) in result.output and "truncated" in result.output
+
+
+def test_stored_distance_forms_and_big_endian_vectors(tmp_path):
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    queries = write(tmp_path / "q.npz", np.array([[2.0, 0.1]], dtype=np.float32))
+    # a one-element array and a big-endian X: dot ranks right (-2), up (-0.1), left (2)
+    emb = write(tmp_path / "emb.npz", x.astype(">f4"), distance=np.array(["dot"]))
+    assert run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "flat").exit_code == 0
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 3, "--json").output)
+    assert out["ids"] == [[1, 0, 2]] and out["distances"][0] == pytest.approx([-2.0, -0.1, 2.0], abs=1e-6)
+    bad = write(tmp_path / "bad.npz", x, distance=np.array(["dot", "cosine"]))
+    result = run("index", "build", bad, "--out", tmp_path / "idx2")
+    assert result.exit_code != 0 and "expected 'distance' to be one string" in result.output

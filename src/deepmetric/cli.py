@@ -196,7 +196,12 @@ def _read_vectors(path) -> dict:
     if "X" not in arrays or arrays["X"].ndim != 2:
         raise ValueError(f"{path}: expected an (N, D) array 'X', got arrays {sorted(arrays)}")
     if "distance" in arrays:
-        arrays["distance"] = str(arrays["distance"])
+        distance = arrays["distance"]
+        if distance.size != 1 or distance.dtype.kind != "U":
+            raise ValueError(f"{path}: expected 'distance' to be one string such as 'cosine', got {distance!r}")
+        arrays["distance"] = str(distance.reshape(()))
+    if arrays["X"].dtype.byteorder == ">":  # torch reads native byte order only
+        arrays["X"] = arrays["X"].astype(arrays["X"].dtype.newbyteorder("="))
     return arrays
 
 
