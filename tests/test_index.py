@@ -722,3 +722,16 @@ def test_interrupted_swap_is_reported_on_load(tmp_path):
     os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234")  # as if the process died mid-swap
     with pytest.raises(FileNotFoundError, match=r"previous index at .*\.idx\.old-1234"):
         dmi.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_exact_index_searches_what_it_holds_after_add_and_remove(distance):
+    # the gallery is prepared once per content: every add and remove must be seen by the next search
+    index = dmi.create("exact", distance=distance)
+    index.add(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), ids=torch.tensor([1, 2]))
+    q = torch.tensor([[1.0, 1.2]])
+    assert index.search(q, 1)[1].tolist() == [[2]]
+    index.add(torch.tensor([[1.0, 1.2]]), ids=torch.tensor([3]))
+    assert index.search(q, 1)[1].tolist() == [[3]]
+    index.remove(torch.tensor([3]))
+    assert index.search(q, 1)[1].tolist() == [[2]]

@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import _check_overflow, _max_norm, knn, unit_rows
+from deepmetric.index.exact import _check_overflow, _max_norm, _Searcher, search_chunks, unit_rows
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -61,7 +61,8 @@ def _faiss_message(err: Exception) -> str:
 class ExactIndex(Index):
     """Exact (brute-force) k-NN over the added vectors by blocked matrix products in torch
     (:func:`deepmetric.index.knn`): ``d(q, x_i)`` for every stored ``x_i``, the k smallest kept,
-    ties in insertion order. Supports every float distance and :meth:`remove`.
+    ties in insertion order, in the precision of the stored vectors. Supports every float distance and
+    :meth:`remove`; the gallery is prepared for search (normalised or centred) once, not per call.
 
     >>> index = ExactIndex("euclidean")
     >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
@@ -74,6 +75,7 @@ class ExactIndex(Index):
     def __init__(self, distance: str = "euclidean"):
         super().__init__(check_distance(distance))
         self._vectors: torch.Tensor | None = None
+        self._searcher: _Searcher | None = None  # the gallery prepared once (normalised or centred)
 
     def _prepare(self, vectors, name):
         x = _float_vectors(vectors, name)
@@ -85,15 +87,21 @@ class ExactIndex(Index):
             self._vectors = x.clone()
         else:
             self._vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
+        self._searcher = None
 
     def _search(self, queries, k):
-        distances, positions = knn(queries.to(self._vectors.device), self._vectors, k, self.distance)
+        """Queries in the stored vectors' dtype and device, against the gallery prepared once."""
+        if self._searcher is None:
+            self._searcher = _Searcher(self._vectors, self.distance)
+        queries = queries.to(device=self._vectors.device, dtype=self._vectors.dtype)
+        distances, positions = search_chunks(self._searcher, queries, k)
         labels = torch.from_numpy(self._labels).to(positions.device)
         ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
         return distances.float(), ids
 
     def _remove(self, labels, positions, keep):
         self._vectors = self._vectors[torch.from_numpy(keep).to(self._vectors.device)]
+        self._searcher = None
 
     def _write(self, directory):
         with open(directory / "vectors.npy", "wb") as f:
@@ -103,6 +111,7 @@ class ExactIndex(Index):
     def _read(self, directory, manifest):
         shape = (manifest["count"], manifest["dimension"])
         self._vectors = torch.from_numpy(read_npy(directory / "vectors.npy", shape, [np.float32, np.float64]))
+        self._searcher = None
 
 
 # --------------------------------------------------------------------------------------------------

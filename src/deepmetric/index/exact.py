@@ -490,7 +490,13 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
             f"and only {gallery.shape[0]} gallery items")
     if exclude_self and symmetric:
         return self_knn(queries, k, distance, query_groups, min(gallery_chunk_size, SELF_BLOCK))
-    searcher = _Searcher(gallery, distance, gallery_chunk_size)
+    return search_chunks(_Searcher(gallery, distance, gallery_chunk_size), queries, k, chunk_size, exclude_self,
+                         query_groups, gallery_groups)
+
+
+def search_chunks(searcher: _Searcher, queries: torch.Tensor, k: int, chunk_size: int = QUERY_CHUNK,
+                  exclude_self: bool = False, query_groups=None, gallery_groups=None):
+    """:func:`knn` through a prepared :class:`_Searcher` (validated inputs), ``chunk_size`` queries at a time."""
     out_d, out_i = [queries.new_empty((0, k))], [torch.empty((0, k), dtype=torch.long, device=queries.device)]
     for q0 in range(0, queries.shape[0], chunk_size):
         q1 = min(q0 + chunk_size, queries.shape[0])
