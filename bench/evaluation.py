@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/evaluation.py [--sizes 20000 100000] [--repeats 3] [--million 1000000]
     .venv/bin/python bench/evaluation.py --ivf-sweep 100000
+    .venv/bin/python bench/evaluation.py --full-map 10000
 
 Part 1: P@1 + R-precision + MAP@R, query-in-gallery, on N Gaussian-cluster embeddings (D = 128,
 1,000 classes, MAP@R about 0.5): deepmetric's exact ``evaluate`` and its approximate mode
@@ -12,6 +13,10 @@ peak resident memory of each is its own; the three sides are interleaved ``--rep
 the median time is reported (this machine's speed drifts by tens of percent over minutes). Time
 counts the metric computation only (data generation and imports excluded). Ratios > 1 mean
 deepmetric is faster / smaller.
+
+Part 3 (``--full-map N``): mAP over the full ranking (every query ranks the whole gallery),
+query-in-gallery on N items of the same data: ``evaluate(full_map=True)`` against AccuracyCalculator
+(k = None, "mean_average_precision"), time and peak memory as in part 1.
 
 Part 2: 1,000,000 x 128 vectors (same generator), faiss ``ivf-pq``, ``ivf-fastscan`` and ``hnsw``
 through deepmetric.index: build time, query time for 1,000 queries (k = 10), index memory, recall@10
@@ -52,21 +57,24 @@ def peak_rss_mb() -> float:
 def run_worker(kind: str, n: int) -> dict:
     """One measurement in this process; returns seconds, peak memory and the metrics."""
     x, y = gaussian_clusters(n)
-    keys = ("precision_at_1", "r_precision", "map_at_r")
-    if kind == "pml":
+    full = kind.endswith("-map")  # part 3: mAP over the full ranking
+    keys = ("map",) if full else ("precision_at_1", "r_precision", "map_at_r")
+    if kind.startswith("pml"):
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-        calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
-                                  k="max_bin_count", device=torch.device("cpu"))
+        names = {"map": "mean_average_precision", "precision_at_1": "precision_at_1",
+                 "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
+        calc = AccuracyCalculator(include=tuple(names[key] for key in keys), k=None if full else "max_bin_count",
+                                  device=torch.device("cpu"))  # k=None: the whole ranking
         before = peak_rss_mb()
         t0 = time.perf_counter()
         out = calc.get_accuracy(x, y, ref_includes_query=True)
         seconds = time.perf_counter() - t0
-        metrics = {"precision_at_1": out["precision_at_1"], "r_precision": out["r_precision"],
-                   "map_at_r": out["mean_average_precision_at_r"]}
+        metrics = {key: out[names[key]] for key in keys}
     else:
         import deepmetric as dm
-        options = {} if kind == "exact" else {"index": "ivf-fastscan", "index_options": ivf_options(n)}
-        dm.evaluate(x[:2000], y[:2000], ks=(1,), nmi=False)  # warm-up (thread pools, allocator)
+        options = {"full_map": True} if full else {} if kind == "exact" else {
+            "index": "ivf-fastscan", "index_options": ivf_options(n)}
+        dm.evaluate(x[:2000], y[:2000], ks=(1,), nmi=False, **options)  # warm-up (thread pools, allocator)
         before = peak_rss_mb()
         t0 = time.perf_counter()
         out = dm.evaluate(x, y, ks=(1,), nmi=False, **options)
@@ -144,6 +152,22 @@ def part1(sizes, repeats: int):
               f"| {pml['map_at_r']:.4f} / {exact['map_at_r']:.4f} / {ivf['map_at_r']:.4f} |", flush=True)
 
 
+def part3(n: int, repeats: int):
+    """mAP over the full ranking, query-in-gallery: AccuracyCalculator (k=None) against
+    ``evaluate(full_map=True)``, each in its own process, interleaved, median time."""
+    runs = {"pml-map": [], "exact-map": []}
+    for _ in range(repeats):
+        for kind, results in runs.items():
+            results.append(in_process(kind, n))
+    pml, ours = ({**rs[0], "seconds": statistics.median(r["seconds"] for r in rs),
+                  "peak_mb": max(r["peak_mb"] for r in rs)} for rs in runs.values())
+    print("| N | pml s | deepmetric s | ratio | pml MB | deepmetric MB | ratio | mAP pml / deepmetric |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {n:,} | {pml['seconds']:.2f} | {ours['seconds']:.2f} | {pml['seconds'] / ours['seconds']:.2f}x "
+          f"| {pml['peak_mb']:.0f} | {ours['peak_mb']:.0f} | {pml['peak_mb'] / ours['peak_mb']:.2f}x "
+          f"| {pml['map']:.6f} / {ours['map']:.6f} |", flush=True)
+
+
 def part2(n: int, n_queries: int = 1000, k: int = 10):
     import deepmetric as dm
     x, _ = gaussian_clusters(n + n_queries, seed=1)
@@ -205,6 +229,8 @@ def main():
     parser.add_argument("--million", type=int, default=1000000, help="gallery size of part 2 (0 skips it)")
     parser.add_argument("--ivf-sweep", type=int, default=0, metavar="N",
                         help="only the approximate indexes' sweep on N items")
+    parser.add_argument("--full-map", type=int, default=0, metavar="N",
+                        help="only part 3, mAP over the full ranking on N items")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -212,6 +238,9 @@ def main():
         return
     if args.ivf_sweep:
         ivf_sweep(args.ivf_sweep)
+        return
+    if args.full_map:
+        part3(args.full_map, args.repeats)
         return
     part1(args.sizes, args.repeats)
     if args.million:
