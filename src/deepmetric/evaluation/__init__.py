@@ -325,7 +325,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     full ranking, with ``full_map=True``: every query ranks the whole gallery, chunk by chunk);
     ``nmi``, ``ami``, ``f1`` (:func:`clustering.clustering_scores`, k-means from ``kmeans`` =
     ``"sklearn"`` or ``"faiss"`` (much faster with many classes) on the
-    query embeddings, one cluster per class, ``seed``; not for multi-label); ``num_queries``;
+    query embeddings, one cluster per class, ``seed``; not for multi-label; in ``level_{l}``, one
+    cluster per class of that level); ``num_queries``;
     ``queries_without_relevant``. With ``per_class=True`` (flat or hierarchical labels):
     ``per_class`` = ``{class: {metric: mean over its scored queries, num_queries,
     queries_without_relevant}}`` (class = the label, or ``"a/b/..."`` for a hierarchy's finest class)
