@@ -93,7 +93,8 @@ def in_process(kind: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--sizes", str(n)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit code {done.returncode}; negative: killed by that "
+                           f"signal, e.g. -9 when out of memory):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
