@@ -670,6 +670,31 @@ def test_save_refuses_to_replace_other_directories(tmp_path):
     assert len(dmi.load(tmp_path / "idx")) == 5 and (tmp_path / "idx" / "README").read_text() == "keep me"
 
 
+def test_save_flushes_every_file_to_the_disk_before_renaming(tmp_path, monkeypatch):
+    built("flat", n=5).save(tmp_path / "idx")  # an old index to replace
+    synced, renamed = set(), []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        synced.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    def rename(src, dst):
+        renamed.append((str(src), set(synced)))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    built("flat", n=6).save(tmp_path / "idx")
+    monkeypatch.undo()
+    new = [(src, done) for src, done in renamed if ".tmp-" in src]
+    assert len(new) == 1
+    src, done = os.path.realpath(new[0][0]), new[0][1]
+    assert {os.path.join(src, name) for name in os.listdir(tmp_path / "idx")} | {src} <= done
+    assert os.path.realpath(tmp_path) in synced  # the rename itself
+    assert len(dmi.load(tmp_path / "idx")) == 6
+
+
 def test_saved_files_follow_the_umask(tmp_path):
     previous = os.umask(0o027)
     try:

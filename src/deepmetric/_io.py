@@ -17,9 +17,20 @@ def usual_mode(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def sync(path: str | Path) -> None:
+    """Flush a written file, or a directory's entries (after a rename into it), to the disk, so that a
+    crash cannot leave a renamed name pointing at unwritten data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; on success move it to ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success move it to ``path`` (its data synced to the
+    disk first), on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,7 +38,9 @@ def atomic_path(path: str | Path):
     usual_mode(tmp)
     try:
         yield Path(tmp)
+        sync(tmp)
         os.replace(tmp, path)
+        sync(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

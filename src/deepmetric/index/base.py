@@ -23,9 +23,11 @@ Saved layout (one directory)::
     ids.json        the string ids, aligned with ids.npy (string-id indexes only)
     <backend files> e.g. vectors.npy (exact), index.faiss (faiss), codes.faiss (binary)
 
-Saving writes everything into a temporary sibling directory and renames it into place; an
-existing index is moved aside first and deleted only once the new one is in place (put back if
-the rename fails), so a crash never leaves a half-written index. Loading checks every file's
+Saving writes everything into a temporary sibling directory, flushes it to the disk and renames it
+into place; an existing index is moved aside first and deleted only once the new one is in place
+(put back if the rename fails), so neither a crash nor a power cut leaves a half-written index. Only
+a missing path, an empty directory or a saved index whose manifest lists every file in it is
+replaced. Loading checks every file's
 presence, size and checksum before reading anything, never unpickles, and names the bad file.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepmetric._io import usual_mode
+from deepmetric._io import sync, usual_mode
 from deepmetric.registry import Registry
 
 INDEXES = Registry("index", "indexes")
@@ -355,7 +357,10 @@ class Index:
             manifest["checksum"] = _manifest_checksum(manifest)
             # no trailing newline: cutting any byte off the end breaks the JSON
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            for name in [*files, MANIFEST, "."]:  # on the disk before the old index is replaced
+                sync(tmp / name)
             _move_into_place(tmp, target)
+            sync(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
