@@ -737,6 +737,8 @@ def test_hierarchy_of_single_item_instances_reports_the_coarser_levels():
     assert "map_at_r" not in scores and scores["queries_without_relevant"] == 12
     assert scores["class_mean"] == {}
     assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False))
+    scores = dm.evaluate(x, y, nmi=False, full_map=True)
+    assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False, full_map=True))
 
 
 def test_hierarchy_clustering_metrics_at_every_level():

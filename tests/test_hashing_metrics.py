@@ -174,6 +174,11 @@ def test_hand_worked_multilabel_and_queries_without_relevant():
     # P@1 = 1; radius 1 holds db0 (T), db1 (F): precision 1/2, recall 1/2
     assert scores == pytest.approx({"map": 5 / 6, "precision_at_1": 1.0, "precision_within_radius_1": 0.5,
                                     "recall_within_radius_1": 0.5, "num_queries": 2, "queries_without_relevant": 1})
+    # radii beyond the code length (and beyond a byte) hold every item: 2 relevant of 3, both found
+    for radius in (2, 256, 300, 70000):
+        wide = hashing_scores(q, ql, db, dl, precision_ns=(), radius=radius)
+        assert wide[f"precision_within_radius_{radius}"] == pytest.approx(2 / 3)
+        assert wide[f"recall_within_radius_{radius}"] == 1.0
 
 
 def test_hand_worked_hierarchical_labels_every_level():

@@ -288,7 +288,7 @@ def test_radius_search_equals_brute_force(bits):
     ids = torch.arange(1100) + 1000
     index = BinaryIndex()
     index.add(db, ids)
-    for radius in (0, 1, 2, 3, 5, bits + 3, 3 * bits, 10 ** 6):  # beyond 2 bits: everything, at once
+    for radius in (0, 1, 2, 3, 5, bits + 3, 3 * bits, 2 ** 31 - 1):  # beyond the bits: everything, at once
         check_radius_search(index, db, ids, q, radius)
     assert index.radius_search(q[:0], 2) == ([], [])
 
@@ -760,3 +760,6 @@ def test_exact_index_searches_what_it_holds_after_add_and_remove(distance):
     assert index.search(q, 1)[1].tolist() == [[3]]
     index.remove(torch.tensor([3]))
     assert index.search(q, 1)[1].tolist() == [[2]]
+    # float64 queries are searched in the stored float32: values float32 cannot hold are refused
+    with pytest.raises(ValueError, match="queries: values beyond the range of torch.float32"):
+        index.search(torch.tensor([[1e39, 1.0]], dtype=torch.float64), 1)

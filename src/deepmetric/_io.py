@@ -9,12 +9,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it back would change
+    it for a moment for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def usual_mode(path: str | Path, directory: bool = False) -> None:
     """Give a temporary file (or directory) the permissions a plain ``open`` (``mkdir``) would, 0666
     (0777) less the umask: ``tempfile`` makes them private to the owner."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def sync(path: str | Path) -> None:

@@ -94,7 +94,7 @@ def _chunk_metrics(rel, gains, n_relevant, ideal_counts, report_ks, full_map) ->
     """Per-query metrics of queries that all have ``n_relevant > 0``."""
     if full_map:  # the whole ranking for mAP and MRR; the other metrics read no deeper than R or k
         full = {"mrr": ranking.reciprocal_rank(rel), "map": ranking.average_precision(rel, n_relevant)}
-        depth = max(max(report_ks, default=1), int(n_relevant.max()))
+        depth = max(max(report_ks, default=1), int(n_relevant.max()) if n_relevant.numel() else 0)
         rel, gains = rel[:, :depth], gains[:, :depth]
     scores = {"precision_at_1": ranking.precision_at_1(rel)}
     ideal = ranking.ideal_gains(ideal_counts, report_ks[-1]) if report_ks else None

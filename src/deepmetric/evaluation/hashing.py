@@ -183,7 +183,7 @@ def _query_scores(relevant, order, ham, top_k, ns, radius) -> dict:
     for n in ns:
         scores[f"precision_at_{n}"] = rel[:, :n].sum(1).double() / n
     if radius is not None:
-        within = ham <= radius
+        within = ham <= min(radius, torch.iinfo(ham.dtype).max)  # a larger radius would wrap around
         n_within, found = within.sum(1).double(), (within & relevant).sum(1).double()
         scores[f"precision_within_radius_{radius}"] = found / n_within.clamp_min(1)
         scores[f"recall_within_radius_{radius}"] = found / n_rel.double()

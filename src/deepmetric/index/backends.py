@@ -94,6 +94,9 @@ class ExactIndex(Index):
         if self._searcher is None:
             self._searcher = _Searcher(self._vectors, self.distance)
         queries = queries.to(device=self._vectors.device, dtype=self._vectors.dtype)
+        if not bool(torch.isfinite(queries).all()):
+            raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored vectors' "
+                             f"type; scale the embeddings down")
         distances, positions = search_chunks(self._searcher, queries, k)
         labels = torch.from_numpy(self._labels).to(positions.device)
         ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
@@ -565,8 +568,9 @@ class BinaryIndex(Index):
             return [], []
         # faiss keeps distances < threshold: radius + 1 keeps those <= radius. Hashing for a radius
         # beyond the code length d (everything) would enumerate ever more bit flips: hash for d.
-        multi_hash = self._multi_hash_index(min(int(radius), self._index.d))
-        lims, distances, positions = multi_hash.range_search(_padded(packed), int(radius) + 1)
+        radius = min(int(radius), self._index.d)
+        multi_hash = self._multi_hash_index(radius)
+        lims, distances, positions = multi_hash.range_search(_padded(packed), radius + 1)
         counts = np.diff(lims.astype(np.int64))
         query = np.repeat(np.arange(packed.shape[0]), counts)
         order = np.lexsort((positions, distances, query))
