@@ -724,9 +724,10 @@ def fast_ap_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Ten
     h_pos = _node_hist(index, w_lo, w_hi, pos_w, n_nodes)
     h_all = h_pos + _node_hist(index, w_lo, w_hi, neg_w, n_nodes)
     cum_pos, cum_all = h_pos.cumsum(1), h_all.cumsum(1)
-    prod = h_pos * cum_pos
-    safe = (prod > 0) & (cum_all > 0)
-    ap = torch.where(safe, prod / torch.where(safe, cum_all, 1.0), 0.0).sum(1)
+    # every node with something at or below it: a node whose h^+ is exactly 0 (e.g. a distance of
+    # exactly 0 puts nothing on the next node) still has a derivative, which cancels its neighbour's
+    safe = cum_all > 0
+    ap = torch.where(safe, h_pos * cum_pos / torch.where(safe, cum_all, 1.0), 0.0).sum(1)
     n_pos = pos_mask.sum(1)
     has = n_pos > 0
     losses = torch.where(has, 1 - ap / n_pos.clamp_min(1), 0.0)
