@@ -77,8 +77,9 @@ def main():
     keys = ("map", f"map_at_{args.top_k}")
     print(f"  per-query numpy loop  {t_loop:8.2f} s")
     print(f"  deepmetric            {t_ours:8.2f} s    {t_loop / t_ours:6.1f}x faster")
+    difference = max(abs(results["deepmetric"][key] - results["loop"][key]) for key in keys)
     print("  " + ", ".join(f"{key} {results['deepmetric'][key]:.6f}" for key in keys)
-          + f"; largest difference from the loop {max(abs(results['deepmetric'][k] - results['loop'][k]) for k in keys):.1e}")
+          + f"; largest difference from the loop {difference:.1e}")
 
 
 if __name__ == "__main__":

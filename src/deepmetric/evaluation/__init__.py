@@ -318,8 +318,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
     Keys (all means over the scored queries, see :mod:`deepmetric.evaluation.ranking` for the
     formulas): ``precision_at_1``; for every reported k (``ks`` up to the number of items every scored
-    query can retrieve, after its own group, and ``k`` always: slots beyond the gallery count as not relevant) ``recall_at_{k}``
-    (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by ``min(k, R)``) and ``ndcg_at_{k}``;
+    query can retrieve, after its own group, and ``k`` always: slots beyond the gallery count as not
+    relevant) ``recall_at_{k}`` (hit rate), ``precision_at_{k}``, ``map_at_{k}`` (divided by
+    ``min(k, R)``) and ``ndcg_at_{k}``;
     ``r_precision``; ``map_at_r``; ``mrr`` (exact: queries whose
     first relevant item lies beyond the search depth are searched again deeper); ``map`` (AP over the
     full ranking, with ``full_map=True``: every query ranks the whole gallery, chunk by chunk);
