@@ -405,16 +405,17 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
         def base_fn(indices, rows):
             return ranking.relevance(indices, q_labels[rows], g_labels, relevance_fn)
-    if not any(bool((view.n_relevant > 0).any()) for view in views):
+    scored = torch.stack([view.n_relevant > 0 for view in views]).any(0)  # queries some view scores
+    if not bool(scored.any()):
         raise ValueError("labels/gallery_labels: no query has a relevant item in the gallery "
                          "(after excluding itself and its group), so no ranking metric is defined")
 
     retrievable = n_g - int(self_mode)  # items the most restricted scored query can retrieve
     if q_groups is not None:  # minus its group (which holds the query itself in query-in-gallery)
-        scored = q_groups[torch.stack([view.n_relevant > 0 for view in views]).any(0)]
+        own = q_groups[scored]
         ids, sizes = torch.unique(g_groups, return_counts=True)
-        at = torch.searchsorted(ids, scored).clamp_max(ids.numel() - 1)
-        retrievable = n_g - int(torch.where(ids[at] == scored, sizes[at], 0).max())
+        at = torch.searchsorted(ids, own).clamp_max(ids.numel() - 1)
+        retrievable = n_g - int(torch.where(ids[at] == own, sizes[at], 0).max())
     report_ks = sorted({v for v in ks if v <= retrievable} | ({k} if k is not None else set()))
     options = dict(self_mode=self_mode, q_groups=q_groups, g_groups=g_groups, report_ks=report_ks,
                    full_map=full_map, chunk_size=chunk_size)

@@ -93,10 +93,12 @@ class ExactIndex(Index):
         """Queries in the stored vectors' dtype and device, against the gallery prepared once."""
         if self._searcher is None:
             self._searcher = _Searcher(self._vectors, self.distance)
-        queries = queries.to(device=self._vectors.device, dtype=self._vectors.dtype)
-        if not bool(torch.isfinite(queries).all()):
-            raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored vectors' "
-                             f"type; scale the embeddings down")
+        queries = queries.to(device=self._vectors.device)
+        if queries.dtype != self._vectors.dtype:  # float64 queries of a float32 index may not fit
+            queries = queries.to(self._vectors.dtype)
+            if not bool(torch.isfinite(queries).all()):
+                raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored "
+                                 f"vectors' type; scale the embeddings down")
         distances, positions = search_chunks(self._searcher, queries, k)
         labels = torch.from_numpy(self._labels).to(positions.device)
         ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
@@ -274,11 +276,14 @@ class FaissIndex(Index):
         return d, ids
 
     def _to_distances(self, d: np.ndarray) -> None:
-        """faiss' scores (``||x - y||^2`` or ``x.y``) as distances, in place (the results may be large)."""
-        if self.distance in ("euclidean", "squared_euclidean"):
+        """faiss' scores (``||x - y||^2`` or ``x.y``, by :attr:`_metric`) as distances, in place (the
+        results may be large). Cosine under the L2 metric ranks unit vectors: ``1 - cos = ||x - y||^2 / 2``."""
+        if self._metric == faiss.METRIC_L2:
             np.maximum(d, 0.0, out=d)
             if self.distance == "euclidean":
                 np.sqrt(d, out=d)
+            elif self.distance == "cosine":
+                np.multiply(d, 0.5, out=d)
         elif self.distance == "cosine":
             np.subtract(1.0, d, out=d)
             np.maximum(d, 0.0, out=d)
@@ -437,18 +442,12 @@ class IVFFastScanIndex(FaissIndex):
 
     def _prepare(self, vectors, name):
         x, d = super()._prepare(vectors, name)
-        if self.distance == "cosine" and x.size and not bool(np.all(np.any(x != 0, axis=1))):
-            bad = np.flatnonzero(~np.any(x != 0, axis=1))[:5].tolist()
-            raise ValueError(f"{name}: zero vectors have no direction, so ivf-fastscan cannot rank them by cosine "
-                             f"(first zero rows: {bad}); use exact or flat")
+        if self.distance == "cosine":
+            zero = np.flatnonzero(~np.any(x != 0, axis=1))
+            if zero.size:
+                raise ValueError(f"{name}: zero vectors have no direction, so ivf-fastscan cannot rank them by "
+                                 f"cosine (first zero rows: {zero[:5].tolist()}); use exact or flat")
         return x, d
-
-    def _to_distances(self, d: np.ndarray) -> None:
-        if self.distance != "cosine":
-            super()._to_distances(d)
-            return
-        np.multiply(d, 0.5, out=d)  # unit vectors: 1 - cos = ||x - y||^2 / 2
-        np.maximum(d, 0.0, out=d)
 
     def _build(self, d):
         m = self.m or d // 2
