@@ -29,5 +29,5 @@ from deepmetric.index.exact import knn
 create = INDEXES.create
 names = INDEXES.names
 
-__all__ = ["Index", "ExactIndex", "FaissIndex", "FlatIndex", "IVFFlatIndex", "HNSWIndex", "IVFPQIndex", "IVFFastScanIndex",
-           "BinaryIndex", "knn", "INDEXES", "create", "names", "load", "read_manifest"]
+__all__ = ["Index", "ExactIndex", "FaissIndex", "FlatIndex", "IVFFlatIndex", "HNSWIndex", "IVFPQIndex",
+           "IVFFastScanIndex", "BinaryIndex", "knn", "INDEXES", "create", "names", "load", "read_manifest"]
