@@ -163,6 +163,17 @@ def test_real_valued_codes_rerank_inside_equal_hamming_distance():
     assert plain["map"] == pytest.approx(5 / 9) and plain["map_at_3"] == pytest.approx(7 / 12)
 
 
+def test_rerank_orders_near_duplicate_float32_real_codes():
+    # q (1000, 1000); db0 is 0.01 away (not relevant), db1 0.002 away (relevant), both Hamming 0.
+    # In float32 |x|^2 + |y|^2 - 2 x.y cancels (ulp of 2e6 is 0.125) and both read 0: db0 first, AP 1/2.
+    # Ranked by their real distances db1 comes first: AP 1.
+    q_real = torch.tensor([[1000.0, 1000.0]])
+    db_real = q_real + torch.tensor([[0.01, 0.0], [0.002, 0.0]])
+    scores = hashing_scores(q_real, torch.tensor([1]), db_real, torch.tensor([0, 1]), precision_ns=(1,),
+                            radius=None, query_real=q_real, db_real=db_real)
+    assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0
+
+
 def test_hand_worked_multilabel_and_queries_without_relevant():
     # q0 labels {0, 2}, code 11; db: 11 {2} (Hamming 0, T), 10 {1} (1, F), 00 {0, 1} (2, T)
     # AP = (1/1 + 2/3) / 2 = 5/6. q1 has no label: nothing is relevant -> excluded and counted

@@ -125,8 +125,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if query_real.shape[0] != n_q or db_real.shape[0] != n_db or db_real.shape[1] != query_real.shape[1]:
             raise ValueError(f"query_real/db_real: expected shapes ({n_q}, D) and ({n_db}, D), got "
                              f"{tuple(query_real.shape)} and {tuple(db_real.shape)}")
-        dtype = torch.promote_types(query_real.dtype, db_real.dtype)
-        query_real, db_real = query_real.to(device, dtype), db_real.to(device, dtype)
+        # float64: in float32, |x|^2 + |y|^2 - 2 x.y loses the order of near-duplicate real codes
+        query_real, db_real = query_real.to(device, torch.float64), db_real.to(device, torch.float64)
     top_k = None if top_k is None else _count(top_k, "top_k", 1)
     ns = sorted({_count(n, "precision_ns", 1) for n in precision_ns})
     ns = [n for n in ns if n <= n_db]
