@@ -164,7 +164,8 @@ def test_kfold_hand_worked():
     #         0.8 rejected (d, right) -> 1/2
     # fold 2: train 0.1 s, 0.2 s, 0.8 d, 0.9 d; t = 0.2 (4 correct); test 0.3 rejected (s, wrong),
     #         0.25 rejected (d, right) -> 1/2
-    # mean 2/3; population std sqrt(((1/3)^2 + 2 (1/6)^2) / 3) = sqrt(1/18)
+    # mean 2/3; population std sqrt(((1/3)^2 + 2 (1/6)^2) / 3) = sqrt(1/18);
+    # standard error sqrt((1/6) / 2) / sqrt(3) = 1/6
     d = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.25])
     s = np.array([1, 0, 1, 0, 1, 0])
     out = kfold_accuracy(d, s, n_folds=3)
@@ -172,6 +173,7 @@ def test_kfold_hand_worked():
     assert out["accuracies"].tolist() == [1.0, 0.5, 0.5]
     assert out["accuracy"] == pytest.approx(2 / 3)
     assert out["accuracy_std"] == pytest.approx(math.sqrt(1 / 18))
+    assert out["accuracy_se"] == pytest.approx(1 / 6)
     # the same folds given as ids: folds come in the order of the sorted ids (3 -> F1, 5 -> F2, 7 -> F0)
     out = kfold_accuracy(d, s, folds=np.array([7, 7, 3, 3, 5, 5]))
     assert out["accuracies"].tolist() == [0.5, 0.5, 1.0]
@@ -198,6 +200,7 @@ def test_kfold_equals_loop(n, k, seed):
     assert out["accuracies"].tolist() == pytest.approx(accs)
     assert out["accuracy"] == pytest.approx(np.mean(accs))
     assert out["accuracy_std"] == pytest.approx(np.std(accs))
+    assert out["accuracy_se"] == pytest.approx(np.std(accs, ddof=1) / math.sqrt(k))
     fold_ids = np.concatenate([np.full(len(b), i) for i, b in enumerate(blocks)])
     assert kfold_accuracy(d, s, folds=torch.from_numpy(fold_ids))["accuracies"].tolist() == pytest.approx(accs)
 
@@ -228,12 +231,13 @@ def test_verification_scores_hand_worked():
     # 2 folds: F0 (0.1 s, 0.2 s), F1 (0.2 d, 0.5 d).
     #   fold 0: train all different -> t = -inf, test both rejected, both same -> accuracy 0
     #   fold 1: train all same -> t = 0.2, test 0.2 accepted (d, wrong), 0.5 rejected (right) -> 1/2
-    #   mean 1/4, std 1/4
+    #   mean 1/4, std 1/4, standard error sqrt(2 (1/4)^2 / 1) / sqrt(2) = 1/4
     a = torch.zeros(4, 2, dtype=torch.float64)
     b = torch.tensor([[0.1, 0.0], [0.2, 0.0], [0.0, 0.2], [0.3, 0.4]], dtype=torch.float64)
     scores = verification_scores(a, b, torch.tensor([1, 1, 0, 0]), fars=(1e-3, 0.5), n_folds=2)
     assert scores == pytest.approx({"roc_auc": 0.875, "eer": 0.25, "tar_at_far_0.001": 0.5, "tar_at_far_0.5": 1.0,
-                                    "accuracy": 0.25, "accuracy_std": 0.25, "threshold": 0.1})
+                                    "accuracy": 0.25, "accuracy_std": 0.25, "accuracy_se": 0.25,
+                                    "threshold": 0.1})
 
 
 def test_verification_scores_compose_the_functions():
@@ -245,7 +249,7 @@ def test_verification_scores_compose_the_functions():
     scores = verification_scores(a, b, s, distance="cosine", fars=(0.1,), n_folds=4)
     folds = kfold_accuracy(d, s, n_folds=4)
     assert scores == {"roc_auc": roc_auc(d, s), "eer": eer(d, s), "tar_at_far_0.1": tar_at_far(d, s, 0.1),
-                      "accuracy": folds["accuracy"], "accuracy_std": folds["accuracy_std"],
+                      "accuracy": folds["accuracy"], "accuracy_std": folds["accuracy_std"], "accuracy_se": folds["accuracy_se"],
                       "threshold": best_threshold(d, s)[0]}
     assert 0.5 < scores["roc_auc"] <= 1.0  # same pairs were made close
 

@@ -176,8 +176,10 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
     gives a fold id per pair (then ``n_folds`` is ignored and folds come in the order of their
     sorted ids).
 
-    Returns ``{"accuracy": mean_k acc_k, "accuracy_std": std_k acc_k (population, ddof=0),
-    "thresholds": (K,) tensor t_k, "accuracies": (K,) tensor acc_k}``.
+    Returns ``{"accuracy": mean_k acc_k, "accuracy_std": std_k acc_k (population, ddof=0, as most
+    face-verification code prints it), "accuracy_se": the standard error of the mean that LFW's
+    protocol asks to report, sqrt(sum_k (acc_k - mean)^2 / (K - 1)) / sqrt(K), "thresholds": (K,)
+    tensor t_k, "accuracies": (K,) tensor acc_k}``.
     """
     distances, is_same = _check_pairs(distances, is_same)
     n = distances.numel()
@@ -203,8 +205,9 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
         thresholds.append(t)
         accuracies.append(float(((distances[test] <= t) == is_same[test]).double().mean()))
     accuracies = torch.tensor(accuracies, dtype=torch.float64)
+    k = accuracies.numel()
     return {"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(correction=0)),
-            "thresholds": torch.tensor(thresholds, dtype=torch.float64), "accuracies": accuracies}
+            "accuracy_se": float(accuracies.std(correction=1)) / math.sqrt(k), "thresholds": torch.tensor(thresholds, dtype=torch.float64), "accuracies": accuracies}
 
 
 def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -236,8 +239,8 @@ def verification_scores(a: torch.Tensor, b: torch.Tensor, is_same, distance: str
     """Every verification metric of the pairs ``(a_i, b_i)`` as a dict of python floats.
 
     Keys: ``roc_auc``, ``eer``, ``tar_at_far_{far}`` for each ``far`` in ``fars`` (formatted with
-    ``{far:g}``, e.g. ``tar_at_far_0.001``), ``accuracy`` and ``accuracy_std`` (:func:`kfold_accuracy`
-    with ``n_folds`` contiguous folds) and ``threshold`` (:func:`best_threshold` over all pairs, the
+    ``{far:g}``, e.g. ``tar_at_far_0.001``), ``accuracy``, ``accuracy_std`` and ``accuracy_se``
+    (:func:`kfold_accuracy` with ``n_folds`` contiguous folds) and ``threshold`` (:func:`best_threshold` over all pairs, the
     threshold to deploy).
     """
     distances = pair_distances(a, b, distance)
@@ -246,6 +249,7 @@ def verification_scores(a: torch.Tensor, b: torch.Tensor, is_same, distance: str
     for value in fars:
         scores[f"tar_at_far_{value:g}"] = tar_at_far(distances, is_same, value)
     folds = kfold_accuracy(distances, is_same, n_folds=n_folds)
-    scores["accuracy"], scores["accuracy_std"] = folds["accuracy"], folds["accuracy_std"]
+    for key in ("accuracy", "accuracy_std", "accuracy_se"):
+        scores[key] = folds[key]
     scores["threshold"] = best_threshold(distances, is_same)[0]
     return scores
