@@ -249,7 +249,8 @@ def test_verification_scores_compose_the_functions():
     scores = verification_scores(a, b, s, distance="cosine", fars=(0.1,), n_folds=4)
     folds = kfold_accuracy(d, s, n_folds=4)
     assert scores == {"roc_auc": roc_auc(d, s), "eer": eer(d, s), "tar_at_far_0.1": tar_at_far(d, s, 0.1),
-                      "accuracy": folds["accuracy"], "accuracy_std": folds["accuracy_std"], "accuracy_se": folds["accuracy_se"],
+                      "accuracy": folds["accuracy"], "accuracy_std": folds["accuracy_std"],
+                      "accuracy_se": folds["accuracy_se"],
                       "threshold": best_threshold(d, s)[0]}
     assert 0.5 < scores["roc_auc"] <= 1.0  # same pairs were made close
 

@@ -207,7 +207,8 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
     accuracies = torch.tensor(accuracies, dtype=torch.float64)
     k = accuracies.numel()
     return {"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(correction=0)),
-            "accuracy_se": float(accuracies.std(correction=1)) / math.sqrt(k), "thresholds": torch.tensor(thresholds, dtype=torch.float64), "accuracies": accuracies}
+            "accuracy_se": float(accuracies.std(correction=1)) / math.sqrt(k),
+            "thresholds": torch.tensor(thresholds, dtype=torch.float64), "accuracies": accuracies}
 
 
 def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -240,8 +241,8 @@ def verification_scores(a: torch.Tensor, b: torch.Tensor, is_same, distance: str
 
     Keys: ``roc_auc``, ``eer``, ``tar_at_far_{far}`` for each ``far`` in ``fars`` (formatted with
     ``{far:g}``, e.g. ``tar_at_far_0.001``), ``accuracy``, ``accuracy_std`` and ``accuracy_se``
-    (:func:`kfold_accuracy` with ``n_folds`` contiguous folds) and ``threshold`` (:func:`best_threshold` over all pairs, the
-    threshold to deploy).
+    (:func:`kfold_accuracy` with ``n_folds`` contiguous folds) and ``threshold``
+    (:func:`best_threshold` over all pairs, the threshold to deploy).
     """
     distances = pair_distances(a, b, distance)
     distances, is_same = _check_pairs(distances, is_same)
