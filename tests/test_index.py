@@ -394,6 +394,38 @@ def test_remove(name):
         index.names(torch.tensor([[601]]))
 
 
+@pytest.mark.parametrize("name", ["exact", "flat", "binary"])
+def test_default_ids_are_never_handed_out_twice(name, tmp_path):
+    index = built(name, n=5)  # ids 0..4
+    index.remove(torch.tensor([3, 4]))
+    index.add(queries_for(index, 2, seed=1))  # 5 and 6, not 3 and 4 again
+    assert index.names(torch.tensor([[5, 6]])) == [[5, 6]]
+    with pytest.raises(ValueError, match=r"not in the index: \[3\]"):
+        index.names(torch.tensor([[3]]))
+    index.remove(torch.tensor([5, 6]))
+    loaded = dmi.load(index.save(tmp_path / "idx"))  # the counter is saved with the index
+    loaded.add(queries_for(index, 1, seed=2))
+    assert loaded.names(torch.tensor([[7]])) == [[7]]
+    index = built(name, n=1, ids=torch.tensor([2**63 - 1]))
+    with pytest.raises(ValueError, match="ids: 1 default ids from 9223372036854775808 would pass the int64 range"):
+        index.add(queries_for(index, 1))
+
+
+@pytest.mark.parametrize("name", ["exact", "flat"])
+def test_zero_dimensional_vectors_are_refused(name):
+    index = dmi.create(name)
+    with pytest.raises(ValueError, match=r"vectors: expected at least one dimension, got shape \(3, 0\)"):
+        index.add(torch.zeros(3, 0))
+    assert len(index) == 0 and index.dim is None
+
+
+def test_adding_nothing_to_a_string_id_index():
+    index = dmi.create("flat")
+    index.add(randn(2, 4), ids=["a", "b"])
+    index.add(torch.zeros(0, 4), ids=[])
+    assert len(index) == 2 and index.names(index.search(randn(1, 4), 2)[1])[0] in (["a", "b"], ["b", "a"])
+
+
 def test_remove_string_ids_then_reuse_names():
     data = randn(4, 8, seed=0)
     index = dmi.create("flat")
@@ -486,13 +518,17 @@ def test_a_failed_first_add_leaves_no_dimension_behind():
     assert fastscan.dim == 6 and fastscan.search(randn(2, 6, seed=1), 3)[1].shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", ["flat", "hnsw"])
+@pytest.mark.parametrize("name", ["exact", "flat", "hnsw"])
 @pytest.mark.parametrize("distance", ["euclidean", "dot"])
-def test_faiss_refuses_overflowing_vectors(name, distance):
+def test_indexes_refuse_overflowing_vectors_when_added(name, distance):
     index = dmi.create(name, distance=distance)
-    with pytest.raises(ValueError, match="overflow"):
-        index.add(torch.full((3, 4), 1e20))
+    with pytest.raises(ValueError, match="vectors: .* overflow"):
+        index.add(randn(3, 4) * 1e20)  # (|x| + |y|)^2 is beyond float32
+    assert len(index) == 0 and index.dim is None
     index.add(randn(10, 4))
+    with pytest.raises(ValueError, match="vectors: .* overflow"):
+        index.add(randn(1, 4) * 1e20)
+    assert len(index) == 10
     with pytest.raises(ValueError, match="overflow"):
         index.search(torch.full((1, 4), 1e20), 2)
 
@@ -668,6 +704,15 @@ def test_save_refuses_to_replace_other_directories(tmp_path):
     with pytest.raises(ValueError, match="holds files its manifest.json does not list \\(README\\)"):
         built("exact", n=6).save(tmp_path / "idx")
     assert len(dmi.load(tmp_path / "idx")) == 5 and (tmp_path / "idx" / "README").read_text() == "keep me"
+
+
+def test_save_refuses_a_symbolic_link_and_keeps_its_target(tmp_path):
+    built("exact", n=5).save(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="link is a symbolic link; give the directory it points to"):
+        built("exact", n=6).save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and len(dmi.load(tmp_path / "link")) == 5
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
 
 
 def test_save_flushes_every_file_to_the_disk_before_renaming(tmp_path, monkeypatch):

@@ -84,10 +84,13 @@ class ExactIndex(Index):
 
     def _add(self, x, labels):
         if self._vectors is None:
-            self._vectors = x.clone()
+            vectors = x.clone()
         else:
-            self._vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
-        self._searcher = None
+            vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
+        searcher = _Searcher(vectors, self.distance)
+        if self.distance != "cosine":  # a query as far out as the farthest item must not overflow
+            _check_overflow(2 * searcher.max_norm, self.distance, vectors.dtype, "vectors")
+        self._vectors, self._searcher = vectors, searcher
 
     def _search(self, queries, k):
         """Queries in the stored vectors' dtype and device, against the gallery prepared once."""
@@ -211,7 +214,7 @@ class FaissIndex(Index):
         if self.distance == "cosine":
             x = unit_rows(x)
         elif x.shape[0]:  # scores are bounded by (|x| + |y|)^2 <= (2 max(|x|, |y|))^2
-            _check_overflow(2 * _max_norm(x), self.distance, x.dtype)
+            _check_overflow(2 * _max_norm(x), self.distance, x.dtype, name)
         return np.ascontiguousarray(x.cpu().numpy()), int(x.shape[1])
 
     def train(self, vectors) -> None:

@@ -8,16 +8,16 @@ Every backend (DESIGN.md "Contracts") answers to::
     index.save(directory); deepmetric.index.load(directory)
     len(index), index.dim, index.distance
 
-Ids. An index holds either int64 ids (the user's own, or consecutive from one past the largest
-id when none are given) or string ids, which are mapped to int64 labels ``0, 1, ...`` and kept
-beside them; ``search`` always returns int64 labels and :meth:`Index.names` maps them back to the
-user's ids. Slots beyond the items available hold id ``-1`` and distance ``+inf``, so user ids
+Ids. An index holds either int64 ids (the user's own, or consecutive when none are given, from one
+past the largest id it has ever held, so removed ids are not handed out again) or string ids,
+which are mapped to int64 labels and kept beside them; ``search`` always returns int64 labels and
+:meth:`Index.names` maps them back to the user's ids. Slots beyond the items available hold id ``-1`` and distance ``+inf``, so user ids
 must be non-negative.
 
 Saved layout (one directory)::
 
     manifest.json   format version, backend, options, distance, dimension, count, id type,
-                    deepmetric version, size and sha256 of every other file, and a checksum of
+                    next default id, deepmetric version, size and sha256 of every other file, and a checksum of
                     the manifest itself
     ids.npy         (count,) int64 labels in insertion order
     ids.json        the string ids, aligned with ids.npy (string-id indexes only)
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -174,6 +175,9 @@ def read_manifest(directory: str | os.PathLike) -> dict:
 
 def _check_replaceable(target: Path) -> None:
     """Refuse to replace anything but a missing path, an empty directory or a saved index."""
+    if target.is_symlink():  # replacing it would turn the link into a directory and strand its target
+        raise ValueError(f"directory: {target} is a symbolic link; give the directory it points to "
+                         f"({target.resolve()}) or a new path")
     if not target.exists():
         return
     if not target.is_dir():
@@ -226,6 +230,7 @@ class Index:
         self._labels = np.empty(0, dtype=np.int64)
         self._names: np.ndarray | None = None  # string ids aligned with _labels
         self._string_ids: bool | None = None  # fixed by the first add
+        self._next_id = 0  # one past the largest label ever held: the next default id
 
     def __len__(self) -> int:
         return int(self._labels.shape[0])
@@ -250,9 +255,10 @@ class Index:
         if ids is None:
             if self._string_ids:
                 raise ValueError("ids: this index has string ids; pass one string id per vector")
-            start = int(self._labels.max()) + 1 if len(self) else 0
-            return np.arange(start, start + n, dtype=np.int64), None
+            return self._default_labels(n), None
         ids, is_string = _parse_ids(ids, n)
+        if n == 0:  # no ids: of either type
+            return np.empty(0, dtype=np.int64), (np.empty(0, dtype=str) if self._string_ids else None)
         if self._string_ids is not None and is_string != self._string_ids:
             kinds = ("int64", "string") if self._string_ids else ("string", "int64")
             raise TypeError(f"ids: this index has {kinds[1]} ids, got {kinds[0]} ids")
@@ -266,8 +272,12 @@ class Index:
                 raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
         if not is_string:
             return ids, None
-        start = int(self._labels.max()) + 1 if len(self) else 0
-        return np.arange(start, start + n, dtype=np.int64), ids
+        return self._default_labels(n), ids
+
+    def _default_labels(self, n: int) -> np.ndarray:
+        if self._next_id + n - 1 > np.iinfo(np.int64).max:
+            raise ValueError(f"ids: {n} default ids from {self._next_id} would pass the int64 range; pass ids")
+        return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
 
     def names(self, ids) -> list:
         """The user's ids for int64 labels returned by :meth:`search`, as nested lists of the same
@@ -291,10 +301,14 @@ class Index:
         """Add ``(N, D)`` vectors with unique ids (int64 or strings; default consecutive int64
         from one past the largest id). The first add fixes the dimension and the id type."""
         vectors, d = self._prepare(vectors, "vectors")
+        if d == 0:
+            raise ValueError(f"vectors: expected at least one dimension, got shape {tuple(vectors.shape)}")
         labels, names = self._new_labels(ids, int(vectors.shape[0]))
         self._add(vectors, labels)
         self._dim = d
         self._labels = np.concatenate([self._labels, labels])
+        if labels.size:
+            self._next_id = max(self._next_id, int(labels.max()) + 1)
         if self._string_ids is None:
             self._string_ids = names is not None
         if names is not None:
@@ -307,7 +321,12 @@ class Index:
         if len(self) == 0:
             raise ValueError("search: the index is empty; add vectors first")
         queries, _ = self._prepare(queries, "queries")
-        return self._search(queries, k)
+        distances, ids = self._search(queries, min(k, len(self)))  # no backend searches beyond its items
+        if k > len(self):
+            shape = (distances.shape[0], k - len(self))
+            distances = torch.cat([distances, distances.new_full(shape, math.inf)], dim=1)
+            ids = torch.cat([ids, ids.new_full(shape, -1)], dim=1)
+        return distances, ids
 
     def remove(self, ids) -> int:
         """Remove the items with these ids (all must be in the index); returns how many."""
@@ -349,7 +368,7 @@ class Index:
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "backend": self.backend,
                 "options": self.options, "distance": self.distance, "dimension": self._dim,
-                "count": len(self), "ids": "string" if self._string_ids else "int64",
+                "count": len(self), "ids": "string" if self._string_ids else "int64", "next_id": self._next_id,
                 "deepmetric_version": __version__,
                 "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
                           for name in files},
@@ -382,6 +401,7 @@ class Index:
         index._read(directory, manifest)
         index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
         index._string_ids = manifest["ids"] == "string"
+        index._next_id = int(manifest.get("next_id", index._labels.max() + 1 if count else 0))
         if index._string_ids:
             names = json.loads((directory / "ids.json").read_text())
             if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):

@@ -237,10 +237,10 @@ def _max_norm(x: torch.Tensor) -> float:
     return max((float(c.double().norm(dim=1).max()) for c in x.split(_ROWS)), default=0.0)
 
 
-def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype) -> None:
+def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype, name: str = "queries/gallery") -> None:
     """Scores are bounded by (|x| + |y|)^2; refuse inputs whose products would overflow."""
     if not norm_sum ** 2 < torch.finfo(dtype).max:
-        raise ValueError(f"queries/gallery: {distance} distances overflow {dtype} (the largest |x| + |y| "
+        raise ValueError(f"{name}: {distance} distances overflow {dtype} (the largest |x| + |y| "
                          f"is {norm_sum:.3g}); scale the embeddings down")
 
 
@@ -381,7 +381,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         if bool(center.any()):
             x = x - center
     if distance != "cosine" and n:
-        _check_overflow(2 * _max_norm(x), distance, x.dtype)
+        _check_overflow(2 * _max_norm(x), distance, x.dtype, "embeddings")
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
 
