@@ -86,10 +86,17 @@ def test_evaluate_hierarchical_labels_shows_every_level(run_dir, tmp_path):
             expected, expected["level_0"], expected["level_1"], expected["level_1_within_parent"])]
 
 
-def test_evaluate_errors_are_clear(run_dir):
+def test_evaluate_errors_are_clear(run_dir, tmp_path):
     result = run("evaluate", run_dir, "--k", 0)
     assert result.exit_code != 0
-    assert "ks/k: expected integers >= 1, got 0" in result.output
+    assert "0 is not in the range x>=1" in result.output
+    narrow = tmp_path / "narrow.npz"
+    np.savez(narrow, X=np.zeros((20, 16), dtype=np.float32), y=np.arange(20) % 4)
+    result = run("evaluate", run_dir, "--data", f"npz:{narrow}")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--data: the model takes inputs of shape (64,), the data" in result.output and "has (16,)" in result.output
+    result = run("evaluate", run_dir, "--json", tmp_path / "missing" / "m.json")
+    assert result.exit_code != 0 and f"--json: no directory {tmp_path / 'missing'}" in result.output
     result = run("evaluate", run_dir, "--k", "many")
     assert result.exit_code != 0 and "'many' is not a valid integer" in result.output
 

@@ -40,9 +40,10 @@ def test_build_and_search_hand_worked(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out == {"ids": [[11, 13, 10], [16, 13, 11]], "distances": [[1.0, 1.0, 2.0], [0.5, 2.5, 4.5]]}
-    # k beyond the index: empty slots are null in JSON
-    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 5, "--json").output)
-    assert out["ids"][0][4] is None and out["distances"][0][4] is None
+    # k beyond the index: every item, no more
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 10**12, "--json").output)
+    assert out == {"ids": [[11, 13, 10, 16], [16, 13, 11, 10]],
+                   "distances": [[1.0, 1.0, 2.0, 4.0], [0.5, 2.5, 4.5, 5.5]]}
     # readable output
     result = run("index", "search", tmp_path / "idx", queries, "-k", 2)
     assert result.exit_code == 0
@@ -107,11 +108,25 @@ def test_errors_are_clear(tmp_path):
     not_npz = tmp_path / "x.npz"
     not_npz.write_text("hello")
     result = run("index", "build", not_npz, "--out", tmp_path / "idx")
-    assert result.exit_code != 0 and "cannot read as npz" in result.output
+    assert result.exit_code != 0 and f"{not_npz}: expected an .npz archive" in result.output
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((3, 4)))
+    result = run("index", "build", npy, "--out", tmp_path / "idx")
+    assert result.exit_code != 0 and f"{npy}: expected an .npz archive" in result.output
+    complex_x = write(tmp_path / "c.npz", np.ones((3, 4), dtype=np.complex64))
+    result = run("index", "build", complex_x, "--out", tmp_path / "idx")
+    assert result.exit_code != 0 and "expected real numbers in 'X', got dtype complex64" in result.output
+    result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "faiss")
+    assert result.exit_code != 0 and "'faiss' takes a factory string" in result.output
+    result = run("index", "build", emb, "--out", emb / "idx")  # under a file
+    assert result.exit_code != 0 and "Traceback" not in result.output and str(emb) in result.output
+    assert not (tmp_path / "idx").exists()
     assert run("index", "build", emb, "--out", tmp_path / "idx").exit_code == 0
     queries = write(tmp_path / "q.npz", np.zeros((1, 3), dtype=np.float32))
     result = run("index", "search", tmp_path / "idx", queries, "--json")
     assert result.exit_code != 0 and "queries: expected dimension 4 like the index, got 3" in result.output
+    result = run("index", "search", tmp_path / "idx", queries, "-k", 0)
+    assert result.exit_code != 0 and "0 is not in the range x>=1" in result.output
     ids_file = tmp_path / "idx" / "ids.npy"
     ids_file.write_bytes(ids_file.read_bytes()[:-8])
     result = run("index", "search", tmp_path / "idx", write(tmp_path / "q4.npz", np.zeros((1, 4))))

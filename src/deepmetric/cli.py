@@ -35,7 +35,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        except (ValueError, KeyError, TypeError, OSError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(f"{type(err).__name__}: {message}") from err
 
@@ -116,6 +116,9 @@ def _run_embeddings(ctx, run_dir, data, split):
     overrides = ([f"data={data}"] if data else []) + ([f"split={split}"] if split else [])
     config = _config_with_data_dir(resolve(config, overrides), ctx)
     _, test = load_data(config)
+    if list(test.x.shape[1:]) != list(state["in_shape"]):
+        raise click.ClickException(f"--data: the model takes inputs of shape {tuple(state['in_shape'])}, "
+                                   f"the data {test.name!r} has {tuple(test.x.shape[1:])}")
     return embed(model, test.x, progress=True), test, state
 
 
@@ -124,7 +127,7 @@ def _run_embeddings(ctx, run_dir, data, split):
 @click.option("--data", default=None, help="Data SPEC (default: the run's data).")
 @click.option("--split", default=None, help="Split whose test part is evaluated (default: the run's; 'all' for everything).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Also write metrics to this JSON file.")
-@click.option("-k", "--k", "k", type=int, default=None,
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=None,
               help="Also report recall, precision, mAP and NDCG at this k "
                    "(besides 1, 2, 4, 8, 10, 100 where the gallery allows).")
 @click.option("--full-map", is_flag=True,
@@ -140,6 +143,8 @@ def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class, exclu
     """Evaluate a trained run on the test part of its data (query-in-gallery): every applicable metric,
     one column per hierarchy level when the labels have levels."""
     from deepmetric.evaluation import evaluate as evaluate_embeddings
+    if json_file and not Path(json_file).resolve().parent.is_dir():  # fail before the work, not after
+        raise click.ClickException(f"--json: no directory {Path(json_file).resolve().parent} to write {json_file} in")
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
     if exclude_groups and test.groups is None:
         raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
@@ -191,8 +196,9 @@ def _read_vectors(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: cannot read as npz without pickles: {err}") from None
+    except (ValueError, OSError, TypeError, AttributeError):  # .npy arrays and other files are no archives
+        raise ValueError(f"{path}: expected an .npz archive (numpy.savez) holding an (N, D) array 'X', "
+                         f"without pickled objects") from None
     if "X" not in arrays or arrays["X"].ndim != 2:
         raise ValueError(f"{path}: expected an (N, D) array 'X', got arrays {sorted(arrays)}")
     if "distance" in arrays:
@@ -205,16 +211,19 @@ def _read_vectors(path) -> dict:
     return arrays
 
 
-def _float_array(x):
+def _float_array(x, path):
     import numpy as np
-    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: expected real numbers in 'X', got dtype {x.dtype}")
+    return x if x.dtype.kind == "f" else x.astype(np.float32)
 
 
 @index_group.command("build")
 @click.argument("embeddings", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
 @click.option("--backend", default="exact", show_default=True,
-              help="exact, flat, ivf-flat, hnsw, ivf-pq, binary, or any faiss factory string (e.g. IVF64,PQ16).")
+              help="exact, flat, ivf-flat, hnsw, ivf-pq, ivf-fastscan, binary, or any faiss factory string "
+                   "(e.g. IVF64,PQ16).")
 @click.option("--distance", default=None,
               help="Distance (default: the one recorded in the file, else euclidean; hamming for binary).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
@@ -236,8 +245,10 @@ def index_build(embeddings, out, backend, distance, options):
         index = dmi.create("binary", distance=distance or "hamming", **kwargs)
     else:
         distance = distance or arrays.get("distance") or "euclidean"
-        x = _float_array(x)
-        if backend in dmi.INDEXES and backend != "faiss":
+        x = _float_array(x, embeddings)
+        if backend == "faiss":
+            raise ValueError("--backend: 'faiss' takes a factory string; give the string itself, e.g. IVF256,Flat")
+        if backend in dmi.INDEXES:
             index = dmi.create(backend, distance=distance, **kwargs)
         else:
             index = dmi.create("faiss", factory=backend, distance=distance, **kwargs)
@@ -251,17 +262,20 @@ def index_build(embeddings, out, backend, distance, options):
 @index_group.command("search")
 @click.argument("index_dir", type=click.Path(file_okay=False, exists=True))
 @click.argument("queries", type=click.Path(dir_okay=False, exists=True))
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours per query.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Neighbours per query (at most the number of indexed items).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON {ids, distances} (Q x k lists) on stdout.")
 def index_search(index_dir, queries, k, as_json):
-    """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); empty slots are null."""
+    """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); slots an approximate index
+    leaves empty are null."""
     import math
 
     import torch
     from deepmetric import index as dmi
     index = dmi.load(index_dir)
     x = _read_vectors(queries)["X"]
-    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x)), k)
+    k = min(k, len(index))
+    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x, queries)), k)
     names = index.names(ids)
     rows = [[None if math.isinf(v) else v for v in row] for row in distances.tolist()]
     if as_json:
