@@ -68,3 +68,24 @@ def test_shipped_configs_resolve(name):
     from pathlib import Path
     config = load(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     assert config["loss"]["name"] and config["model"]["name"]
+
+
+def test_eval_select_names_a_validation_metric():
+    for good in ("map_at_r", "precision_at_1", "recall_at_4", "ndcg_at_10", "map_at_100", "nmi", "f1"):
+        assert resolve({}, [f"eval.select={good}"])["eval"]["select"] == good
+    for bad in ("map@r", "recall_at_0", "num_queries", "map", 3):
+        with pytest.raises(ConfigError, match="eval.select: expected a validation metric"):
+            resolve({"eval": {"select": bad}})
+
+
+def test_every_metric_of_a_validation_evaluate_can_be_selected():
+    # SELECTABLE must follow deepmetric.evaluate's keys: flat and hierarchical labels, as validation calls it
+    import torch
+
+    import deepmetric as dm
+    from deepmetric.training.config import SELECTABLE
+    x, y = torch.randn(60, 4, generator=torch.Generator().manual_seed(0)), torch.arange(60) % 6
+    for labels in (y, torch.stack([y % 2, y], 1)):
+        metrics = dm.evaluate(x, labels)
+        scores = [k for k, v in metrics.items() if isinstance(v, float) and k != "queries_without_relevant"]
+        assert scores and all(SELECTABLE.fullmatch(k) for k in scores), scores

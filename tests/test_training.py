@@ -79,6 +79,35 @@ def test_resume_with_another_config_is_refused(tmp_path):
         train(resolve({}, [*FAST, "optimizer.lr=0.5"]), tmp_path, progress=False, log=quiet)
 
 
+def test_a_new_run_never_replaces_the_users_files(tmp_path):
+    config = resolve({}, ["epochs=1", *FAST[1:]])
+    mine = tmp_path / "exp"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my notes\nepochs: 1\n")
+    with pytest.raises(ValueError, match="config.yaml is not this run's configuration and would be overwritten"):
+        train(config, mine, progress=False, log=quiet)
+    assert (mine / "config.yaml").read_text() == "# my notes\nepochs: 1\n"
+    (mine / "config.yaml").unlink()
+    (mine / "data.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"holds files a run does not write \(data.npz\)"):
+        train(config, mine, progress=False, log=quiet)
+    assert sorted(p.name for p in mine.iterdir()) == ["data.npz"]
+    # a run stopped before its first checkpoint (only its own config.yaml) starts again
+    reference = train(config, tmp_path / "ref", progress=False, log=quiet)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.yaml").write_text((tmp_path / "ref" / "config.yaml").read_text())
+    assert train(config, stopped, progress=False, log=quiet)["test"] == reference["test"]
+
+
+def test_checkpoints_can_be_selected_by_clustering_metrics(tmp_path):
+    result = train(resolve({}, ["epochs=2", "eval.select=nmi", "eval.nmi=false"]), tmp_path, progress=False, log=quiet)
+    history = result["epochs"]
+    assert all("nmi" in record["val"] for record in history)
+    best = max(range(2), key=lambda i: (history[i]["val"]["nmi"], -i))
+    assert result["best_epoch"] == best + 1
+
+
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
     from deepmetric.training import trainer
     monkeypatch.setattr(trainer, "is_main_process", lambda: False)

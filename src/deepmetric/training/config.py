@@ -5,10 +5,17 @@ A component (``data``, ``model``, ``loss``, ``miner``) is a name or a mapping ``
 Fixed sections (``sampler``, ``optimizer``, ``eval``) only accept the keys listed in ``DEFAULTS``.
 ``losses:`` (a list of loss components, each with optional ``weight`` and its own ``miner``) trains on
 their weighted sum and replaces ``loss`` and ``miner``.
+
+``eval.select`` is the validation metric that picks the checkpoint kept as ``best.pt``: a ranking key
+of :func:`deepmetric.evaluate` (``map_at_r``, ``precision_at_1``, ``r_precision``, ``mrr``,
+``recall_at_{k}``, ``precision_at_{k}``, ``map_at_{k}``, ``ndcg_at_{k}``, ``order_preservation`` for
+hierarchical labels) or a clustering key (``nmi``, ``ami``, ``f1``: k-means then runs every epoch);
+``eval.nmi`` adds the clustering keys to the final test metrics.
 """
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
+#: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set)
+SELECTABLE = re.compile(r"precision_at_1|r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
+                        r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*")
+CLUSTERING_KEYS = ("nmi", "ami", "f1")
 SECTIONS = ("sampler", "optimizer", "eval")
 
 
@@ -67,6 +78,10 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     for key in COMPONENTS:
         out[key] = _component(out[key], key)
     out["losses"] = _loss_list(out["losses"])
+    select = out["eval"]["select"]
+    if not isinstance(select, str) or not SELECTABLE.fullmatch(select):
+        raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "
+                          f"recall_at_4, ndcg_at_10 or nmi, got {select!r}")
     return out
 
 

@@ -10,6 +10,7 @@ import inspect
 import math
 import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.labels import level_ids
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
+from deepmetric.training.config import CLUSTERING_KEYS
 from deepmetric.training.distributed import is_main_process, rank_and_world
 
 
@@ -147,10 +149,33 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "epochs"}
 
 
+#: the files a run directory holds (and the temporary names they are written under)
+RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?")
+
+
+def _check_new_run_dir(out: Path, config_text: str) -> None:
+    """Refuse to start a run in a directory holding anything but an earlier run's files, or a
+    ``config.yaml`` other than this run's (a user's own config file, whose text would be lost)."""
+    if not out.is_dir():
+        if out.exists():
+            raise ValueError(f"out: {out} exists and is not a directory")
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not RUN_FILES.fullmatch(p.name))
+    if foreign:
+        raise ValueError(f"out: {out} holds files a run does not write ({', '.join(foreign[:5])}); "
+                         f"give a new or empty run directory")
+    config_file = out / "config.yaml"
+    if config_file.exists() and config_file.read_text() != config_text:
+        raise ValueError(f"out: {config_file} is not this run's configuration and would be overwritten; "
+                         f"give a new run directory")
+
+
 def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=print) -> dict:
     """Train the model a resolved ``config`` describes and write the run to ``out_dir``.
 
-    Resumes from ``out_dir/last.pt`` when it exists (and ``resume``), continuing to ``epochs``.
+    Resumes from ``out_dir/last.pt`` when it exists (and ``resume``), continuing to ``epochs``. A new
+    run needs a missing or empty directory, or one holding only run files and this run's own
+    ``config.yaml`` (a run stopped before its first checkpoint), so no file of the user's is replaced.
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
@@ -202,9 +227,12 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         log(f"resumed from {last_path} at epoch {start}")
 
     main = is_main_process()
+    config_text = yaml.safe_dump(config, sort_keys=False)
+    if not (resume and last_path.exists()):
+        _check_new_run_dir(out, config_text)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_text(out / "config.yaml", config_text)
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
             "data_files": {**train_set.files, **test_set.files}}
@@ -232,7 +260,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                   "lr": optimizer.param_groups[0]["lr"]}
         if len(val_set):
             val_emb = embed(core, val_set.x, ev["batch_size"])
-            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=False)
+            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=ev["select"] in CLUSTERING_KEYS)
             if ev["select"] not in record["val"]:
                 raise ValueError(f"eval.select: {ev['select']!r} is not among the validation metrics "
                                  f"({', '.join(k for k, v in record['val'].items() if isinstance(v, float))})")
