@@ -59,6 +59,15 @@ def queries_for(index, q=7, seed=99):
     return random_codes(q, index.dim, seed) if index.backend == "binary" else randn(q, index.dim, seed=seed)
 
 
+def pair_distance(a, b, distance):
+    """One distance of float64 vectors, by its definition."""
+    if distance == "euclidean":
+        return float((a - b).norm())
+    if distance == "squared_euclidean":
+        return float((a - b).pow(2).sum())
+    return float(1 - a.dot(b) / (a.norm() * b.norm()))
+
+
 def brute_force_order(dist_row, k):
     """Plain loop: positions sorted by (distance, position), the first k."""
     return sorted(range(len(dist_row)), key=lambda j: (dist_row[j], j))[:k]
@@ -137,6 +146,26 @@ def test_exact_index_errors():
     with pytest.raises(ValueError, match="k: expected an integer >= 1"):
         index.search(torch.randn(1, 2), 0)
     assert len(index) == 3
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+def test_exact_index_distances_of_duplicates_are_zero_and_precise(distance):
+    # |x|^2 + |y|^2 - 2 x.y in float32 leaves ~1e-3 between identical vectors; the results are refined
+    x = randn(300, 16) + 3.0
+    index = dmi.create("exact", distance=distance)
+    index.add(x)
+    index.add(x[:10])  # duplicates: ids 300..309
+    d, ids = index.search(x[:10], 2)
+    assert torch.equal(d, torch.zeros(10, 2))
+    assert ids[:, 0].tolist() == list(range(10)) and ids[:, 1].tolist() == list(range(300, 310))
+    q = randn(20, 16, seed=5) + 3.0
+    d, ids = index.search(q, 10)
+    data = torch.cat([x, x[:10]]).double()
+    for row, (d_row, id_row) in enumerate(zip(d, ids)):
+        true = [pair_distance(q[row].double(), data[j], distance) for j in range(len(data))]
+        expected = brute_force_order(true, 10)
+        assert [true[j] for j in id_row.tolist()] == pytest.approx([true[j] for j in expected], abs=1e-5)
+        assert d_row.tolist() == pytest.approx([true[j] for j in id_row.tolist()], rel=1e-6, abs=1e-7)
 
 
 def test_exact_index_does_not_alias_the_callers_tensor():

@@ -18,6 +18,7 @@ Distances, always returned in ascending order (DESIGN.md):
 """
 from __future__ import annotations
 
+import math
 import re
 
 import faiss
@@ -29,7 +30,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import _check_overflow, _max_norm, _Searcher, search_chunks, unit_rows
+from deepmetric.index.exact import _check_overflow, _max_norm, _Searcher, _sort_rows, search_chunks, unit_rows
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -61,7 +62,8 @@ def _faiss_message(err: Exception) -> str:
 class ExactIndex(Index):
     """Exact (brute-force) k-NN over the added vectors by blocked matrix products in torch
     (:func:`deepmetric.index.knn`): ``d(q, x_i)`` for every stored ``x_i``, the k smallest kept,
-    ties in insertion order, in the precision of the stored vectors. Supports every float distance and
+    ties in insertion order, in the precision of the stored vectors; the k distances returned are
+    recomputed from differences (:meth:`_refine`: duplicates are at distance 0). Supports every float distance and
     :meth:`remove`; the gallery is prepared for search (normalised or centred) once, not per call.
 
     >>> index = ExactIndex("euclidean")
@@ -102,10 +104,36 @@ class ExactIndex(Index):
             if not bool(torch.isfinite(queries).all()):
                 raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored "
                                  f"vectors' type; scale the embeddings down")
-        distances, positions = search_chunks(self._searcher, queries, k)
+        distances, positions = self._refine(queries, *search_chunks(self._searcher, queries, k))
         labels = torch.from_numpy(self._labels).to(positions.device)
         ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
         return distances.float(), ids
+
+    def _refine(self, queries, distances, positions):
+        """The k results' distances recomputed from differences, ``||q - x||`` (squared, or
+        ``||q/|q| - x/|x| ||^2 / 2 = 1 - cos`` for cosine), and each row re-sorted by (distance,
+        insertion order). The search ranks by ``|x|^2 + |q|^2 - 2 q.x``, whose float32 cancellation
+        leaves distances of about 1e-3 between identical vectors; differences give exact zeros, as
+        faiss' flat index does. Only the k found are refined (``dot`` needs nothing)."""
+        if self.distance == "dot" or positions.numel() == 0:
+            return distances, positions
+        searcher = self._searcher
+        if self.distance == "cosine":
+            queries = unit_rows(queries)
+        elif searcher.center is not None:  # the gallery is stored centred; differences do not change
+            queries = queries - searcher.center
+        out = torch.empty_like(distances)
+        step = max(1, (1 << 22) // (positions.shape[1] * queries.shape[1]))
+        for r in range(0, queries.shape[0], step):
+            q, pos = queries[r:r + step, None, :], positions[r:r + step]
+            items = searcher.gallery[pos.clamp_min(0)]
+            d = (items - q).pow(2).sum(2)
+            if self.distance == "euclidean":
+                d = d.sqrt()
+            elif self.distance == "cosine":  # a zero vector has cosine 0 with everything: distance 1
+                d = torch.where((items == 0).all(2) | (q == 0).all(2), 1.0, d / 2)
+            out[r:r + step] = d.masked_fill(pos < 0, math.inf)
+        return _sort_rows(out, positions)
 
     def _remove(self, labels, positions, keep):
         self._vectors = self._vectors[torch.from_numpy(keep).to(self._vectors.device)]
