@@ -595,6 +595,20 @@ def test_bad_options_are_clear():
         dmi.create("ivf-fastscan", refine=0.5)
     with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
         dmi.create("hnsw", nlist=3)
+    for factory in ("LSH", "PCA8,LSH"):  # Hamming distances of faiss' own codes, not the distance asked for
+        index = dmi.create("faiss", factory=factory)
+        with pytest.raises(ValueError, match=f"factory: '{factory}' ranks by the Hamming distance of its own"):
+            index.add(randn(300, 10))
+        assert index.dim is None and len(index) == 0
+
+
+def test_cosine_after_a_transform_with_l2norm_stays_cosine():
+    # PCA to 4 dimensions then L2norm: the cosine of the projected vectors, 0 for an item itself
+    x = randn(300, 10)
+    index = dmi.create("faiss", factory="PCA4,L2norm,Flat", distance="cosine")
+    index.add(x)
+    d, ids = index.search(x[:5], 1)
+    assert ids[:, 0].tolist() == list(range(5)) and d.abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("name", ["exact", "flat", "ivf-flat", "hnsw", "ivf-pq", "faiss", "ivf-fastscan", "binary"])

@@ -183,7 +183,10 @@ class FaissIndex(Index):
 
     Euclidean distances use faiss' L2 metric (``||x - y||^2``, square-rooted for ``euclidean``);
     ``cosine`` and ``dot`` its inner product on normalised resp. raw vectors. Indexes that need
-    training (IVF, PQ) train on the first :meth:`add` or an explicit :meth:`train`. User ids are
+    training (IVF, PQ) train on the first :meth:`add` or an explicit :meth:`train`. A factory string
+    with a vector transform (``PCA64,Flat``, ``OPQ16,IVF256,PQ16``, ``RR``) measures the distance
+    between the transformed vectors; for ``cosine`` put ``L2norm`` after the transform
+    (``PCA64,L2norm,Flat``) so that they stay unit vectors. ``LSH`` is refused. User ids are
     kept by faiss (natively for IVF, else in an ``IndexIDMap``); :meth:`remove` works where faiss can
     (flat, IVF) and raises NotImplementedError elsewhere (e.g. HNSW).
 
@@ -232,6 +235,10 @@ class FaissIndex(Index):
         except RuntimeError as err:
             raise ValueError(f"factory: faiss cannot build {self.factory!r} for dimension {d} and distance "
                              f"{self.distance}: {_faiss_message(err)}") from None
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+        if isinstance(inner, faiss.IndexLSH):
+            raise ValueError(f"factory: {self.factory!r} ranks by the Hamming distance of its own bit codes, not "
+                             f"by {self.distance}; for binary codes use deepmetric.codes and the 'binary' index")
         self._configure(index)
         self._index = _with_ids(index)
 
