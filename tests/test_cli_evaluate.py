@@ -101,6 +101,18 @@ def test_evaluate_errors_are_clear(run_dir, tmp_path):
     assert result.exit_code != 0 and "'many' is not a valid integer" in result.output
 
 
+def test_evaluate_writes_a_report_with_plots(run_dir, tmp_path):
+    result = run("evaluate", run_dir, "--report", tmp_path / "r.html", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.html").read_text()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert f"<td>map_at_r</td><td>{metrics['map_at_r']:.4f}</td>" in text
+    # digits are 64 features, not images: recall curve and embeddings, no neighbour grid
+    assert text.count("data:image/png;base64,") == 2 and "Test embeddings" in text and "Nearest" not in text
+    result = run("evaluate", run_dir, "--report", tmp_path / "missing" / "r.html")
+    assert result.exit_code != 0 and f"--report: no directory {tmp_path / 'missing'}" in result.output
+
+
 def test_format_table_hand_worked():
     table = format_table({"a": {"x": 0.5, "n": 3}, "bb": {"x": 1.0}}, keys=("x", "n"))
     # first column as wide as the longest name + 2, then each column max(len(key) + 2, 12) wide

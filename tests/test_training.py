@@ -37,7 +37,8 @@ def test_training_writes_a_run_and_beats_raw_features(tmp_path):
     result = train(config, out, progress=False, log=quiet)
     tmp_path = out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "report.html"]
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "Test embeddings" in report  # features: no images
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["map_at_r"] == pytest.approx(result["test"]["map_at_r"])
     assert len(saved["epochs"]) == 8 and "val" in saved["epochs"][0]
@@ -167,7 +168,7 @@ def test_hierarchical_labels_train_with_super_class_batches_and_report_levels(tm
     test = result["test"]
     assert {"level_0", "level_1", "level_1_within_parent"} <= set(test) and 0 <= test["order_preservation"] <= 1
     report = (tmp_path / "run" / "report.html").read_text()
-    assert "Test distance distributions" in report and report.count("data:image/png;base64,") == 3
+    assert "Test distance distributions" in report and report.count("data:image/png;base64,") == 4
     with pytest.raises(ValueError, match="classes_per_super_class: needs hierarchical"):
         train(resolve({}, FAST + ["sampler.classes_per_super_class=2"]), tmp_path / "flat", progress=False, log=quiet)
     with pytest.raises(ValueError, match="batch_size: expected a multiple of"):

@@ -127,6 +127,9 @@ def _run_embeddings(ctx, run_dir, data, split):
 @click.option("--data", default=None, help="Data SPEC (default: the run's data).")
 @click.option("--split", default=None, help="Split whose test part is evaluated (default: the run's; 'all' for everything).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Also write metrics to this JSON file.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML report: metrics, recall curve, embeddings in 2-D, and for images the "
+                   "nearest neighbours of a few queries.")
 @click.option("-k", "--k", "k", type=click.IntRange(min=1), default=None,
               help="Also report recall, precision, mAP and NDCG at this k "
                    "(besides 1, 2, 4, 8, 10, 100 where the gallery allows).")
@@ -139,12 +142,13 @@ def _run_embeddings(ctx, run_dir, data, split):
 @click.option("--kmeans", type=click.Choice(["sklearn", "faiss"]), default="sklearn", show_default=True,
               help="k-means for NMI/AMI/F1 (faiss is much faster with many classes).")
 @click.pass_context
-def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class, exclude_groups, kmeans):
+def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per_class, exclude_groups, kmeans):
     """Evaluate a trained run on the test part of its data (query-in-gallery): every applicable metric,
     one column per hierarchy level when the labels have levels."""
     from deepmetric.evaluation import evaluate as evaluate_embeddings
-    if json_file and not Path(json_file).resolve().parent.is_dir():  # fail before the work, not after
-        raise click.ClickException(f"--json: no directory {Path(json_file).resolve().parent} to write {json_file} in")
+    for option, file in (("--json", json_file), ("--report", report_file)):  # fail before the work, not after
+        if file and not Path(file).resolve().parent.is_dir():
+            raise click.ClickException(f"{option}: no directory {Path(file).resolve().parent} to write {file} in")
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
     if exclude_groups and test.groups is None:
         raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
@@ -165,6 +169,11 @@ def evaluate(ctx, run_dir, data, split, json_file, k, full_map, per_class, exclu
     if json_file:
         write_json(json_file, metrics)
         click.echo(f"metrics written to {json_file}")
+    if report_file:
+        from deepmetric.report import write_evaluation_report
+        write_evaluation_report(report_file, metrics, emb, test.y, state["distance"], test.x,
+                                title=f"evaluation of {Path(run_dir).name} on {test.name}")
+        click.echo(f"report written to {report_file}")
 
 
 @main.command()

@@ -1,4 +1,6 @@
-"""HTML report of a run: training curves and test retrieval metrics, with plots embedded as PNG."""
+"""HTML reports with plots embedded as PNG: a run's (training curves, test metrics) and an evaluation's
+(metrics, recall curve, the embeddings projected to 2-D, and for image data the nearest neighbours of
+a few queries)."""
 from __future__ import annotations
 
 import base64
@@ -6,7 +8,10 @@ import html
 import io
 from pathlib import Path
 
+import torch
+
 from deepmetric._io import write_text
+from deepmetric.labels import is_hierarchical, is_multilabel, level_ids, same_mask
 
 
 def _png(fig) -> str:
@@ -29,11 +34,16 @@ def distance_histogram(ax, distances: dict, title: str = "") -> None:
     ax.legend()
 
 
-def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]]:
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]]:
+    """Training curves, and the histograms of ``distances``."""
+    plt = _pyplot()
     epochs = metrics["epochs"]
     figures = []
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -48,15 +58,6 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
     ax[1].set(xlabel="epoch", title="Validation classes")
     figures.append(("Training", _png(fig)))
     plt.close(fig)
-    test = metrics.get("test")
-    if test:
-        ks = sorted(int(k.rsplit("_", 1)[1]) for k in test if k.startswith("recall_at_"))
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(ks, [test[f"recall_at_{k}"] for k in ks], marker="o")
-        ax.set(xscale="log", xlabel="K", ylabel="Recall@K (hit rate)", ylim=(0, 1.02), title="Test recall curve")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        figures.append(("Test recall@K", _png(fig)))
-        plt.close(fig)
     if distances:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         distance_histogram(ax, distances, "Test distances by relation (sampled quadlets)")
@@ -65,17 +66,140 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
     return figures
 
 
-def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = None) -> Path:
-    """Write ``run_dir/report.html`` from a run's ``metrics.json`` content and return its path;
-    ``distances`` (``{relation: 1-D array}``, e.g. from
-    :func:`deepmetric.evaluation.hierarchy.quadlet_distances`) adds their histograms."""
-    path = Path(run_dir) / "report.html"
+def recall_figure(metrics: dict) -> tuple[str, str]:
+    """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``."""
+    plt = _pyplot()
+    ks = sorted(int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("recall_at_"))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(ks, [metrics[f"recall_at_{k}"] for k in ks], marker="o")
+    ax.set(xscale="log", xlabel="K", ylabel="Recall@K (hit rate)", ylim=(0, 1.02), title="Test recall curve")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    figure = ("Test recall@K", _png(fig))
+    plt.close(fig)
+    return figure
+
+
+def _classes(labels: torch.Tensor) -> torch.Tensor:
+    """One class id per item: the label, or the finest class of a hierarchy."""
+    return level_ids(labels)[:, -1] if is_hierarchical(labels) else labels
+
+
+def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes: int = 10,
+                     max_points: int = 5000) -> tuple[str, str] | None:
+    """The items of the ``max_classes`` largest classes on the first two principal axes of the
+    embeddings (PCA of at most ``max_points`` items, taken evenly), one colour per class; None for
+    multi-label labels."""
+    if is_multilabel(labels) or embeddings.shape[0] < 2:
+        return None
+    plt = _pyplot()
+    pick = torch.linspace(0, embeddings.shape[0] - 1, min(max_points, embeddings.shape[0])).long()
+    x, classes = embeddings[pick].double(), _classes(labels)[pick]
+    x = x - x.mean(0)
+    axes = torch.linalg.svd(x, full_matrices=False).Vh[:2]
+    xy = (x @ axes.T).numpy()
+    values, counts = classes.unique(return_counts=True)
+    largest = values[counts.argsort(descending=True, stable=True)[:max_classes]]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for c in largest.tolist():
+        rows = (classes == c).numpy()
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=str(c))
+    ax.set(xlabel="principal axis 1", ylabel="principal axis 2",
+           title=f"Embeddings of the {len(largest)} largest classes (PCA)")
+    ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    figure = ("Test embeddings", _png(fig))
+    plt.close(fig)
+    return figure
+
+
+def nearest_neighbours(embeddings: torch.Tensor, labels: torch.Tensor, distance: str, queries: torch.Tensor,
+                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, relevant)`` ``(len(queries), k)``: each query item's k nearest other items (exact
+    search, ties in item order) and whether each is relevant to it (same class; the finest class of
+    a hierarchy; a shared label for multi-label)."""
+    from deepmetric.index import knn
+    k = min(k, embeddings.shape[0] - 1)
+    _, ids = knn(embeddings[queries], embeddings, k, distance, query_groups=queries,
+                 gallery_groups=torch.arange(embeddings.shape[0]))
+    relevant = same_mask(labels[queries], labels).gather(1, ids)
+    return ids, relevant
+
+
+def _is_image(x: torch.Tensor) -> bool:
+    return x.dim() == 3 or (x.dim() == 4 and x.shape[1] in (1, 3))
+
+
+def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
+                      n_queries: int = 6, k: int = 8) -> tuple[str, str] | None:
+    """For image inputs (``(N, H, W)`` or ``(N, C, H, W)``, C = 1 or 3): ``n_queries`` queries taken
+    evenly over the items, each followed by its k nearest neighbours, framed green when relevant and
+    red when not; None for other inputs or fewer than 2 items."""
+    if not _is_image(inputs) or inputs.shape[0] < 2:
+        return None
+    plt = _pyplot()
+    queries = torch.linspace(0, inputs.shape[0] - 1, min(n_queries, inputs.shape[0])).long().unique()
+    ids, relevant = nearest_neighbours(embeddings, labels, distance, queries, k)
+    fig, axes = plt.subplots(len(queries), ids.shape[1] + 1, squeeze=False,
+                             figsize=(1.1 * (ids.shape[1] + 1), 1.1 * len(queries)))
+
+    def show(ax, item, colour):
+        image = inputs[item].float()
+        image = image.permute(1, 2, 0) if image.dim() == 3 else image
+        image = image.squeeze(-1) if image.dim() == 3 and image.shape[-1] == 1 else image
+        low, high = float(image.min()), float(image.max())
+        ax.imshow(((image - low) / (high - low if high > low else 1.0)).numpy(), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set(color=colour, linewidth=3)
+
+    for row, q in enumerate(queries.tolist()):
+        show(axes[row, 0], q, "black")
+        for col in range(ids.shape[1]):
+            show(axes[row, col + 1], int(ids[row, col]), "green" if relevant[row, col] else "red")
+    axes[0, 0].set_title("query", fontsize=8)
+    figure = (f"Nearest neighbours (green: relevant, red: not; {distance} distance)", _png(fig))
+    plt.close(fig)
+    return figure
+
+
+def evaluation_figures(metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
+                       inputs: torch.Tensor | None = None) -> list[tuple[str, str]]:
+    """The plots of an evaluation: recall curve, embeddings, and nearest neighbours of image inputs."""
+    figures = [recall_figure(metrics), embedding_figure(embeddings, labels)]
+    if inputs is not None:
+        figures.append(neighbours_figure(inputs, embeddings, labels, distance))
+    return [f for f in figures if f is not None]
+
+
+def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list[tuple[str, str]]) -> Path:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
-                   for k, v in (metrics.get("test") or {}).items() if isinstance(v, float))
-    images = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>"
-                     for title, data in _plots(metrics, distances))
-    write_text(path, f"<!doctype html><meta charset='utf-8'><title>deepmetric run</title>"
-                     f"<h1>deepmetric run: {html.escape(str(Path(run_dir).name))}</h1>"
-                     f"<p>distance: {html.escape(metrics['distance'])}, best epoch {metrics['best_epoch']}</p>"
+                   for k, v in metrics.items() if isinstance(v, float))
+    images = "".join(f"<h2>{html.escape(name)}</h2><img src='data:image/png;base64,{data}'>" for name, data in figures)
+    write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                     f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
                      f"<h2>Test metrics</h2><table>{rows}</table>{images}")
     return path
+
+
+def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = None, test=None) -> Path:
+    """Write ``run_dir/report.html`` from a run's ``metrics.json`` content and return its path;
+    ``distances`` (``{relation: 1-D array}``, e.g. from
+    :func:`deepmetric.evaluation.hierarchy.quadlet_distances`) adds their histograms, and ``test``
+    ``(inputs, embeddings, labels)`` the plots of :func:`evaluation_figures`."""
+    figures = _plots(metrics, distances)
+    if metrics.get("test") and test is not None:
+        inputs, embeddings, labels = test
+        figures += evaluation_figures(metrics["test"], embeddings, labels, metrics["distance"], inputs)
+    elif metrics.get("test"):
+        figures.append(recall_figure(metrics["test"]))
+    return _write_html(Path(run_dir) / "report.html", f"deepmetric run: {Path(run_dir).name}",
+                       f"distance: {metrics['distance']}, best epoch {metrics['best_epoch']}",
+                       metrics.get("test") or {}, figures)
+
+
+def write_evaluation_report(path: str | Path, metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor,
+                            distance: str, inputs: torch.Tensor | None = None, title: str = "evaluation") -> Path:
+    """Write an HTML report of ``metrics`` (as :func:`deepmetric.evaluate` returns them) with the
+    plots of :func:`evaluation_figures` to ``path`` and return it."""
+    return _write_html(Path(path), f"deepmetric {title}", f"distance: {distance}, {embeddings.shape[0]} items",
+                       metrics, evaluation_figures(metrics, embeddings, labels, distance, inputs))

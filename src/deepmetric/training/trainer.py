@@ -294,7 +294,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if "order_preservation" in result["test"]:
             relations = ("same sub-class", "same class", "other class")
             distances = dict(zip(relations, quadlet_distances(test_emb, test_set.y, distance, samples=100_000)))
-        write_report(out, result, distances)
+        write_report(out, result, distances, test=(test_set.x, test_emb, test_set.y))
     return result
 
 

@@ -1,0 +1,44 @@
+"""Report plots: which appear for which data, and the neighbours they show (hand-worked)."""
+import torch
+
+from deepmetric.report import (embedding_figure, evaluation_figures, nearest_neighbours, neighbours_figure,
+                               write_evaluation_report)
+
+
+def test_nearest_neighbours_hand_worked():
+    # items on a line at 0, 1, 3, 4, 10 with classes 0, 0, 1, 1, 0
+    # item 0: 1 (d 1, same), 3 (d 3, other), 4 (d 4, other); item 2: 3 (d 1, same), 1 (d 2, other), 4 (d 3, other)
+    x = torch.tensor([[0.0], [1.0], [3.0], [4.0], [10.0]])
+    y = torch.tensor([0, 0, 1, 1, 0])
+    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0, 2]), 3)
+    assert ids.tolist() == [[1, 2, 3], [3, 1, 0]]
+    assert relevant.tolist() == [[True, False, False], [True, False, False]]
+    # k beyond the other items: all of them; hierarchical labels judge the finest class
+    ids, relevant = nearest_neighbours(x, torch.stack([torch.zeros(5, dtype=torch.long), y], 1), "euclidean",
+                                       torch.tensor([4]), 10)
+    assert ids.tolist() == [[3, 2, 1, 0]] and relevant.tolist() == [[False, False, True, True]]
+
+
+def test_which_plots_appear():
+    gen = torch.Generator().manual_seed(0)
+    emb, y = torch.randn(40, 5, generator=gen), torch.arange(40) % 4
+    metrics = {"recall_at_1": 0.5, "recall_at_2": 0.7}
+    images = torch.rand(40, 1, 6, 6, generator=gen)
+    names = [name for name, _ in evaluation_figures(metrics, emb, y, "euclidean")]
+    assert names == ["Test recall@K", "Test embeddings"]
+    names = [name for name, _ in evaluation_figures(metrics, emb, y, "cosine", inputs=images)]
+    assert names == ["Test recall@K", "Test embeddings",
+                     "Nearest neighbours (green: relevant, red: not; cosine distance)"]
+    assert neighbours_figure(images[:, 0], emb, y, "euclidean") is not None  # (N, H, W) images
+    assert neighbours_figure(torch.rand(40, 36, generator=gen), emb, y, "euclidean") is None  # features
+    assert embedding_figure(emb, torch.rand(40, 3, generator=gen) < 0.5) is None  # multi-label
+
+
+def test_write_evaluation_report(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    emb, y = torch.randn(30, 4, generator=gen), torch.arange(30) % 3
+    path = write_evaluation_report(tmp_path / "r.html", {"recall_at_1": 0.25, "num_queries": 30}, emb, y, "euclidean",
+                                   inputs=torch.rand(30, 3, 5, 5, generator=gen), title="test <set>")
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 3 and "<td>recall_at_1</td><td>0.2500</td>" in text
+    assert "deepmetric test &lt;set&gt;" in text and "num_queries" not in text  # floats only, escaped
