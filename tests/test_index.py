@@ -168,6 +168,45 @@ def test_exact_index_distances_of_duplicates_are_zero_and_precise(distance):
         assert d_row.tolist() == pytest.approx([true[j] for j in id_row.tolist()], rel=1e-6, abs=1e-7)
 
 
+def test_exact_index_orders_near_duplicates_whatever_k():
+    # two near-duplicates 1e-4 from each query among 2,000 items: float32 products cannot order them,
+    # the refined distances can; the nearest is the same for every k and the float64 truth
+    gen = torch.Generator().manual_seed(0)
+    g, q = torch.randn(2000, 32, generator=gen), torch.randn(50, 32, generator=gen)
+    data = torch.cat([g, q.repeat_interleave(2, 0) + 1e-4 * torch.randn(100, 32, generator=gen)])
+    index = dmi.create("exact")
+    index.add(data)
+    first = index.search(q, 1)[1][:, 0]
+    truth = torch.cdist(q.double(), data.double()).argsort(dim=1, stable=True)
+    assert torch.equal(first, truth[:, 0])
+    for k in (2, 5, 40):
+        assert torch.equal(index.search(q, k)[1], truth[:, :k])
+
+
+def test_cosine_of_vectors_with_tiny_norms_is_their_direction():
+    # [1e-13, 0] points the same way as [1, 0]: cosine 1, distance 0 (a clamped norm would say 1)
+    index = dmi.create("exact", distance="cosine")
+    index.add(torch.tensor([[1e-13, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    d, ids = index.search(torch.tensor([[1.0, 0.0]], dtype=torch.float64), 2)
+    assert ids.tolist() == [[0, 1]] and d.tolist() == [[0.0, 1.0]]
+    d, ids = dmi.knn(torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+                     torch.tensor([[1e-13, 0.0], [0.0, 1.0]], dtype=torch.float64), 2, "cosine")
+    assert ids.tolist() == [[0, 1]] and d[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["exact", "flat"])
+def test_empty_adds(name):
+    index = dmi.create(name)
+    index.add(torch.zeros(0, 4))  # fixes the dimension, holds nothing
+    assert index.dim == 4 and len(index) == 0
+    with pytest.raises(ValueError, match="the index is empty"):
+        index.search(randn(1, 4), 1)
+    strings = dmi.create(name)
+    strings.add(torch.zeros(0, 4), ids=np.array([], dtype=str))  # an empty array of strings: string ids
+    strings.add(randn(1, 4), ids=["x"])
+    assert strings.names(strings.search(randn(1, 4), 1)[1]) == [["x"]]
+
+
 def test_exact_index_does_not_alias_the_callers_tensor():
     x = torch.tensor([[0.0], [5.0]])
     index = ExactIndex()
@@ -595,7 +634,7 @@ def test_bad_options_are_clear():
         dmi.create("ivf-fastscan", refine=0.5)
     with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
         dmi.create("hnsw", nlist=3)
-    for factory in ("LSH", "PCA8,LSH"):  # Hamming distances of faiss' own codes, not the distance asked for
+    for factory in ("LSH", "PCA8,LSH", "IDMap,LSH", "IDMap2,PCA8,LSH"):  # Hamming distances of faiss' own codes, not the distance asked for
         index = dmi.create("faiss", factory=factory)
         with pytest.raises(ValueError, match=f"factory: '{factory}' ranks by the Hamming distance of its own"):
             index.add(randn(300, 10))
@@ -828,6 +867,31 @@ def test_crash_during_save_keeps_the_old_index(name, target, tmp_path, monkeypat
     assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
     new.save(tmp_path / "idx")  # a later save replaces it
     assert len(dmi.load(tmp_path / "idx")) == 80 and leftovers(tmp_path) == []
+
+
+def test_next_default_id_in_the_manifest_is_checked(tmp_path):
+    from deepmetric.index.base import _manifest_checksum
+
+    def rewrite(directory, **fields):
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest.update(fields)
+        for key in [k for k, v in fields.items() if v is None]:
+            del manifest[key]
+        manifest["checksum"] = _manifest_checksum(manifest)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    directory = built("exact", n=4).save(tmp_path / "idx")
+    rewrite(directory, next_id=2)
+    with pytest.raises(ValueError, match="next_id 2 must be an integer above the largest id 3"):
+        dmi.load(directory)
+    rewrite(directory, next_id=None)  # saved before next_id existed: one past the largest id
+    index = dmi.load(directory)
+    index.add(randn(1, 8))
+    assert index.names(torch.tensor([[4]])) == [[4]]
+    big = built("exact", n=1, ids=torch.tensor([2**63 - 1])).save(tmp_path / "big")
+    rewrite(big, next_id=None)
+    with pytest.raises(ValueError, match="would pass the int64 range"):
+        dmi.load(big).add(randn(1, 8))
 
 
 def test_interrupted_swap_is_reported_on_load(tmp_path):

@@ -18,7 +18,6 @@ Distances, always returned in ascending order (DESIGN.md):
 """
 from __future__ import annotations
 
-import math
 import re
 
 import faiss
@@ -30,7 +29,8 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import _check_overflow, _max_norm, _Searcher, _sort_rows, search_chunks, unit_rows
+from deepmetric.index.exact import (_center, _check_overflow, _max_norm, _Searcher, _sort_rows, search_chunks,
+                                   unit_rows)
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -60,11 +60,13 @@ def _faiss_message(err: Exception) -> str:
 
 @INDEXES.register("exact")
 class ExactIndex(Index):
-    """Exact (brute-force) k-NN over the added vectors by blocked matrix products in torch
-    (:func:`deepmetric.index.knn`): ``d(q, x_i)`` for every stored ``x_i``, the k smallest kept,
-    ties in insertion order, in the precision of the stored vectors; the k distances returned are
-    recomputed from differences (:meth:`_refine`: duplicates are at distance 0). Supports every float distance and
-    :meth:`remove`; the gallery is prepared for search (normalised or centred) once, not per call.
+    """Exact (brute-force) k-NN over the added vectors, ties in insertion order, in the precision of
+    the stored vectors: the ``k + REFINE_MARGIN`` best by blocked matrix products in torch
+    (:func:`deepmetric.index.knn`), then ranked by their distances recomputed from differences
+    (:meth:`_refine`), so that duplicates are at distance 0 and near-duplicates in their true order
+    (unless more than ``REFINE_MARGIN`` items lie within float rounding of the k-th). Supports every
+    float distance and :meth:`remove`; the gallery is prepared for search (normalised or centred)
+    once, not per call.
 
     >>> index = ExactIndex("euclidean")
     >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
@@ -73,6 +75,8 @@ class ExactIndex(Index):
     """
 
     backend = "exact"
+    #: candidates searched beyond k by the product score and refined from differences
+    REFINE_MARGIN = 16
 
     def __init__(self, distance: str = "euclidean"):
         super().__init__(check_distance(distance))
@@ -89,13 +93,14 @@ class ExactIndex(Index):
             vectors = x.clone()
         else:
             vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
-        searcher = _Searcher(vectors, self.distance)
-        if self.distance != "cosine":  # a query as far out as the farthest item must not overflow
-            _check_overflow(2 * searcher.max_norm, self.distance, vectors.dtype, "vectors")
-        self._vectors, self._searcher = vectors, searcher
+        if self.distance != "cosine" and vectors.shape[0]:  # a query as far out as the farthest item must fit
+            center = _center(vectors) if self.distance != "dot" else None  # as the search will see them
+            _check_overflow(2 * _max_norm(vectors, center), self.distance, vectors.dtype, "vectors")
+        self._vectors, self._searcher = vectors, None
 
     def _search(self, queries, k):
-        """Queries in the stored vectors' dtype and device, against the gallery prepared once."""
+        """Queries in the stored vectors' dtype and device, against the gallery prepared once: the
+        ``k + REFINE_MARGIN`` best by the product score, refined (:meth:`_refine`), the k best kept."""
         if self._searcher is None:
             self._searcher = _Searcher(self._vectors, self.distance)
         queries = queries.to(device=self._vectors.device)
@@ -104,17 +109,17 @@ class ExactIndex(Index):
             if not bool(torch.isfinite(queries).all()):
                 raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored "
                                  f"vectors' type; scale the embeddings down")
-        distances, positions = self._refine(queries, *search_chunks(self._searcher, queries, k))
-        labels = torch.from_numpy(self._labels).to(positions.device)
-        ids = torch.where(positions >= 0, labels[positions.clamp_min(0)], positions)
-        return distances.float(), ids
+        depth = k if self.distance == "dot" else min(len(self), k + self.REFINE_MARGIN)
+        distances, positions = self._refine(queries, *search_chunks(self._searcher, queries, depth))
+        ids = torch.from_numpy(self._labels).to(positions.device)[positions[:, :k]]
+        return distances[:, :k].float(), ids
 
     def _refine(self, queries, distances, positions):
-        """The k results' distances recomputed from differences, ``||q - x||`` (squared, or
-        ``||q/|q| - x/|x| ||^2 / 2 = 1 - cos`` for cosine), and each row re-sorted by (distance,
-        insertion order). The search ranks by ``|x|^2 + |q|^2 - 2 q.x``, whose float32 cancellation
-        leaves distances of about 1e-3 between identical vectors; differences give exact zeros, as
-        faiss' flat index does. Only the k found are refined (``dot`` needs nothing)."""
+        """Candidates' distances recomputed from differences, ``||q - x||`` (squared, or
+        ``||q/|q| - x/|x| ||^2 / 2 = 1 - cos`` for cosine), each row sorted by (distance, insertion
+        order). The search ranks by ``|x|^2 + |q|^2 - 2 q.x``, whose float32 cancellation leaves about
+        1e-3 between identical vectors and cannot order near-duplicates; differences give exact zeros,
+        as faiss' flat index does. ``dot`` has no cancellation and is returned as it is."""
         if self.distance == "dot" or positions.numel() == 0:
             return distances, positions
         searcher = self._searcher
@@ -122,17 +127,17 @@ class ExactIndex(Index):
             queries = unit_rows(queries)
         elif searcher.center is not None:  # the gallery is stored centred; differences do not change
             queries = queries - searcher.center
+        positions = positions.sort(dim=1).values  # ascending insertion order, kept among ties below
         out = torch.empty_like(distances)
         step = max(1, (1 << 22) // (positions.shape[1] * queries.shape[1]))
         for r in range(0, queries.shape[0], step):
-            q, pos = queries[r:r + step, None, :], positions[r:r + step]
-            items = searcher.gallery[pos.clamp_min(0)]
+            q, items = queries[r:r + step, None, :], searcher.gallery[positions[r:r + step]]
             d = (items - q).pow(2).sum(2)
             if self.distance == "euclidean":
                 d = d.sqrt()
             elif self.distance == "cosine":  # a zero vector has cosine 0 with everything: distance 1
                 d = torch.where((items == 0).all(2) | (q == 0).all(2), 1.0, d / 2)
-            out[r:r + step] = d.masked_fill(pos < 0, math.inf)
+            out[r:r + step] = d
         return _sort_rows(out, positions)
 
     def _remove(self, labels, positions, keep):
@@ -235,7 +240,9 @@ class FaissIndex(Index):
         except RuntimeError as err:
             raise ValueError(f"factory: faiss cannot build {self.factory!r} for dimension {d} and distance "
                              f"{self.distance}: {_faiss_message(err)}") from None
-        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+        inner = index
+        while isinstance(inner, (faiss.IndexPreTransform, faiss.IndexIDMap, faiss.IndexIDMap2)):
+            inner = faiss.downcast_index(inner.index)
         if isinstance(inner, faiss.IndexLSH):
             raise ValueError(f"factory: {self.factory!r} ranks by the Hamming distance of its own bit codes, not "
                              f"by {self.distance}; for binary codes use deepmetric.codes and the 'binary' index")

@@ -257,8 +257,9 @@ class Index:
                 raise ValueError("ids: this index has string ids; pass one string id per vector")
             return self._default_labels(n), None
         ids, is_string = _parse_ids(ids, n)
-        if n == 0:  # no ids: of either type
-            return np.empty(0, dtype=np.int64), (np.empty(0, dtype=str) if self._string_ids else None)
+        if n == 0:  # an empty list of ids fits either type; an empty array of strings makes a string index
+            string = is_string if self._string_ids is None else self._string_ids
+            return np.empty(0, dtype=np.int64), (np.empty(0, dtype=str) if string else None)
         if self._string_ids is not None and is_string != self._string_ids:
             kinds = ("int64", "string") if self._string_ids else ("string", "int64")
             raise TypeError(f"ids: this index has {kinds[1]} ids, got {kinds[0]} ids")
@@ -401,7 +402,11 @@ class Index:
         index._read(directory, manifest)
         index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
         index._string_ids = manifest["ids"] == "string"
-        index._next_id = int(manifest.get("next_id", index._labels.max() + 1 if count else 0))
+        largest = int(index._labels.max()) if count else -1
+        index._next_id = manifest.get("next_id", largest + 1)  # saved before next_id: one past the largest
+        if isinstance(index._next_id, bool) or not isinstance(index._next_id, int) or index._next_id <= largest:
+            raise ValueError(f"{directory / MANIFEST}: next_id {index._next_id!r} must be an integer above the "
+                             f"largest id {largest}")
         if index._string_ids:
             names = json.loads((directory / "ids.json").read_text())
             if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):

@@ -228,13 +228,17 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     for rows, chunk in zip(out.split(_ROWS), x.split(_ROWS)):
         chunk = chunk.double()
-        rows.copy_(chunk / chunk.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        norms = chunk.norm(dim=1, keepdim=True)
+        rows.copy_(chunk / torch.where(norms > 0, norms, 1.0))
     return out
 
 
-def _max_norm(x: torch.Tensor) -> float:
-    """The largest row norm, computed in float64 chunk by chunk."""
-    return max((float(c.double().norm(dim=1).max()) for c in x.split(_ROWS)), default=0.0)
+def _max_norm(x: torch.Tensor, center: torch.Tensor | None = None) -> float:
+    """The largest row norm (of ``x - center``), computed in float64 chunk by chunk; 0 without rows."""
+    if x.shape[0] == 0:
+        return 0.0
+    shift = 0.0 if center is None else center.double()
+    return max(float((c.double() - shift).norm(dim=1).max()) for c in x.split(_ROWS))
 
 
 def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype, name: str = "queries/gallery") -> None:
