@@ -634,7 +634,8 @@ def test_bad_options_are_clear():
         dmi.create("ivf-fastscan", refine=0.5)
     with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
         dmi.create("hnsw", nlist=3)
-    for factory in ("LSH", "PCA8,LSH", "IDMap,LSH", "IDMap2,PCA8,LSH"):  # Hamming distances of faiss' own codes, not the distance asked for
+    # Hamming distances of faiss' own codes, not the distance asked for
+    for factory in ("LSH", "PCA8,LSH", "IDMap,LSH", "IDMap2,PCA8,LSH"):
         index = dmi.create("faiss", factory=factory)
         with pytest.raises(ValueError, match=f"factory: '{factory}' ranks by the Hamming distance of its own"):
             index.add(randn(300, 10))

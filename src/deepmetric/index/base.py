@@ -11,8 +11,8 @@ Every backend (DESIGN.md "Contracts") answers to::
 Ids. An index holds either int64 ids (the user's own, or consecutive when none are given, from one
 past the largest id it has ever held, so removed ids are not handed out again) or string ids,
 which are mapped to int64 labels and kept beside them; ``search`` always returns int64 labels and
-:meth:`Index.names` maps them back to the user's ids. Slots beyond the items available hold id ``-1`` and distance ``+inf``, so user ids
-must be non-negative.
+:meth:`Index.names` maps them back to the user's ids. Slots beyond the items available hold id
+``-1`` and distance ``+inf``, so user ids must be non-negative.
 
 Saved layout (one directory)::
 
