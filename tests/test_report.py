@@ -17,6 +17,9 @@ def test_nearest_neighbours_hand_worked():
     ids, relevant = nearest_neighbours(x, torch.stack([torch.zeros(5, dtype=torch.long), y], 1), "euclidean",
                                        torch.tensor([4]), 10)
     assert ids.tolist() == [[3, 2, 1, 0]] and relevant.tolist() == [[False, False, True, True]]
+    # groups (e.g. frames of one video): nothing of the query's group; slots beyond the rest are empty
+    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0]), 4, groups=torch.tensor([0, 0, 1, 1, 0]))
+    assert ids.tolist() == [[2, 3, -1, -1]] and relevant.tolist() == [[False, False, False, False]]
 
 
 def test_which_plots_appear():
@@ -29,9 +32,10 @@ def test_which_plots_appear():
     names = [name for name, _ in evaluation_figures(metrics, emb, y, "cosine", inputs=images)]
     assert names == ["Test recall@K", "Test embeddings",
                      "Nearest neighbours (green: relevant, red: not; cosine distance)"]
-    assert neighbours_figure(images[:, 0], emb, y, "euclidean") is not None  # (N, H, W) images
+    assert neighbours_figure(images[:, 0], emb, y, "euclidean") is None  # (N, T, F) may be sequences
     assert neighbours_figure(torch.rand(40, 36, generator=gen), emb, y, "euclidean") is None  # features
     assert embedding_figure(emb, torch.rand(40, 3, generator=gen) < 0.5) is None  # multi-label
+    assert embedding_figure(emb[:, :1], y) is not None  # 1-D embeddings: a line
 
 
 def test_write_evaluation_report(tmp_path):

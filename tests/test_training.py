@@ -85,7 +85,7 @@ def test_a_new_run_never_replaces_the_users_files(tmp_path):
     mine = tmp_path / "exp"
     mine.mkdir()
     (mine / "config.yaml").write_text("# my notes\nepochs: 1\n")
-    with pytest.raises(ValueError, match="config.yaml is not this run's configuration and would be overwritten"):
+    with pytest.raises(ValueError, match="config.yaml was not written by a run and would be overwritten"):
         train(config, mine, progress=False, log=quiet)
     assert (mine / "config.yaml").read_text() == "# my notes\nepochs: 1\n"
     (mine / "config.yaml").unlink()
@@ -94,11 +94,25 @@ def test_a_new_run_never_replaces_the_users_files(tmp_path):
         train(config, mine, progress=False, log=quiet)
     assert sorted(p.name for p in mine.iterdir()) == ["data.npz"]
     # a run stopped before its first checkpoint (only its own config.yaml) starts again
+    # a run stopped before its first checkpoint (only its config.yaml) starts again, with any config
     reference = train(config, tmp_path / "ref", progress=False, log=quiet)
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    (stopped / "config.yaml").write_text((tmp_path / "ref" / "config.yaml").read_text())
+    other = (tmp_path / "ref" / "config.yaml").read_text().replace("seed: 0", "seed: 5")
+    (stopped / "config.yaml").write_text(other)
     assert train(config, stopped, progress=False, log=quiet)["test"] == reference["test"]
+    assert (stopped / "config.yaml").read_text() == (tmp_path / "ref" / "config.yaml").read_text()
+
+
+def test_any_k_can_be_selected_and_impossible_selections_fail_before_training(tmp_path):
+    result = train(resolve({}, ["epochs=1", "eval.select=recall_at_3", "eval.nmi=false"]), tmp_path / "a",
+                   progress=False, log=quiet)
+    assert "recall_at_3" in result["epochs"][0]["val"]
+    with pytest.raises(ValueError, match="order_preservation needs hierarchical"):
+        train(resolve({}, ["epochs=1", "eval.select=order_preservation"]), tmp_path / "b", progress=False, log=quiet)
+    assert not (tmp_path / "b").exists()
+    # without validation classes the selection is unused, so it is not checked (runs made before the check load)
+    assert resolve({}, ["eval.val_classes=0", "eval.select=last"])["eval"]["select"] == "last"
 
 
 def test_checkpoints_can_be_selected_by_clustering_metrics(tmp_path):

@@ -172,6 +172,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     if report_file:
         from deepmetric.report import write_evaluation_report
         write_evaluation_report(report_file, metrics, emb, test.y, state["distance"], test.x,
+                                groups=test.groups if exclude_groups else None,
                                 title=f"evaluation of {Path(run_dir).name} on {test.name}")
         click.echo(f"report written to {report_file}")
 

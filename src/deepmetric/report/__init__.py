@@ -93,10 +93,10 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
         return None
     plt = _pyplot()
     pick = torch.linspace(0, embeddings.shape[0] - 1, min(max_points, embeddings.shape[0])).long()
-    x, classes = embeddings[pick].double(), _classes(labels)[pick]
+    x, classes = embeddings.detach().cpu()[pick].double(), _classes(labels.cpu())[pick]
     x = x - x.mean(0)
     axes = torch.linalg.svd(x, full_matrices=False).Vh[:2]
-    xy = (x @ axes.T).numpy()
+    xy = torch.nn.functional.pad(x @ axes.T, (0, 2 - axes.shape[0])).numpy()  # 1-D embeddings: a line
     values, counts = classes.unique(return_counts=True)
     largest = values[counts.argsort(descending=True, stable=True)[:max_classes]]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -112,39 +112,37 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
 
 
 def nearest_neighbours(embeddings: torch.Tensor, labels: torch.Tensor, distance: str, queries: torch.Tensor,
-                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       k: int, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, relevant)`` ``(len(queries), k)``: each query item's k nearest other items (exact
-    search, ties in item order) and whether each is relevant to it (same class; the finest class of
-    a hierarchy; a shared label for multi-label)."""
+    search, ties in item order; with ``groups``, no item of the query's group) and whether each is
+    relevant to it (same class; the finest class of a hierarchy; a shared label for multi-label).
+    Slots beyond the items a query can retrieve hold id -1, not relevant."""
     from deepmetric.index import knn
+    groups = torch.arange(embeddings.shape[0]) if groups is None else groups
     k = min(k, embeddings.shape[0] - 1)
-    _, ids = knn(embeddings[queries], embeddings, k, distance, query_groups=queries,
-                 gallery_groups=torch.arange(embeddings.shape[0]))
-    relevant = same_mask(labels[queries], labels).gather(1, ids)
+    _, ids = knn(embeddings[queries], embeddings, k, distance, query_groups=groups[queries], gallery_groups=groups)
+    relevant = same_mask(labels[queries], labels).gather(1, ids.clamp_min(0)) & (ids >= 0)
     return ids, relevant
 
 
-def _is_image(x: torch.Tensor) -> bool:
-    return x.dim() == 3 or (x.dim() == 4 and x.shape[1] in (1, 3))
-
-
 def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
-                      n_queries: int = 6, k: int = 8) -> tuple[str, str] | None:
-    """For image inputs (``(N, H, W)`` or ``(N, C, H, W)``, C = 1 or 3): ``n_queries`` queries taken
-    evenly over the items, each followed by its k nearest neighbours, framed green when relevant and
-    red when not; None for other inputs or fewer than 2 items."""
-    if not _is_image(inputs) or inputs.shape[0] < 2:
+                      groups: torch.Tensor | None = None, n_queries: int = 6, k: int = 8) -> tuple[str, str] | None:
+    """For image inputs ``(N, C, H, W)`` (C = 1 or 3): ``n_queries`` queries taken evenly over the
+    items, each followed by its k nearest neighbours (:func:`nearest_neighbours`), framed green when
+    relevant and red when not; None for other inputs or fewer than 2 items."""
+    if inputs.dim() != 4 or inputs.shape[1] not in (1, 3) or inputs.shape[0] < 2:
         return None
     plt = _pyplot()
+    inputs, embeddings, labels = inputs.detach().cpu(), embeddings.detach().cpu(), labels.cpu()
     queries = torch.linspace(0, inputs.shape[0] - 1, min(n_queries, inputs.shape[0])).long().unique()
-    ids, relevant = nearest_neighbours(embeddings, labels, distance, queries, k)
+    ids, relevant = nearest_neighbours(embeddings, labels, distance, queries, k,
+                                       None if groups is None else groups.cpu())
     fig, axes = plt.subplots(len(queries), ids.shape[1] + 1, squeeze=False,
                              figsize=(1.1 * (ids.shape[1] + 1), 1.1 * len(queries)))
 
     def show(ax, item, colour):
-        image = inputs[item].float()
-        image = image.permute(1, 2, 0) if image.dim() == 3 else image
-        image = image.squeeze(-1) if image.dim() == 3 and image.shape[-1] == 1 else image
+        image = inputs[item].float().permute(1, 2, 0)
+        image = image.squeeze(-1) if image.shape[-1] == 1 else image
         low, high = float(image.min()), float(image.max())
         ax.imshow(((image - low) / (high - low if high > low else 1.0)).numpy(), cmap="gray")
         ax.set_xticks([])
@@ -155,7 +153,10 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
     for row, q in enumerate(queries.tolist()):
         show(axes[row, 0], q, "black")
         for col in range(ids.shape[1]):
-            show(axes[row, col + 1], int(ids[row, col]), "green" if relevant[row, col] else "red")
+            if ids[row, col] >= 0:
+                show(axes[row, col + 1], int(ids[row, col]), "green" if relevant[row, col] else "red")
+            else:
+                axes[row, col + 1].axis("off")
     axes[0, 0].set_title("query", fontsize=8)
     figure = (f"Nearest neighbours (green: relevant, red: not; {distance} distance)", _png(fig))
     plt.close(fig)
@@ -163,11 +164,12 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
 
 
 def evaluation_figures(metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
-                       inputs: torch.Tensor | None = None) -> list[tuple[str, str]]:
-    """The plots of an evaluation: recall curve, embeddings, and nearest neighbours of image inputs."""
+                       inputs: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> list[tuple[str, str]]:
+    """The plots of an evaluation: recall curve, embeddings, and nearest neighbours of image inputs
+    (none of the query's group when ``groups`` is given, as in the metrics)."""
     figures = [recall_figure(metrics), embedding_figure(embeddings, labels)]
     if inputs is not None:
-        figures.append(neighbours_figure(inputs, embeddings, labels, distance))
+        figures.append(neighbours_figure(inputs, embeddings, labels, distance, groups))
     return [f for f in figures if f is not None]
 
 
@@ -198,8 +200,9 @@ def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = No
 
 
 def write_evaluation_report(path: str | Path, metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor,
-                            distance: str, inputs: torch.Tensor | None = None, title: str = "evaluation") -> Path:
+                            distance: str, inputs: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                            title: str = "evaluation") -> Path:
     """Write an HTML report of ``metrics`` (as :func:`deepmetric.evaluate` returns them) with the
     plots of :func:`evaluation_figures` to ``path`` and return it."""
     return _write_html(Path(path), f"deepmetric {title}", f"distance: {distance}, {embeddings.shape[0]} items",
-                       metrics, evaluation_figures(metrics, embeddings, labels, distance, inputs))
+                       metrics, evaluation_figures(metrics, embeddings, labels, distance, inputs, groups))

@@ -8,8 +8,8 @@ their weighted sum and replaces ``loss`` and ``miner``.
 
 ``eval.select`` is the validation metric that picks the checkpoint kept as ``best.pt``: a ranking key
 of :func:`deepmetric.evaluate` (``map_at_r``, ``precision_at_1``, ``r_precision``, ``mrr``,
-``recall_at_{k}``, ``precision_at_{k}``, ``map_at_{k}``, ``ndcg_at_{k}``, ``order_preservation`` for
-hierarchical labels) or a clustering key (``nmi``, ``ami``, ``f1``: k-means then runs every epoch);
+``recall_at_{k}``, ``precision_at_{k}``, ``map_at_{k}``, ``ndcg_at_{k}`` for any k, ``order_preservation``
+for hierarchical labels) or a clustering key (``nmi``, ``ami``, ``f1``: k-means then runs every epoch);
 ``eval.nmi`` adds the clustering keys to the final test metrics.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 #: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set)
-SELECTABLE = re.compile(r"precision_at_1|r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
+SELECTABLE = re.compile(r"r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
                         r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*")
 CLUSTERING_KEYS = ("nmi", "ami", "f1")
 SECTIONS = ("sampler", "optimizer", "eval")
@@ -78,8 +78,8 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     for key in COMPONENTS:
         out[key] = _component(out[key], key)
     out["losses"] = _loss_list(out["losses"])
-    select = out["eval"]["select"]
-    if not isinstance(select, str) or not SELECTABLE.fullmatch(select):
+    select = out["eval"]["select"]  # used only with validation classes
+    if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "
                           f"recall_at_4, ndcg_at_10 or nmi, got {select!r}")
     return out

@@ -149,13 +149,15 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "epochs"}
 
 
+#: first line of a run's config.yaml: a file without it is the user's, never replaced
+CONFIG_HEADER = "# deepmetric run configuration (written by the trainer; train from it with --set overrides)\n"
 #: the files a run directory holds (and the temporary names they are written under)
 RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?")
 
 
-def _check_new_run_dir(out: Path, config_text: str) -> None:
+def _check_new_run_dir(out: Path) -> None:
     """Refuse to start a run in a directory holding anything but an earlier run's files, or a
-    ``config.yaml`` other than this run's (a user's own config file, whose text would be lost)."""
+    ``config.yaml`` the trainer did not write (a user's own config file, whose text would be lost)."""
     if not out.is_dir():
         if out.exists():
             raise ValueError(f"out: {out} exists and is not a directory")
@@ -165,8 +167,8 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
         raise ValueError(f"out: {out} holds files a run does not write ({', '.join(foreign[:5])}); "
                          f"give a new or empty run directory")
     config_file = out / "config.yaml"
-    if config_file.exists() and config_file.read_text() != config_text:
-        raise ValueError(f"out: {config_file} is not this run's configuration and would be overwritten; "
+    if config_file.exists() and not config_file.read_text().startswith(CONFIG_HEADER):
+        raise ValueError(f"out: {config_file} was not written by a run and would be overwritten; "
                          f"give a new run directory")
 
 
@@ -174,8 +176,8 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     """Train the model a resolved ``config`` describes and write the run to ``out_dir``.
 
     Resumes from ``out_dir/last.pt`` when it exists (and ``resume``), continuing to ``epochs``. A new
-    run needs a missing or empty directory, or one holding only run files and this run's own
-    ``config.yaml`` (a run stopped before its first checkpoint), so no file of the user's is replaced.
+    run needs a missing or empty directory, or one holding only the files of a run (e.g. one stopped
+    before its first checkpoint), so no file of the user's is replaced.
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
@@ -184,6 +186,12 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     train_set, test_set = load_data(config)
     ev = config["eval"]
     hierarchical = train_set.y.dim() == 2 and train_set.y.dtype != torch.bool
+    select = ev["select"]
+    if ev["val_classes"] and select in CLUSTERING_KEYS and train_set.y.dtype == torch.bool:
+        raise ValueError(f"eval.select: {select} clusters single-label classes; multi-label data have none")
+    if ev["val_classes"] and select == "order_preservation" and not hierarchical:
+        raise ValueError("eval.select: order_preservation needs hierarchical (N, L) labels")
+    select_k = re.fullmatch(r"\w+_at_([0-9]+)", str(select))  # validation reports this k too
     if ev["val_classes"]:  # hierarchical labels: whole top-level classes (e.g. alphabets) are held out
         fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"],
                                            level=0 if hierarchical else None)
@@ -227,12 +235,11 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         log(f"resumed from {last_path} at epoch {start}")
 
     main = is_main_process()
-    config_text = yaml.safe_dump(config, sort_keys=False)
     if not (resume and last_path.exists()):
-        _check_new_run_dir(out, config_text)
+        _check_new_run_dir(out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", config_text)
+        write_text(out / "config.yaml", CONFIG_HEADER + yaml.safe_dump(config, sort_keys=False))
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
             "data_files": {**train_set.files, **test_set.files}}
@@ -260,11 +267,12 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                   "lr": optimizer.param_groups[0]["lr"]}
         if len(val_set):
             val_emb = embed(core, val_set.x, ev["batch_size"])
-            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=ev["select"] in CLUSTERING_KEYS)
-            if ev["select"] not in record["val"]:
+            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=select in CLUSTERING_KEYS,
+                                     k=int(select_k[1]) if select_k else None)
+            if select not in record["val"]:
                 raise ValueError(f"eval.select: {ev['select']!r} is not among the validation metrics "
                                  f"({', '.join(k for k, v in record['val'].items() if isinstance(v, float))})")
-            score = record["val"][ev["select"]]
+            score = record["val"][select]
         else:
             score = float(epoch)  # no validation classes: keep the last epoch
         history.append(record)
