@@ -300,7 +300,7 @@ class Index:
 
     def add(self, vectors, ids=None) -> None:
         """Add ``(N, D)`` vectors with unique ids (int64 or strings; default consecutive int64
-        from one past the largest id). The first add fixes the dimension and the id type."""
+        from one past the largest id ever held). The first add fixes the dimension and the id type."""
         vectors, d = self._prepare(vectors, "vectors")
         if d == 0:
             raise ValueError(f"vectors: expected at least one dimension, got shape {tuple(vectors.shape)}")

@@ -150,7 +150,7 @@ def _comparable(config: dict) -> dict:
 
 
 #: first line of a run's config.yaml: a file without it is the user's, never replaced
-CONFIG_HEADER = "# deepmetric run configuration (written by the trainer; train from it with --set overrides)\n"
+CONFIG_HEADER = "# deepmetric run configuration, written by the trainer\n"
 #: the files a run directory holds (and the temporary names they are written under)
 RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?")
 
