@@ -183,15 +183,19 @@ def test_exact_index_orders_near_duplicates_whatever_k():
         assert torch.equal(index.search(q, k)[1], truth[:, :k])
 
 
-def test_cosine_of_vectors_with_tiny_norms_is_their_direction():
-    # [1e-13, 0] points the same way as [1, 0]: cosine 1, distance 0 (a clamped norm would say 1)
+def test_exact_index_cosine_of_zero_and_tiny_vectors_follows_the_library():
+    # distances.cosine normalises by max(|x|, 1e-12): [1e-13, 0] against [1, 0] is 1 - 0.1 = 0.9,
+    # a zero vector is at 1 from everything; the refined distances must say the same
+    from deepmetric.distances import cosine
+    gallery = torch.tensor([[1e-13, 0.0], [0.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    queries = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
     index = dmi.create("exact", distance="cosine")
-    index.add(torch.tensor([[1e-13, 0.0], [0.0, 1.0]], dtype=torch.float64))
-    d, ids = index.search(torch.tensor([[1.0, 0.0]], dtype=torch.float64), 2)
-    assert ids.tolist() == [[0, 1]] and d.tolist() == [[0.0, 1.0]]
-    d, ids = dmi.knn(torch.tensor([[1.0, 0.0]], dtype=torch.float64),
-                     torch.tensor([[1e-13, 0.0], [0.0, 1.0]], dtype=torch.float64), 2, "cosine")
-    assert ids.tolist() == [[0, 1]] and d[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-15)
+    index.add(gallery)
+    d, ids = index.search(queries, 4)
+    expected = cosine(queries, gallery)
+    assert ids.tolist() == [[3, 0, 1, 2], [0, 1, 2, 3]]
+    assert d.double().tolist() == [pytest.approx(expected[i][ids[i]].tolist(), abs=1e-7) for i in range(2)]
+    assert d[0].tolist() == pytest.approx([0.0, 0.9, 1.0, 1.0], abs=1e-7)
 
 
 @pytest.mark.parametrize("name", ["exact", "flat"])
@@ -201,8 +205,14 @@ def test_empty_adds(name):
     assert index.dim == 4 and len(index) == 0
     with pytest.raises(ValueError, match="the index is empty"):
         index.search(randn(1, 4), 1)
+    index.add(torch.zeros(0, 4), ids=[])
+    index.add(randn(1, 4), ids=["a"])  # adding nothing fixed no id type
+    index.add(torch.zeros(0, 4))  # nothing to name: no string ids needed
+    assert index.names(index.search(randn(1, 4), 1)[1]) == [["a"]]
     strings = dmi.create(name)
     strings.add(torch.zeros(0, 4), ids=np.array([], dtype=str))  # an empty array of strings: string ids
+    with pytest.raises(ValueError, match="this index has string ids"):
+        strings.add(randn(1, 4))
     strings.add(randn(1, 4), ids=["x"])
     assert strings.names(strings.search(randn(1, 4), 1)[1]) == [["x"]]
 

@@ -1,4 +1,5 @@
 """Report plots: which appear for which data, and the neighbours they show (hand-worked)."""
+import pytest
 import torch
 
 from deepmetric.report import (embedding_figure, evaluation_figures, nearest_neighbours, neighbours_figure,
@@ -36,6 +37,16 @@ def test_which_plots_appear():
     assert neighbours_figure(torch.rand(40, 36, generator=gen), emb, y, "euclidean") is None  # features
     assert embedding_figure(emb, torch.rand(40, 3, generator=gen) < 0.5) is None  # multi-label
     assert embedding_figure(emb[:, :1], y) is not None  # 1-D embeddings: a line
+    with pytest.raises(ValueError, match="inputs: expected 40 items like the embeddings, got 39"):
+        neighbours_figure(images[:39], emb, y, "euclidean")
+
+
+def test_classes_of_a_hierarchy_are_named_by_their_path():
+    from deepmetric.report import _classes
+    ids, names = _classes(torch.tensor([[3, 17], [3, 17], [5, 2], [3, 4]]))
+    assert ids.tolist() == [1, 1, 2, 0] and names == {1: "3/17", 2: "5/2", 0: "3/4"}
+    ids, names = _classes(torch.tensor([7, 2, 7]))
+    assert ids.tolist() == [7, 2, 7] and names == {2: "2", 7: "7"}
 
 
 def test_write_evaluation_report(tmp_path):

@@ -8,7 +8,7 @@ import yaml
 
 from deepmetric.evaluation import evaluate
 from deepmetric.training import checkpoint as ckpt
-from deepmetric.training import load_run, resolve, train
+from deepmetric.training import load_run, resolve, train, trainer
 from deepmetric.training.trainer import embed, load_data
 
 FAST = ["epochs=2", "eval.nmi=false"]
@@ -85,7 +85,7 @@ def test_a_new_run_never_replaces_the_users_files(tmp_path):
     mine = tmp_path / "exp"
     mine.mkdir()
     (mine / "config.yaml").write_text("# my notes\nepochs: 1\n")
-    with pytest.raises(ValueError, match="config.yaml was not written by a run and would be overwritten"):
+    with pytest.raises(ValueError, match=r"config.yaml was not written by a run \(or was edited\)"):
         train(config, mine, progress=False, log=quiet)
     assert (mine / "config.yaml").read_text() == "# my notes\nepochs: 1\n"
     (mine / "config.yaml").unlink()
@@ -93,21 +93,36 @@ def test_a_new_run_never_replaces_the_users_files(tmp_path):
     with pytest.raises(ValueError, match=r"holds files a run does not write \(data.npz\)"):
         train(config, mine, progress=False, log=quiet)
     assert sorted(p.name for p in mine.iterdir()) == ["data.npz"]
-    # a run stopped before its first checkpoint (only its own config.yaml) starts again
     # a run stopped before its first checkpoint (only its config.yaml) starts again, with any config
     reference = train(config, tmp_path / "ref", progress=False, log=quiet)
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    other = (tmp_path / "ref" / "config.yaml").read_text().replace("seed: 0", "seed: 5")
-    (stopped / "config.yaml").write_text(other)
+    (stopped / "config.yaml").write_text(trainer._config_text(resolve({}, ["epochs=3", "seed=5"])))
     assert train(config, stopped, progress=False, log=quiet)["test"] == reference["test"]
     assert (stopped / "config.yaml").read_text() == (tmp_path / "ref" / "config.yaml").read_text()
+    # a run's config.yaml edited by hand (a copy to start from) is the user's
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "config.yaml").write_text((tmp_path / "ref" / "config.yaml").read_text() + "# try lr 0.01\n")
+    with pytest.raises(ValueError, match=r"was not written by a run \(or was edited\)"):
+        train(config, edited, progress=False, log=quiet)
+    # checkpoints of another configuration are never replaced, even without last.pt or with resume=False
+    (tmp_path / "ref" / "last.pt").unlink()
+    best = (tmp_path / "ref" / "best.pt").read_bytes()
+    for resume in (True, False):
+        with pytest.raises(ValueError, match="holds the checkpoints of a run of another configuration"):
+            train(resolve({}, ["epochs=1", *FAST[1:], "seed=5"]), tmp_path / "ref", resume=resume,
+                  progress=False, log=quiet)
+    assert (tmp_path / "ref" / "best.pt").read_bytes() == best
+    assert train(config, tmp_path / "ref", resume=False, progress=False, log=quiet)["test"] == reference["test"]
 
 
 def test_any_k_can_be_selected_and_impossible_selections_fail_before_training(tmp_path):
     result = train(resolve({}, ["epochs=1", "eval.select=recall_at_3", "eval.nmi=false"]), tmp_path / "a",
                    progress=False, log=quiet)
     assert "recall_at_3" in result["epochs"][0]["val"]
+    with pytest.raises(ValueError, match="eval.select: recall_at_5000 looks deeper than the 359 validation items"):
+        train(resolve({}, ["epochs=1", "eval.select=recall_at_5000"]), tmp_path / "b", progress=False, log=quiet)
     with pytest.raises(ValueError, match="order_preservation needs hierarchical"):
         train(resolve({}, ["epochs=1", "eval.select=order_preservation"]), tmp_path / "b", progress=False, log=quiet)
     assert not (tmp_path / "b").exists()

@@ -131,12 +131,16 @@ class ExactIndex(Index):
         out = torch.empty_like(distances)
         step = max(1, (1 << 22) // (positions.shape[1] * queries.shape[1]))
         for r in range(0, queries.shape[0], step):
-            q, items = queries[r:r + step, None, :], searcher.gallery[positions[r:r + step]]
-            d = (items - q).pow(2).sum(2)
+            pos, q = positions[r:r + step], queries[r:r + step]
+            items = searcher.gallery.index_select(0, pos.flatten()).view(*pos.shape, -1)
+            if self.distance == "cosine":  # rows of norm below 1e-12 (zero) do not become unit vectors:
+                off = (items.square().sum(2) - 1).abs().gt(1e-5) | (q.square().sum(1) - 1).abs().gt(1e-5)[:, None]
+                plain = 1.0 - (items[off] * q[:, None, :].expand_as(items)[off]).sum(1)  # 1 - x.y as searched
+            d = items.sub_(q[:, None, :]).square_().sum(2)
             if self.distance == "euclidean":
-                d = d.sqrt()
-            elif self.distance == "cosine":  # a zero vector has cosine 0 with everything: distance 1
-                d = torch.where((items == 0).all(2) | (q == 0).all(2), 1.0, d / 2)
+                d.sqrt_()
+            elif self.distance == "cosine":
+                d.mul_(0.5)[off] = plain
             out[r:r + step] = d
         return _sort_rows(out, positions)
 

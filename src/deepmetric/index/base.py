@@ -229,7 +229,7 @@ class Index:
         self._dim: int | None = None
         self._labels = np.empty(0, dtype=np.int64)
         self._names: np.ndarray | None = None  # string ids aligned with _labels
-        self._string_ids: bool | None = None  # fixed by the first add
+        self._string_ids: bool | None = None  # fixed by the first add of items (or of an empty str array)
         self._next_id = 0  # one past the largest label ever held: the next default id
 
     def __len__(self) -> int:
@@ -253,13 +253,12 @@ class Index:
     def _new_labels(self, ids, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """int64 labels for ``n`` new items and their string ids (None for int ids), validated."""
         if ids is None:
-            if self._string_ids:
+            if self._string_ids and n:
                 raise ValueError("ids: this index has string ids; pass one string id per vector")
             return self._default_labels(n), None
         ids, is_string = _parse_ids(ids, n)
-        if n == 0:  # an empty list of ids fits either type; an empty array of strings makes a string index
-            string = is_string if self._string_ids is None else self._string_ids
-            return np.empty(0, dtype=np.int64), (np.empty(0, dtype=str) if string else None)
+        if n == 0:  # nothing added: an empty array of strings still makes a new index a string index
+            return np.empty(0, dtype=np.int64), (np.empty(0, dtype=str) if is_string else None)
         if self._string_ids is not None and is_string != self._string_ids:
             kinds = ("int64", "string") if self._string_ids else ("string", "int64")
             raise TypeError(f"ids: this index has {kinds[1]} ids, got {kinds[0]} ids")
@@ -310,9 +309,9 @@ class Index:
         self._labels = np.concatenate([self._labels, labels])
         if labels.size:
             self._next_id = max(self._next_id, int(labels.max()) + 1)
-        if self._string_ids is None:
+        if self._string_ids is None and (labels.size or names is not None):  # fixed by what is added
             self._string_ids = names is not None
-        if names is not None:
+        if names is not None and self._string_ids:
             self._names = names if self._names is None else np.concatenate([self._names, names])
 
     def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:

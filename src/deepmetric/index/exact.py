@@ -228,8 +228,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     for rows, chunk in zip(out.split(_ROWS), x.split(_ROWS)):
         chunk = chunk.double()
-        norms = chunk.norm(dim=1, keepdim=True)
-        rows.copy_(chunk / torch.where(norms > 0, norms, 1.0))
+        rows.copy_(chunk / chunk.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return out
 
 

@@ -79,9 +79,16 @@ def recall_figure(metrics: dict) -> tuple[str, str]:
     return figure
 
 
-def _classes(labels: torch.Tensor) -> torch.Tensor:
-    """One class id per item: the label, or the finest class of a hierarchy."""
-    return level_ids(labels)[:, -1] if is_hierarchical(labels) else labels
+def _classes(labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """One class id per item (the label, or the finest class of a hierarchy) and each id's name
+    (the label, or the path of labels from the coarsest level, e.g. ``3/17``)."""
+    if not is_hierarchical(labels):
+        return labels, {int(c): str(int(c)) for c in labels.unique()}
+    ids = level_ids(labels)[:, -1]
+    first = {}
+    for i, c in enumerate(ids.tolist()):
+        first.setdefault(c, i)
+    return ids, {c: "/".join(str(v) for v in labels[i].tolist()) for c, i in first.items()}
 
 
 def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes: int = 10,
@@ -93,7 +100,8 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
         return None
     plt = _pyplot()
     pick = torch.linspace(0, embeddings.shape[0] - 1, min(max_points, embeddings.shape[0])).long()
-    x, classes = embeddings.detach().cpu()[pick].double(), _classes(labels.cpu())[pick]
+    classes, names = _classes(labels.cpu())
+    x, classes = embeddings.detach().cpu()[pick].double(), classes[pick]
     x = x - x.mean(0)
     axes = torch.linalg.svd(x, full_matrices=False).Vh[:2]
     xy = torch.nn.functional.pad(x @ axes.T, (0, 2 - axes.shape[0])).numpy()  # 1-D embeddings: a line
@@ -102,7 +110,7 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for c in largest.tolist():
         rows = (classes == c).numpy()
-        ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=str(c))
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=names[c])
     ax.set(xlabel="principal axis 1", ylabel="principal axis 2",
            title=f"Embeddings of the {len(largest)} largest classes (PCA)")
     ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
@@ -130,6 +138,8 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
     """For image inputs ``(N, C, H, W)`` (C = 1 or 3): ``n_queries`` queries taken evenly over the
     items, each followed by its k nearest neighbours (:func:`nearest_neighbours`), framed green when
     relevant and red when not; None for other inputs or fewer than 2 items."""
+    if inputs.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"inputs: expected {embeddings.shape[0]} items like the embeddings, got {inputs.shape[0]}")
     if inputs.dim() != 4 or inputs.shape[1] not in (1, 3) or inputs.shape[0] < 2:
         return None
     plt = _pyplot()

@@ -6,6 +6,7 @@ Checkpoints are chosen on validation classes carved out of the training classes,
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import platform
@@ -149,15 +150,28 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "epochs"}
 
 
-#: first line of a run's config.yaml: a file without it is the user's, never replaced
-CONFIG_HEADER = "# deepmetric run configuration, written by the trainer\n"
+#: first line of a run's config.yaml, with the sha256 of the rest: a file without it (or edited) is the
+#: user's, and never replaced
+CONFIG_HEADER = "# deepmetric run configuration, written by the trainer; sha256 of what follows: "
 #: the files a run directory holds (and the temporary names they are written under)
 RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?")
 
 
-def _check_new_run_dir(out: Path) -> None:
-    """Refuse to start a run in a directory holding anything but an earlier run's files, or a
-    ``config.yaml`` the trainer did not write (a user's own config file, whose text would be lost)."""
+def _config_text(config: dict) -> str:
+    """``config.yaml`` of a run: :data:`CONFIG_HEADER` with the checksum, then the YAML."""
+    body = yaml.safe_dump(config, sort_keys=False)
+    return f"{CONFIG_HEADER}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
+
+
+def _written_by_trainer(text: str) -> bool:
+    first, _, body = text.partition("\n")
+    return first == f"{CONFIG_HEADER}{hashlib.sha256(body.encode()).hexdigest()}"
+
+
+def _check_new_run_dir(out: Path, config_text: str) -> None:
+    """Refuse to start a run in a directory holding anything but an earlier run's files, a
+    ``config.yaml`` the trainer did not write as it is (a user's own or edited config, whose text
+    would be lost), or the checkpoints of a run of another configuration."""
     if not out.is_dir():
         if out.exists():
             raise ValueError(f"out: {out} exists and is not a directory")
@@ -167,17 +181,22 @@ def _check_new_run_dir(out: Path) -> None:
         raise ValueError(f"out: {out} holds files a run does not write ({', '.join(foreign[:5])}); "
                          f"give a new or empty run directory")
     config_file = out / "config.yaml"
-    if config_file.exists() and not config_file.read_text().startswith(CONFIG_HEADER):
-        raise ValueError(f"out: {config_file} was not written by a run and would be overwritten; "
-                         f"give a new run directory")
+    text = config_file.read_text() if config_file.exists() else None
+    if text is not None and not _written_by_trainer(text):
+        raise ValueError(f"out: {config_file} was not written by a run (or was edited) and would be "
+                         f"overwritten; give a new run directory")
+    if text != config_text and any((out / name).exists() for name in ("last.pt", "best.pt")):
+        raise ValueError(f"out: {out} holds the checkpoints of a run of another configuration; give a new "
+                         f"run directory")
 
 
 def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=print) -> dict:
     """Train the model a resolved ``config`` describes and write the run to ``out_dir``.
 
     Resumes from ``out_dir/last.pt`` when it exists (and ``resume``), continuing to ``epochs``. A new
-    run needs a missing or empty directory, or one holding only the files of a run (e.g. one stopped
-    before its first checkpoint), so no file of the user's is replaced.
+    run needs a missing or empty directory, or one holding only the files of a run: with checkpoints
+    only of the same configuration (``resume=False`` starts it again), without them of any (a run
+    stopped before its first checkpoint), so no file of the user's is replaced.
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
@@ -198,6 +217,8 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if len(val_set.classes) < 2:
             raise ValueError(f"eval.val_classes: {ev['val_classes']} holds out {len(val_set.classes)} class(es) of "
                              f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the last epoch)")
+        if select_k and int(select_k[1]) >= len(val_set):  # every item would be retrieved: a constant score
+            raise ValueError(f"eval.select: {select} looks deeper than the {len(val_set)} validation items allow")
     else:  # no validation: the last epoch is kept
         fit_set, val_set = train_set, train_set.subset(torch.zeros(0, dtype=torch.long))
     classes = fit_set.classes.tolist()
@@ -235,11 +256,12 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         log(f"resumed from {last_path} at epoch {start}")
 
     main = is_main_process()
+    config_text = _config_text(config)
     if not (resume and last_path.exists()):
-        _check_new_run_dir(out)
+        _check_new_run_dir(out, config_text)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", CONFIG_HEADER + yaml.safe_dump(config, sort_keys=False))
+        write_text(out / "config.yaml", config_text)
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
             "data_files": {**train_set.files, **test_set.files}}
