@@ -40,10 +40,12 @@ def test_build_and_search_hand_worked(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out == {"ids": [[11, 13, 10], [16, 13, 11]], "distances": [[1.0, 1.0, 2.0], [0.5, 2.5, 4.5]]}
-    # k beyond the index: every item, no more
-    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 10**12, "--json").output)
-    assert out == {"ids": [[11, 13, 10, 16], [16, 13, 11, 10]],
-                   "distances": [[1.0, 1.0, 2.0, 4.0], [0.5, 2.5, 4.5, 5.5]]}
+    # k beyond the index: every item, then empty slots (null)
+    out = json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 5, "--json").output)
+    assert out == {"ids": [[11, 13, 10, 16, None], [16, 13, 11, 10, None]],
+                   "distances": [[1.0, 1.0, 2.0, 4.0, None], [0.5, 2.5, 4.5, 5.5, None]]}
+    result = run("index", "search", tmp_path / "idx", queries, "-k", 10**12, "--json")
+    assert result.exit_code != 0 and "-k: 2 queries x 1000000000000 neighbours are more than" in result.output
     # readable output
     result = run("index", "search", tmp_path / "idx", queries, "-k", 2)
     assert result.exit_code == 0

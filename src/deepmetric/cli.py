@@ -269,22 +269,28 @@ def index_build(embeddings, out, backend, distance, options):
                f"distance {index.distance}) to {out}")
 
 
+#: bound on the results one search command prints (queries x k)
+_MAX_RESULTS = 100_000_000
+
+
 @index_group.command("search")
 @click.argument("index_dir", type=click.Path(file_okay=False, exists=True))
 @click.argument("queries", type=click.Path(dir_okay=False, exists=True))
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Neighbours per query (at most the number of indexed items).")
+              help="Neighbours per query (slots beyond the indexed items are null).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON {ids, distances} (Q x k lists) on stdout.")
 def index_search(index_dir, queries, k, as_json):
-    """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); slots an approximate index
-    leaves empty are null."""
+    """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); empty slots (beyond the
+    indexed items, or left by an approximate index) are null."""
     import math
 
     import torch
     from deepmetric import index as dmi
     index = dmi.load(index_dir)
     x = _read_vectors(queries)["X"]
-    k = min(k, len(index))
+    if x.shape[0] * k > _MAX_RESULTS:
+        raise ValueError(f"-k: {x.shape[0]} queries x {k} neighbours are more than {_MAX_RESULTS:,} results "
+                         f"(the index holds {len(index)} items)")
     distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x, queries)), k)
     names = index.names(ids)
     rows = [[None if math.isinf(v) else v for v in row] for row in distances.tolist()]
