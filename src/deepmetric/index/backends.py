@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import (_center, _check_overflow, _max_norm, _Searcher, _sort_rows, search_chunks,
+from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, _sort_rows, search_chunks,
                                    unit_rows)
 
 
@@ -93,9 +93,7 @@ class ExactIndex(Index):
             vectors = x.clone()
         else:
             vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
-        if self.distance != "cosine" and vectors.shape[0]:  # a query as far out as the farthest item must fit
-            center = _center(vectors) if self.distance != "dot" else None  # as the search will see them
-            _check_overflow(2 * _max_norm(vectors, center), self.distance, vectors.dtype, "vectors")
+        _check_items_overflow(vectors, self.distance, "vectors", _search_center(vectors, self.distance))
         self._vectors, self._searcher = vectors, None
 
     def _search(self, queries, k):
@@ -259,8 +257,7 @@ class FaissIndex(Index):
         x = x.float()
         if self.distance == "cosine":
             x = unit_rows(x)
-        elif x.shape[0]:  # scores are bounded by (|x| + |y|)^2 <= (2 max(|x|, |y|))^2
-            _check_overflow(2 * _max_norm(x), self.distance, x.dtype, name)
+        _check_items_overflow(x, self.distance, name)  # scores are bounded by (2 max(|x|, |y|))^2
         return np.ascontiguousarray(x.cpu().numpy()), int(x.shape[1])
 
     def train(self, vectors) -> None:

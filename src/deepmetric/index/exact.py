@@ -247,19 +247,33 @@ def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype, name: st
                          f"is {norm_sum:.3g}); scale the embeddings down")
 
 
+def _search_center(x: torch.Tensor, distance: str) -> torch.Tensor | None:
+    """The point a euclidean search moves the items ``x`` by (:func:`_center`); None when they stay
+    (other distances, no items, or a centre at the origin)."""
+    if distance not in ("euclidean", "squared_euclidean") or x.shape[0] == 0:
+        return None
+    center = _center(x)
+    return center if bool(center.any()) else None
+
+
+def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: torch.Tensor | None = None) -> None:
+    """Refuse items (moved by ``center``) whose scores against each other, or against a query as far
+    out, would overflow: ``(2 max |x|)^2`` beyond the dtype. Cosine scores are bounded."""
+    if distance != "cosine" and x.shape[0]:
+        _check_overflow(2 * _max_norm(x, center), distance, x.dtype, name)
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
     def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK):
         self.distance = distance
         self.block = gallery_chunk_size
-        self.center = None
         if distance == "cosine":
             gallery = unit_rows(gallery)
-        elif distance in ("euclidean", "squared_euclidean") and gallery.shape[0]:
-            center = _center(gallery)
-            if bool(center.any()):  # a moved copy of the gallery only when it is far from the origin
-                self.center, gallery = center, gallery - center
+        self.center = _search_center(gallery, distance)
+        if self.center is not None:  # a moved copy of the gallery only when it is far from the origin
+            gallery = gallery - self.center
         self.gallery = gallery.contiguous()
         self.n = gallery.shape[0]
         if distance in ("euclidean", "squared_euclidean"):
@@ -379,12 +393,10 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
         return d.to(x.device), i.to(x.device)
     n = x.shape[0]
-    if distance in ("euclidean", "squared_euclidean") and n:
-        center = _center(x)
-        if bool(center.any()):
-            x = x - center
-    if distance != "cosine" and n:
-        _check_overflow(2 * _max_norm(x), distance, x.dtype, "embeddings")
+    center = _search_center(x, distance)
+    if center is not None:
+        x = x - center
+    _check_items_overflow(x, distance, "embeddings")
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
 
