@@ -52,6 +52,17 @@ def level_ids(labels: torch.Tensor) -> torch.Tensor:
                         for level in range(labels.shape[1])], dim=1)
 
 
+def item_classes(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(classes, ids)`` of flat or hierarchical labels: the distinct classes in sorted order (labels,
+    or rows of a hierarchy: its finest classes) and each item's index among them."""
+    return torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)
+
+
+def class_names(classes: torch.Tensor) -> list:
+    """A name per class of :func:`item_classes`: the label, or ``"a/b/..."`` for a hierarchy's class."""
+    return classes.tolist() if classes.dim() == 1 else ["/".join(map(str, row)) for row in classes.tolist()]
+
+
 def same_mask(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, level: int = -1) -> torch.Tensor:
     """``(B, R)`` bool: item i of the batch and item j of the reference set are related.
 

@@ -22,7 +22,7 @@ from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verif
 from deepmetric.evaluation.hashing import hashing_scores
 from deepmetric.evaluation.verification import verification_scores
 from deepmetric.index.exact import _Searcher, self_knn
-from deepmetric.labels import is_hierarchical, is_multilabel
+from deepmetric.labels import class_names, is_hierarchical, is_multilabel, item_classes
 
 DEFAULT_KS = (1, 2, 4, 8, 10, 100)
 #: bound on the elements of one chunk's (queries x depth) results
@@ -238,7 +238,7 @@ def _within_parent(queries, q_labels, gallery, g_labels, level, distance, self_m
 def _per_class(values: dict, n_relevant: torch.Tensor, labels: torch.Tensor):
     """``({class: {metric: mean over its scored queries, ..., num_queries, queries_without_relevant}},
     {metric: unweighted mean over the classes with a scored query})``."""
-    classes, inverse = torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)
+    classes, inverse = item_classes(labels)
     n_classes = classes.shape[0]
     scored = n_relevant > 0
     n_all = torch.bincount(inverse, minlength=n_classes)
@@ -246,7 +246,7 @@ def _per_class(values: dict, n_relevant: torch.Tensor, labels: torch.Tensor):
     means = {name: torch.zeros(n_classes, dtype=torch.float64, device=v.device).index_add_(
         0, inverse[scored], v[scored]) / n_scored for name, v in values.items()}
     lists = {name: m.tolist() for name, m in means.items()}
-    keys = classes.tolist() if labels.dim() == 1 else ["/".join(map(str, row)) for row in classes.tolist()]
+    keys = class_names(classes)
     per_class = {}
     for c, (key, total, n) in enumerate(zip(keys, n_all.tolist(), n_scored.tolist())):
         entry = {name: m[c] for name, m in lists.items()} if n else {}

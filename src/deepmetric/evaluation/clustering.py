@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from deepmetric._checks import check_embeddings, check_labels
-from deepmetric.labels import is_multilabel
+from deepmetric.labels import is_multilabel, item_classes
 
 KMEANS_BACKENDS = ("sklearn", "faiss")
 
@@ -31,8 +31,7 @@ def class_ids(labels: torch.Tensor) -> np.ndarray:
     """Flat class ids as a numpy array; a hierarchy's rows become their finest class."""
     if is_multilabel(labels):
         raise ValueError("labels: clustering metrics need one class per item; multi-label (bool) labels have none")
-    _, ids = torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)
-    return ids.cpu().numpy()
+    return item_classes(labels)[1].cpu().numpy()
 
 
 def kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 1,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from deepmetric._io import write_text
-from deepmetric.labels import is_hierarchical, is_multilabel, level_ids, same_mask
+from deepmetric.labels import class_names, is_multilabel, item_classes, same_mask
 
 
 def _png(fig) -> str:
@@ -79,18 +79,6 @@ def recall_figure(metrics: dict) -> tuple[str, str]:
     return figure
 
 
-def _classes(labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """One class id per item (the label, or the finest class of a hierarchy) and each id's name
-    (the label, or the path of labels from the coarsest level, e.g. ``3/17``)."""
-    if not is_hierarchical(labels):
-        return labels, {int(c): str(int(c)) for c in labels.unique()}
-    ids = level_ids(labels)[:, -1]
-    first = {}
-    for i, c in enumerate(ids.tolist()):
-        first.setdefault(c, i)
-    return ids, {c: "/".join(str(v) for v in labels[i].tolist()) for c, i in first.items()}
-
-
 def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes: int = 10,
                      max_points: int = 5000) -> tuple[str, str] | None:
     """The items of the ``max_classes`` largest classes on the first two principal axes of the
@@ -100,8 +88,9 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
         return None
     plt = _pyplot()
     pick = torch.linspace(0, embeddings.shape[0] - 1, min(max_points, embeddings.shape[0])).long()
-    classes, names = _classes(labels.cpu())
-    x, classes = embeddings.detach().cpu()[pick].double(), classes[pick]
+    classes, ids = item_classes(labels.cpu())  # a hierarchy's finest classes, named by their path
+    names = class_names(classes)
+    x, classes = embeddings.detach().cpu()[pick].double(), ids[pick]
     x = x - x.mean(0)
     axes = torch.linalg.svd(x, full_matrices=False).Vh[:2]
     xy = torch.nn.functional.pad(x @ axes.T, (0, 2 - axes.shape[0])).numpy()  # 1-D embeddings: a line
@@ -110,7 +99,7 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for c in largest.tolist():
         rows = (classes == c).numpy()
-        ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=names[c])
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=str(names[c]))
     ax.set(xlabel="principal axis 1", ylabel="principal axis 2",
            title=f"Embeddings of the {len(largest)} largest classes (PCA)")
     ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
