@@ -28,7 +28,7 @@ from deepmetric._io import write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
 from deepmetric.evaluation.hierarchy import quadlet_distances
-from deepmetric.labels import level_ids
+from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
 from deepmetric.training.config import CLUSTERING_KEYS
@@ -204,9 +204,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     seed_everything(config["seed"] + rank)
     train_set, test_set = load_data(config)
     ev = config["eval"]
-    hierarchical = train_set.y.dim() == 2 and train_set.y.dtype != torch.bool
+    hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
-    if ev["val_classes"] and select in CLUSTERING_KEYS and train_set.y.dtype == torch.bool:
+    if ev["val_classes"] and select in CLUSTERING_KEYS and is_multilabel(train_set.y):
         raise ValueError(f"eval.select: {select} clusters single-label classes; multi-label data have none")
     if ev["val_classes"] and select == "order_preservation" and not hierarchical:
         raise ValueError("eval.select: order_preservation needs hierarchical (N, L) labels")
