@@ -47,3 +47,13 @@ def test_classes_of_a_hierarchy_are_named_by_their_path():
     assert ids.tolist() == [1, 1, 2, 0] and class_names(classes) == ["3/4", "3/17", "5/2"]
     classes, ids = item_classes(torch.tensor([7, 2, 7]))
     assert ids.tolist() == [1, 0, 1] and class_names(classes) == [2, 7]
+
+
+def test_write_evaluation_report(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    emb, y = torch.randn(30, 4, generator=gen), torch.arange(30) % 3
+    path = write_evaluation_report(tmp_path / "r.html", {"recall_at_1": 0.25, "num_queries": 30}, emb, y, "euclidean",
+                                   inputs=torch.rand(30, 3, 5, 5, generator=gen), title="test <set>")
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 3 and "<td>recall_at_1</td><td>0.2500</td>" in text
+    assert "deepmetric test &lt;set&gt;" in text and "num_queries" not in text  # floats only, escaped
