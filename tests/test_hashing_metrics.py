@@ -174,6 +174,20 @@ def test_rerank_orders_near_duplicate_float32_real_codes():
     assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0
 
 
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_rerank_orders_real_codes_closer_than_1e6(offset):
+    # db0 is 8e-7 from q (not relevant), db1 1e-7 (relevant), both Hamming 0. euclidean reads every
+    # distance below 1e-6 as 0, which tied them (db0 first, AP 1/2); far from the origin (offset) the
+    # float64 |x|^2 + |y|^2 - 2 x.y cancels them too unless moved to the centre. Expected: AP 1.
+    q_real = torch.full((1, 4), 0.5 + offset, dtype=torch.float64)
+    db_real = q_real.repeat(2, 1)
+    db_real[0, 0] += 8e-7
+    db_real[1, 0] += 1e-7
+    scores = hashing_scores(torch.ones(1, 4), torch.tensor([0]), torch.ones(2, 4), torch.tensor([1, 0]),
+                            precision_ns=(1,), radius=None, query_real=q_real, db_real=db_real)
+    assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0
+
+
 def test_hand_worked_multilabel_and_queries_without_relevant():
     # q0 labels {0, 2}, code 11; db: 11 {2} (Hamming 0, T), 10 {1} (1, F), 00 {0, 1} (2, T)
     # AP = (1/1 + 2/3) / 2 = 5/6. q1 has no label: nothing is relevant -> excluded and counted

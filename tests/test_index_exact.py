@@ -243,6 +243,19 @@ def test_euclidean_ranks_are_kept_far_from_the_origin(distance):
         torch.testing.assert_close(d, d_ref.float(), atol=1e-3, rtol=1e-3)
 
 
+def test_tiny_spread_far_from_the_origin_is_centred_in_float64():
+    # spread 1e-7 at 1000: the variance as E[x^2] - E[x]^2 cancels to 0 in float64, so the points
+    # were not moved and |x|^2 + |y|^2 - 2 x.y (ulp of 4e6 about 1e-9) lost their distances (1e-14)
+    x = 1e-7 * torch.randn(10, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shifted = x + 1000.0
+    exact = shifted - 1000.0  # exact (Sterbenz): the shifted points themselves
+    for kw in ({"exclude_self": True}, {}):
+        d, i = knn(shifted, shifted, 5, **kw)
+        d_ref, i_ref = knn(exact, exact, 5, **kw)
+        assert torch.equal(i, i_ref)
+        torch.testing.assert_close(d, d_ref, rtol=1e-6, atol=0)
+
+
 def test_query_in_gallery_refuses_overflowing_embeddings():
     x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0)) * 1e20
     for kw in ({"exclude_self": True}, {}):

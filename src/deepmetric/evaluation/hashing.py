@@ -27,8 +27,9 @@ import torch
 from deepmetric._checks import check_embeddings, check_labels
 from deepmetric._threads import over_rows
 from deepmetric.codes import _hamming, _signs, to_bits
-from deepmetric.distances import euclidean
+from deepmetric.distances import squared_euclidean
 from deepmetric.evaluation import ranking
+from deepmetric.index.exact import _search_center
 from deepmetric.labels import is_hierarchical, same_mask, shared_levels
 
 __all__ = ["hashing_scores"]
@@ -125,8 +126,12 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if query_real.shape[0] != n_q or db_real.shape[0] != n_db or db_real.shape[1] != query_real.shape[1]:
             raise ValueError(f"query_real/db_real: expected shapes ({n_q}, D) and ({n_db}, D), got "
                              f"{tuple(query_real.shape)} and {tuple(db_real.shape)}")
-        # float64: in float32, |x|^2 + |y|^2 - 2 x.y loses the order of near-duplicate real codes
+        # float64, moved to the database's centre and without euclidean's zero floor (distances below
+        # 1e-6 read 0): |x|^2 + |y|^2 - 2 x.y otherwise loses the order of near-duplicate real codes
         query_real, db_real = query_real.to(device, torch.float64), db_real.to(device, torch.float64)
+        center = _search_center(db_real, "squared_euclidean")
+        if center is not None:
+            query_real, db_real = query_real - center, db_real - center
     top_k = None if top_k is None else _count(top_k, "top_k", 1)
     ns = sorted({_count(n, "precision_ns", 1) for n in precision_ns})
     ns = [n for n in ns if n <= n_db]
@@ -150,7 +155,7 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if query_real is None:
             order = _stable_order(ham)
         else:  # lexicographic (Hamming, euclidean, database index): two stable sorts
-            order = torch.sort(euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
+            order = torch.sort(squared_euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
             order = order.gather(1, _stable_order(ham.gather(1, order)))
         for values, relevant in zip(views, masks):
             relevant = relevant[keep]

@@ -210,11 +210,11 @@ def _center(x: torch.Tensor) -> torch.Tensor:
     """
     total, squares = x.new_zeros(x.shape[1], dtype=torch.float64), 0.0
     for chunk in x.split(_ROWS):  # float64 sums without a float64 copy of x
-        chunk = chunk.double()
-        total += chunk.sum(0)
-        squares += float(chunk.pow(2).sum())
+        total += chunk.double().sum(0)
     mean = total / x.shape[0]
-    spread = math.sqrt(max(squares / x.numel() - float(mean.pow(2).mean()), 0.0))
+    for chunk in x.split(_ROWS):  # a second pass: E[x^2] - E[x]^2 cancels far from the origin
+        squares += float((chunk.double() - mean).pow(2).sum())
+    spread = math.sqrt(squares / x.numel())
     if not spread > 0:
         return torch.zeros_like(x[0])
     step = 2.0 ** math.floor(math.log2(spread))
