@@ -1,7 +1,23 @@
 """Input validation shared by every module: fail early, name the argument, say what was expected."""
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a torch tensor: tensors as they are; numpy arrays of numbers or bools shared when torch
+    can read them in place, else copied (read-only, not C-contiguous, or in non-native byte order,
+    which torch refuses); anything else is an error naming the argument."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
+    if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.number)):
+        raise TypeError(f"{name}: expected a numeric or bool array, got dtype {x.dtype}")
+    if not (x.flags.writeable and x.flags.c_contiguous and x.dtype.isnative):
+        x = np.array(x, dtype=x.dtype.newbyteorder("="), order="C")
+    return torch.from_numpy(x)
 
 
 def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
@@ -16,6 +32,13 @@ def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{name}: contains NaN or infinite values (first bad rows: {bad})")
     return x
+
+
+def check_seed(seed) -> int:
+    """A random seed: an integer in ``[0, 2^32)`` (what scikit-learn, faiss and torch all accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"seed: expected an integer in [0, 2^32), got {seed!r}")
+    return int(seed)
 
 
 def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Tensor:

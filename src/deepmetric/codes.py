@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepmetric._checks import as_tensor
+
 __all__ = ["to_bits", "pack_bits", "unpack_bits", "hamming_distances"]
 
 #: largest code length whose ±1 dot products float32 represents exactly (integers up to 2^24)
@@ -34,12 +36,7 @@ def to_bits(codes, name: str = "codes") -> torch.Tensor:
     tensor([[False,  True],
             [ True,  True]])
     """
-    if isinstance(codes, np.ndarray):
-        if codes.dtype == object or not (codes.dtype == np.bool_ or np.issubdtype(codes.dtype, np.number)):
-            raise TypeError(f"{name}: expected a numeric or bool array of binary codes, got dtype {codes.dtype}")
-        codes = torch.from_numpy(np.ascontiguousarray(codes))
-    elif not isinstance(codes, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor or numpy array of shape (N, b), got {type(codes).__name__}")
+    codes = as_tensor(codes, name)
     if codes.is_complex():
         raise TypeError(f"{name}: expected real or bool binary codes, got {codes.dtype}")
     if codes.dim() != 2:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from deepmetric._checks import check_labels
+from deepmetric._checks import as_tensor, check_labels
 from deepmetric._io import atomic_path
 from deepmetric.distances import check_distance
 from deepmetric.registry import Registry
@@ -52,20 +52,10 @@ ENV_VAR = "DEEPMETRIC_DATA"
 # the in-memory data set
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError(f"{name}: expected a numeric array, got dtype object")
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
-
-
 def _int_vector(value, n: int, name: str) -> torch.Tensor | None:
     if value is None:
         return None
-    value = _as_tensor(value, name)
+    value = as_tensor(value, name)
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer values, got {value.dtype}")
     if value.shape != (n,):
@@ -102,7 +92,7 @@ class ArrayDataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        x = _as_tensor(self.x, "x")
+        x = as_tensor(self.x, "x")
         if x.dim() < 2:
             raise ValueError(f"x: expected shape (N, ...) with at least 2 dimensions, got {tuple(x.shape)}")
         if x.dtype == torch.bool:
@@ -112,7 +102,7 @@ class ArrayDataset:
                             f"got {x.dtype}")
         self.x = x.float()
         n = x.shape[0]
-        self.y = check_labels(_as_tensor(self.y, "y"), n, "y")
+        self.y = check_labels(as_tensor(self.y, "y"), n, "y")
         self.groups = _int_vector(self.groups, n, "groups")
         self.ids = _int_vector(self.ids, n, "ids")
         self.coarse = _int_vector(self.coarse, n, "coarse")

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from deepmetric._checks import check_pair
+from deepmetric._checks import as_tensor, check_pair, check_seed
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
@@ -35,12 +35,7 @@ __all__ = ["evaluate", "hashing_scores", "verification_scores", "clustering", "h
 
 
 def _as_tensor(x, name: str):
-    if x is None or isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        # torch shares writable arrays with non-negative strides; others (read-only, reversed) are copied
-        return torch.from_numpy(x if x.flags.writeable and min(x.strides, default=0) >= 0 else x.copy())
-    raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
+    return None if x is None else as_tensor(x, name)
 
 
 def _check_groups(groups, n: int, name: str):
@@ -359,6 +354,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
     full_map, per_class = _check_flag(full_map, "full_map"), _check_flag(per_class, "per_class")
+    nmi, seed = _check_flag(nmi, "nmi"), check_seed(seed)
     if relevance_fn is not None and not callable(relevance_fn):
         raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
                         f"got {type(relevance_fn).__name__}")

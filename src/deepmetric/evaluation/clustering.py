@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings, check_labels
+from deepmetric._checks import check_embeddings, check_labels, check_seed
 from deepmetric.labels import is_multilabel, item_classes
 
 KMEANS_BACKENDS = ("sklearn", "faiss")
@@ -45,6 +45,9 @@ def kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, n_init: int
     if backend not in KMEANS_BACKENDS:
         raise ValueError(f"backend: unknown k-means backend {backend!r}; expected one of {', '.join(KMEANS_BACKENDS)}")
     x = embeddings.detach().cpu().double().numpy()
+    seed = check_seed(seed)
+    if x.shape[0] == 0:
+        raise ValueError("embeddings: expected at least one item to cluster, got an empty (0, D) tensor")
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters: expected 1..{x.shape[0]} (the number of embeddings), got {n_clusters}")
     if backend == "sklearn":  # scikit-learn and faiss are imported when used: each costs memory and time
@@ -81,8 +84,10 @@ def pairwise_f1(classes, clusters) -> float:
     0.4
     """
     classes, clusters = np.asarray(classes), np.asarray(clusters)
-    if classes.ndim != 1 or clusters.shape != classes.shape:
-        raise ValueError(f"clusters: expected shape {classes.shape} to match classes (1-D), got {clusters.shape}")
+    if classes.ndim != 1:
+        raise ValueError(f"classes: expected a 1-D array (one class per item), got shape {classes.shape}")
+    if clusters.shape != classes.shape:
+        raise ValueError(f"clusters: expected shape {classes.shape} to match classes, got {clusters.shape}")
     from sklearn.metrics.cluster import contingency_matrix
 
     tp = _n_pairs(contingency_matrix(classes, clusters, sparse=True).data)

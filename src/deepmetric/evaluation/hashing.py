@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings, check_labels
+from deepmetric._checks import as_tensor, check_embeddings, check_labels
 from deepmetric._threads import over_rows
 from deepmetric.codes import _hamming, _signs, to_bits
 from deepmetric.distances import squared_euclidean
@@ -39,9 +39,7 @@ _BLOCK = 1 << 21
 
 
 def _labels(labels, n: int, name: str) -> torch.Tensor:
-    if isinstance(labels, np.ndarray):
-        labels = torch.from_numpy(np.array(labels))
-    return check_labels(labels, n, name)
+    return check_labels(as_tensor(labels, name), n, name)
 
 
 def _count(value, name: str, minimum: int) -> int:
@@ -133,6 +131,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if center is not None:
             query_real, db_real = query_real - center, db_real - center
     top_k = None if top_k is None else _count(top_k, "top_k", 1)
+    if isinstance(precision_ns, (int, np.integer)) or not hasattr(precision_ns, "__iter__"):
+        raise TypeError(f"precision_ns: expected a sequence of integers, e.g. (100, 1000), got {precision_ns!r}")
     ns = sorted({_count(n, "precision_ns", 1) for n in precision_ns})
     ns = [n for n in ns if n <= n_db]
     radius = None if radius is None else _count(radius, "radius", 0)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings
+from deepmetric._checks import as_tensor, check_embeddings
 from deepmetric.distances import check_distance
 
 __all__ = ["roc_curve", "roc_auc", "eer", "tar_at_far", "best_threshold", "kfold_accuracy",
@@ -28,11 +28,7 @@ __all__ = ["roc_curve", "roc_auc", "eer", "tar_at_far", "best_threshold", "kfold
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.array(x))
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
+    return as_tensor(x, name).detach()
 
 
 def _check_pairs(distances, is_same) -> tuple[torch.Tensor, torch.Tensor]:
