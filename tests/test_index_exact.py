@@ -286,3 +286,28 @@ def test_cosine_parallel_vectors_of_different_norms_tie_in_gallery_order(chunks)
     for q in range(24):
         assert i[q].tolist() == [j for j in (which == which[q]).nonzero().flatten().tolist() if j != q]
         assert bool((d[q] == d[q, 0]).all())
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "dot"])
+def test_float64_duplicates_come_back_in_gallery_order(distance):
+    # MKL's float64 product scores identical gallery columns differently by their position; ties must
+    # still keep gallery order, at the cut too. Oracle: each pair ranked by its base vectors' distance
+    # (computed once per pair of base vectors, so duplicates tie exactly), then by gallery index.
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    which = torch.randint(0, 40, (160,), generator=gen)
+    queries = torch.randn(30, 7, generator=gen, dtype=torch.float64)
+
+    def dist(a, b):
+        if distance == "dot":
+            return -float(a @ b)
+        if distance == "cosine":
+            return 1 - float(a @ b) / float(a.norm() * b.norm())
+        return float((a - b).pow(2).sum()) ** (0.5 if distance == "euclidean" else 1)
+
+    for q, exclude in ((queries, False), (base[which], True)):
+        _, ids = knn(q, base[which], 10, distance, exclude_self=exclude)
+        for r in range(q.shape[0]):
+            others = [j for j in range(160) if not (exclude and j == r)]
+            expected = sorted(others, key=lambda j: (dist(q[r], base[which[j]]), j))[:10]
+            assert ids[r].tolist() == expected

@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, _sort_rows, search_chunks,
+from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, search_chunks,
                                    unit_rows)
 
 
@@ -62,9 +62,9 @@ def _faiss_message(err: Exception) -> str:
 class ExactIndex(Index):
     """Exact (brute-force) k-NN over the added vectors, ties in insertion order, in the precision of
     the stored vectors: the ``k + REFINE_MARGIN`` best by blocked matrix products in torch
-    (:func:`deepmetric.index.knn`), then ranked by their distances recomputed from differences
-    (:meth:`_refine`), so that duplicates are at distance 0 and near-duplicates in their true order
-    (unless more than ``REFINE_MARGIN`` items lie within float rounding of the k-th). Supports every
+    (:func:`deepmetric.index.knn`), then ranked by their distances recomputed pair by pair
+    (:func:`deepmetric.index.exact._refine`), so that duplicates are at distance 0 and near-duplicates
+    in their true order (unless more than ``REFINE_MARGIN`` items lie within float rounding of the k-th). Supports every
     float distance and :meth:`remove`; the gallery is prepared for search (normalised or centred)
     once, not per call.
 
@@ -75,8 +75,6 @@ class ExactIndex(Index):
     """
 
     backend = "exact"
-    #: candidates searched beyond k by the product score and refined from differences
-    REFINE_MARGIN = 16
 
     def __init__(self, distance: str = "euclidean"):
         super().__init__(check_distance(distance))
@@ -97,50 +95,17 @@ class ExactIndex(Index):
         self._vectors, self._searcher = vectors, None
 
     def _search(self, queries, k):
-        """Queries in the stored vectors' dtype and device, against the gallery prepared once: the
-        ``k + REFINE_MARGIN`` best by the product score, refined (:meth:`_refine`), the k best kept."""
+        """Queries in the stored vectors' dtype and device, against the gallery prepared once (refined)."""
         if self._searcher is None:
-            self._searcher = _Searcher(self._vectors, self.distance)
+            self._searcher = _Searcher(self._vectors, self.distance, refine=True)
         queries = queries.to(device=self._vectors.device)
         if queries.dtype != self._vectors.dtype:  # float64 queries of a float32 index may not fit
             queries = queries.to(self._vectors.dtype)
             if not bool(torch.isfinite(queries).all()):
                 raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored "
                                  f"vectors' type; scale the embeddings down")
-        depth = k if self.distance == "dot" else min(len(self), k + self.REFINE_MARGIN)
-        distances, positions = self._refine(queries, *search_chunks(self._searcher, queries, depth))
-        ids = torch.from_numpy(self._labels).to(positions.device)[positions[:, :k]]
-        return distances[:, :k].float(), ids
-
-    def _refine(self, queries, distances, positions):
-        """Candidates' distances recomputed from differences, ``||q - x||`` (squared, or
-        ``||q/|q| - x/|x| ||^2 / 2 = 1 - cos`` for cosine), each row sorted by (distance, insertion
-        order). The search ranks by ``|x|^2 + |q|^2 - 2 q.x``, whose float32 cancellation leaves about
-        1e-3 between identical vectors and cannot order near-duplicates; differences give exact zeros,
-        as faiss' flat index does. ``dot`` has no cancellation and is returned as it is."""
-        if self.distance == "dot" or positions.numel() == 0:
-            return distances, positions
-        searcher = self._searcher
-        if self.distance == "cosine":
-            queries = unit_rows(queries)
-        elif searcher.center is not None:  # the gallery is stored centred; differences do not change
-            queries = queries - searcher.center
-        positions = positions.sort(dim=1).values  # ascending insertion order, kept among ties below
-        out = torch.empty_like(distances)
-        step = max(1, (1 << 22) // (positions.shape[1] * queries.shape[1]))
-        for r in range(0, queries.shape[0], step):
-            pos, q = positions[r:r + step], queries[r:r + step]
-            items = searcher.gallery.index_select(0, pos.flatten()).view(*pos.shape, -1)
-            if self.distance == "cosine":  # rows of norm below 1e-12 (zero) do not become unit vectors:
-                off = (items.square().sum(2) - 1).abs().gt(1e-5) | (q.square().sum(1) - 1).abs().gt(1e-5)[:, None]
-                plain = 1.0 - (items[off] * q[:, None, :].expand_as(items)[off]).sum(1)  # 1 - x.y as searched
-            d = items.sub_(q[:, None, :]).square_().sum(2)
-            if self.distance == "euclidean":
-                d.sqrt_()
-            elif self.distance == "cosine":
-                d.mul_(0.5)[off] = plain
-            out[r:r + step] = d
-        return _sort_rows(out, positions)
+        distances, positions = search_chunks(self._searcher, queries, k)
+        return distances.float(), torch.from_numpy(self._labels).to(positions.device)[positions]
 
     def _remove(self, labels, positions, keep):
         self._vectors = self._vectors[torch.from_numpy(keep).to(self._vectors.device)]

@@ -149,6 +149,48 @@ def _sort_rows(scores: torch.Tensor, ids: torch.Tensor | None = None):
     return values, ids.gather(1, order)
 
 
+#: candidates searched beyond k and ranked again by their distances recomputed pair by pair (:func:`_refine`)
+REFINE_MARGIN = 16
+
+
+def _products_consistent(x: torch.Tensor) -> bool:
+    """Whether :func:`_mm_t` scores identical gallery vectors identically wherever they sit. oneDNN's
+    float32 product does; MKL's float64 product rounds the columns at the edges of its tiles
+    differently, so identical vectors would be ordered by rounding instead of gallery order."""
+    return _ONEDNN_LINEAR is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positions: torch.Tensor):
+    """``(distances, positions)`` of candidates with their distances recomputed pair by pair, each row
+    sorted by (distance, position); ``positions`` ``-1`` (no candidate) stay last at ``+inf``.
+
+    Queries and gallery as prepared for the search (centred for euclidean, unit rows for cosine):
+    ``||q - x||`` (squared), ``||q - x||^2 / 2 = 1 - cos`` for cosine, ``-q.x`` for dot. Identical
+    vectors get identical distances (exact zeros between duplicates, as in faiss' flat index), and
+    near-duplicates are ordered without the cancellation of ``|x|^2 + |q|^2 - 2 q.x``.
+    """
+    positions = positions.sort(dim=1).values  # ascending positions, kept among ties by _sort_rows
+    out = torch.empty(positions.shape, dtype=queries.dtype, device=queries.device)
+    step = max(1, (1 << 22) // max(1, positions.shape[1] * queries.shape[1]))
+    for r in range(0, queries.shape[0], step):
+        pos, q = positions[r:r + step], queries[r:r + step]
+        items = gallery.index_select(0, pos.clamp_min(0).flatten()).view(*pos.shape, -1)
+        if distance == "dot":
+            d = items.mul_(q[:, None, :]).sum(2).neg_()
+        else:
+            if distance == "cosine":  # rows of norm below 1e-12 (zero) do not become unit vectors:
+                off = (items.square().sum(2) - 1).abs().gt(1e-5) | (q.square().sum(1) - 1).abs().gt(1e-5)[:, None]
+                plain = 1.0 - (items[off] * q[:, None, :].expand_as(items)[off]).sum(1)  # 1 - x.y as searched
+            d = items.sub_(q[:, None, :]).square_().sum(2)
+            if distance == "euclidean":
+                d.sqrt_()
+            elif distance == "cosine":
+                d.mul_(0.5)[off] = plain
+        out[r:r + step] = d.masked_fill_(pos < 0, math.inf)
+    distances, positions = _sort_rows(out, positions)
+    return distances, positions.masked_fill_(torch.isinf(distances), -1)
+
+
 def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
     """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root; 0 below 1e-12 as
     in ``distances.euclidean``) and ``squared_euclidean``; ``1 - cos`` (at least 0) from ``-cos`` for
@@ -266,9 +308,14 @@ def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: tor
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
-    def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK):
+    def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK,
+                 refine: bool | None = None):
+        """``refine``: search ``k + REFINE_MARGIN`` candidates by the product score and rank them by their
+        distances recomputed pair by pair (:func:`_refine`); by default when the product may score
+        identical vectors differently (:func:`_products_consistent`)."""
         self.distance = distance
         self.block = gallery_chunk_size
+        self.refine = not _products_consistent(gallery) if refine is None else refine
         if distance == "cosine":
             gallery = unit_rows(gallery)
         self.center = _search_center(gallery, distance)
@@ -299,15 +346,16 @@ class _Searcher:
             queries = queries - self.center
         self._check_overflow(queries)
         n_q = queries.shape[0]
-        x = unit_rows(queries) if self.distance == "cosine" else queries
-        x = self.alpha * x  # scores = alpha x.y (+ |y|^2): a power of two, so no rounding is added
+        prepared = unit_rows(queries) if self.distance == "cosine" else queries
+        depth = k + REFINE_MARGIN if self.refine else k
+        x = self.alpha * prepared  # scores = alpha x.y (+ |y|^2): a power of two, so no rounding is added
         rows = torch.arange(n_q, device=queries.device)
         # selection: per-query heaps (compiled, on the CPU) while k is small against the gallery,
         # else a running top-k of sorted blocks
-        heaps = _new_heaps(n_q, k, queries.dtype, None) if HEAP_RATIO * k <= self.n else None
+        heaps = _new_heaps(n_q, depth, queries.dtype, None) if HEAP_RATIO * depth <= self.n else None
         best_s = queries.new_empty((n_q, 0))
         best_i = torch.empty((n_q, 0), dtype=torch.long, device=queries.device)
-        step = self.block if heaps is not None else max(self.block, k)
+        step = self.block if heaps is not None else max(self.block, depth)
         for g0 in range(0, self.n, step):
             g1 = min(g0 + step, self.n)
             scores = _mm_t(x, self.gallery[g0:g1], None if self.bias is None else self.bias[g0:g1])
@@ -327,14 +375,17 @@ class _Searcher:
                 cols = torch.arange(g0, g1, device=queries.device).expand(n_q, -1)
                 s, i = _sort_rows(torch.cat([best_s, scores], dim=1), torch.cat([best_i, cols], dim=1))
             del scores
-            best_s, best_i = s[:, :k], i[:, :k]
+            best_s, best_i = s[:, :depth], i[:, :depth]
         if heaps is not None:
             best_s, best_i = (t.to(queries.device) for t in _sorted_heaps(heaps))
-        elif best_s.shape[1] < k:  # gallery smaller than k
-            pad = k - best_s.shape[1]
+        elif best_s.shape[1] < depth:  # gallery smaller than the depth
+            pad = depth - best_s.shape[1]
             best_s = torch.cat([best_s, best_s.new_full((n_q, pad), math.inf)], dim=1)
             best_i = torch.cat([best_i, best_i.new_full((n_q, pad), -1)], dim=1)
         best_i.masked_fill_(torch.isinf(best_s), -1)  # only excluded items score +inf
+        if self.refine:
+            distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
+            return distances[:, :k], best_i[:, :k]
         distances = self._distances(best_s, queries)
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
@@ -386,17 +437,22 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     at or below the item's threshold: first an estimate of its k-th score from a random sample of
     the gallery, chosen so that about 3k items fall below it, then the heap's worst kept score. An
     item whose estimate proved too low (fewer than k items below it) is searched again by the
-    per-query search, so the result is always exact. Runs on the CPU (other devices: copied there and
+    per-query search, so the result is always exact. When the product may score identical vectors
+    differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
+    again by :func:`_refine`, so that ties keep gallery order. Runs on the CPU (other devices: copied there and
     back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
     if x.device.type != "cpu":
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
         return d.to(x.device), i.to(x.device)
-    n = x.shape[0]
+    n, final_k = x.shape[0], k
     center = _search_center(x, distance)
     if center is not None:
         x = x - center
     _check_items_overflow(x, distance, "embeddings")
+    refine = not _products_consistent(x)
+    if refine:  # candidates beyond k, ranked again pair by pair at the end (_refine)
+        k += REFINE_MARGIN
     a, b = _symmetric_factors(x, distance)
     bounds = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
 
@@ -443,8 +499,12 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     # rows with fewer than k results although their estimate was finite: the estimate was too low
     redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
     if redo.numel():
-        distances[redo], ids[redo] = _Searcher(x, distance).search(
+        distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
+    if refine:
+        prepared = unit_rows(x) if distance == "cosine" else x
+        distances, ids = _refine(prepared, prepared, distance, ids)
+        distances, ids = distances[:, :final_k], ids[:, :final_k]
     return distances, ids
 
 
