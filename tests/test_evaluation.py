@@ -850,3 +850,15 @@ def test_numpy_inputs_in_any_byte_order_and_clear_errors_for_the_rest():
         clustering.pairwise_f1(np.array([[0, 1]]), np.array([[0, 1]]))
     with pytest.raises(TypeError, match="precision_ns: expected a sequence of integers"):
         dm.evaluation.hashing_scores(codes, y[:6], codes, y[:6], precision_ns=100)
+
+
+def test_empty_dimensions_and_galleries_are_named():
+    x, y = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match=r"embeddings: expected at least one dimension \(D >= 1\), got shape \(6, 0\)"):
+        dm.evaluate(torch.zeros(6, 0), y, nmi=False)
+    with pytest.raises(ValueError, match=r"labels: expected at least one column .* got shape \(6, 0\)"):
+        dm.evaluate(x, torch.zeros(6, 0, dtype=torch.long), nmi=False)
+    with pytest.raises(ValueError, match=r"gallery: expected at least one item"):
+        dm.evaluate(x, y, gallery=torch.zeros(0, 3), gallery_labels=torch.zeros(0, dtype=torch.long), nmi=False)
+    with pytest.raises(TypeError, match=r"ks: expected a sequence of integers, e.g. \(1, 5, 10\), got 10"):
+        dm.evaluate(x, y, ks=10, nmi=False)

@@ -492,7 +492,7 @@ def test_default_ids_are_never_handed_out_twice(name, tmp_path):
 @pytest.mark.parametrize("name", ["exact", "flat"])
 def test_zero_dimensional_vectors_are_refused(name):
     index = dmi.create(name)
-    with pytest.raises(ValueError, match=r"vectors: expected at least one dimension, got shape \(3, 0\)"):
+    with pytest.raises(ValueError, match=r"vectors: expected at least one dimension.*got shape \(3, 0\)"):
         index.add(torch.zeros(3, 0))
     assert len(index) == 0 and index.dim is None
 

@@ -26,6 +26,8 @@ def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
         raise TypeError(f"{name}: expected a torch.Tensor of shape (B, D), got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"{name}: expected shape (B, D), got {tuple(x.shape)} ({x.dim()}-D)")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one dimension (D >= 1), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
     if not torch.isfinite(x).all():
@@ -55,6 +57,9 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
         raise ValueError(f"{name}: expected shape (B,), (B, L) or (B, C), got {tuple(labels.shape)}")
     if labels.shape[0] != n:
         raise ValueError(f"{name}: expected {n} rows to match the embeddings, got {labels.shape[0]}")
+    if labels.dim() == 2 and labels.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one column (hierarchy level or label), got shape "
+                         f"{tuple(labels.shape)}")
     if labels.dtype == torch.bool:
         if labels.dim() != 2:
             raise ValueError(f"{name}: bool labels are multi-label and must be (B, C), got {tuple(labels.shape)}")

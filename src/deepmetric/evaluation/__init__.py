@@ -50,6 +50,8 @@ def _check_groups(groups, n: int, name: str):
 
 
 def _check_ks(ks, k):
+    if isinstance(ks, (int, np.integer)) or not hasattr(ks, "__iter__"):
+        raise TypeError(f"ks: expected a sequence of integers, e.g. (1, 5, 10), got {ks!r}")
     ks = tuple(ks)
     for value in ks + (() if k is None else (k,)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -349,6 +351,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     self_mode = gallery is None
     queries, q_labels, gallery, g_labels = check_pair(embeddings, labels, gallery, gallery_labels,
                                                          ref_names=("gallery", "gallery_labels"))
+    if gallery.shape[0] == 0:
+        raise ValueError("gallery: expected at least one item, got an empty (0, D) tensor")
     distance = check_distance(distance)
     ks, k = _check_ks(ks, k)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
