@@ -926,3 +926,34 @@ def test_exact_index_searches_what_it_holds_after_add_and_remove(distance):
     # float64 queries are searched in the stored float32: values float32 cannot hold are refused
     with pytest.raises(ValueError, match="queries: values beyond the range of torch.float32"):
         index.search(torch.tensor([[1e39, 1.0]], dtype=torch.float64), 1)
+
+
+def test_faiss_is_never_asked_for_more_items_than_it_holds():
+    # faiss' NSG search never returns when k exceeds the items; the tie look-ahead (k + 1) asked for
+    # that whenever k reached the index size. Run in a child process so that a hang fails, not blocks.
+    import subprocess
+    import sys
+    child = ("import torch, deepmetric.index as dmi\n"
+             "x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))\n"
+             "index = dmi.create('faiss', factory='NSG8,Flat')\n"
+             "index.add(x)\n"
+             "d, i = index.search(x[:2], 250)\n"
+             "print(sorted(i[0, :200].tolist()) == list(range(200)), bool((i[:, 200:] == -1).all()))\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("distance", ["dot", "cosine"])
+def test_factory_built_for_another_metric_is_refused(distance):
+    # faiss builds HNSW over PQ codes for L2 whatever metric is asked: its results would be L2 ranks
+    index = dmi.create("faiss", factory="HNSW16,PQ4", distance=distance)
+    with pytest.raises(ValueError, match="factory: faiss builds 'HNSW16,PQ4' for the squared euclidean metric only"):
+        index.add(torch.randn(300, 8, generator=torch.Generator().manual_seed(0)))
+
+
+def test_faiss_search_errors_name_the_factory():
+    index = dmi.create("faiss", factory="Residual2x4,PQ4")
+    index.add(torch.randn(400, 8, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="factory: faiss cannot search 'Residual2x4,PQ4'"):
+        index.search(torch.randn(2, 8), 3)

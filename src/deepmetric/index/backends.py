@@ -213,6 +213,9 @@ class FaissIndex(Index):
         if isinstance(inner, faiss.IndexLSH):
             raise ValueError(f"factory: {self.factory!r} ranks by the Hamming distance of its own bit codes, not "
                              f"by {self.distance}; for binary codes use deepmetric.codes and the 'binary' index")
+        if inner.metric_type != self._metric:  # e.g. HNSW over PQ codes: faiss builds it for L2 whatever asked
+            raise ValueError(f"factory: faiss builds {self.factory!r} for the squared euclidean metric only, so it "
+                             f"cannot rank by {self.distance}; use a euclidean distance or another factory string")
         self._configure(index)
         self._index = _with_ids(index)
 
@@ -259,13 +262,15 @@ class FaissIndex(Index):
         """faiss' top-k with ties in insertion order. faiss keeps an arbitrary subset of the items
         tied at the k-th distance (the last inserted, for inner products), so one more is searched;
         the rare rows whose (k+1)-th result ties with the k-th are searched again, deeper, until the
-        tied run ends inside their results."""
-        d, ids = self._ordered_search(queries, k + 1)
-        cut = np.flatnonzero((d[:, k] == d[:, k - 1]) & (ids[:, k] >= 0))
+        tied run ends inside their results. faiss is never asked for more items than the index holds
+        (``k <= len(self)`` here): its NSG search then never returns."""
+        n = len(self)
+        depth = min(k + 1, n)
+        d, ids = self._ordered_search(queries, depth)
+        cut = np.flatnonzero((d[:, k] == d[:, k - 1]) & (ids[:, k] >= 0)) if depth > k else np.empty(0, np.int64)
         d, ids = np.ascontiguousarray(d[:, :k]), np.ascontiguousarray(ids[:, :k])
-        depth = k + 1
-        while cut.size and depth < len(self):
-            depth = min(2 * depth, len(self) + 1)
+        while cut.size and depth < n:
+            depth = min(2 * depth, n)
             deeper_d, deeper_ids = self._ordered_search(queries[cut], depth)
             d[cut], ids[cut] = deeper_d[:, :k], deeper_ids[:, :k]
             cut = cut[(deeper_d[:, -1] == deeper_d[:, k - 1]) & (deeper_ids[:, -1] >= 0)]
@@ -280,8 +285,11 @@ class FaissIndex(Index):
         """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots)."""
         d = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
-        for s in range(0, queries.shape[0], SEARCH_CHUNK):
-            self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
+        try:
+            for s in range(0, queries.shape[0], SEARCH_CHUNK):
+                self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
+        except RuntimeError as err:  # e.g. faiss' two-level "Residual" indexes cannot search
+            raise ValueError(f"factory: faiss cannot search {self.factory!r}: {_faiss_message(err)}") from None
         self._to_distances(d)
         d[ids < 0] = np.inf
         return d, ids
