@@ -957,3 +957,11 @@ def test_faiss_search_errors_name_the_factory():
     index.add(torch.randn(400, 8, generator=torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="factory: faiss cannot search 'Residual2x4,PQ4'"):
         index.search(torch.randn(2, 8), 3)
+
+
+def test_string_ids_with_nul_characters_are_refused():
+    # numpy's str arrays drop trailing NULs: "x\0" came back as "x", and "a" / "a\0" were duplicates
+    index = dmi.create("exact")
+    with pytest.raises(ValueError, match="ids: expected strings without NUL characters"):
+        index.add(torch.randn(2, 3), ids=["a", "a\0"])
+    assert len(index) == 0

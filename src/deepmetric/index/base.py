@@ -84,6 +84,9 @@ def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray
         ids = ids.detach().cpu().numpy()
     elif isinstance(ids, (list, tuple)):
         if len(ids) and all(isinstance(i, str) for i in ids):
+            if any("\0" in i for i in ids):  # numpy's str arrays drop trailing NULs: "a\0" would become "a"
+                raise ValueError(f"{name}: expected strings without NUL characters, got "
+                                 f"{[i for i in ids if chr(0) in i][:3]!r}")
             ids = np.array(ids, dtype=str)
         elif any(isinstance(i, str) for i in ids):
             raise TypeError(f"{name}: expected all strings or all integers, got a mix")
