@@ -965,3 +965,27 @@ def test_string_ids_with_nul_characters_are_refused():
     with pytest.raises(ValueError, match="ids: expected strings without NUL characters"):
         index.add(torch.randn(2, 3), ids=["a", "a\0"])
     assert len(index) == 0
+
+
+def test_manifest_fields_edited_by_hand_are_named(tmp_path):
+    # with the manifest's checksum recomputed, missing or mistyped fields raised a bare KeyError or a
+    # confusing message, and an unlisted ids.npy was read without its checksum
+    from deepmetric.index.base import _manifest_checksum
+
+    for case, (fields, message) in enumerate((({"files": None}, r"malformed fields \['files'\]"),
+                            ({"count": None, "dimension": "8"}, r"malformed fields \['dimension', 'count'\]"),
+                            ({"ids": "bogus"}, r"malformed fields \['ids'\]"),
+                            ({"drop": "ids.npy"}, r"expected \['ids.npy'\] among the checked files"))):
+        directory = built("exact", n=4).save(tmp_path / f"idx{case}")
+        manifest = json.loads((directory / "manifest.json").read_text())
+        for key, value in fields.items():
+            if key == "drop":
+                del manifest["files"][value]
+            elif value is None:
+                del manifest[key]
+            else:
+                manifest[key] = value
+        manifest["checksum"] = _manifest_checksum(manifest)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=message):
+            dmi.load(directory)

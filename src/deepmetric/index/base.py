@@ -140,6 +140,27 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+def _check_manifest_fields(manifest: dict, path: Path) -> None:
+    """The fields :meth:`Index.load` reads, of the types :meth:`Index.save` writes, and the id files
+    among the checked ones (a manifest edited by hand, with its checksum recomputed)."""
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    files = manifest.get("files")
+    expected = {"backend": str, "distance": str, "options": dict, "files": dict}
+    wrong = [key for key, kind in expected.items() if not isinstance(manifest.get(key), kind)]
+    wrong += [key for key in ("dimension", "count") if not is_int(manifest.get(key))]
+    wrong += [] if manifest.get("ids") in ("int64", "string") else ["ids"]
+    if not wrong and not all(isinstance(e, dict) and is_int(e.get("size")) and isinstance(e.get("sha256"), str)
+                             for e in files.values()):
+        wrong.append("files")
+    if wrong:
+        raise ValueError(f"{path}: missing or malformed fields {wrong} (the manifest was edited by hand?)")
+    needed = ["ids.npy"] + (["ids.json"] if manifest["ids"] == "string" else [])
+    if any(name not in files for name in needed):
+        raise ValueError(f"{path}: expected {needed} among the checked files, got {sorted(files)}")
+
+
 def read_manifest(directory: str | os.PathLike) -> dict:
     """The verified manifest of a saved index: every listed file present, of the recorded size and
     sha256; the manifest's own checksum matches. Errors name the offending file."""
@@ -161,6 +182,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: expected format {FORMAT} version {FORMAT_VERSION}, got "
                          f"{manifest.get('format')} version {manifest.get('format_version')}")
+    _check_manifest_fields(manifest, path)
     for name, entry in manifest["files"].items():
         file = directory / name
         if Path(name).name != name or name in (".", ".."):
