@@ -204,3 +204,15 @@ def test_hierarchical_labels_train_with_super_class_batches_and_report_levels(tm
         train(resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "sampler.m=2",
                            "sampler.classes_per_super_class=2", "batch_size=10"]), tmp_path / "bad", progress=False,
               log=quiet)
+
+
+def test_too_few_top_level_classes_to_hold_out_name_the_setting(tmp_path):
+    # two super-classes: the zero-shot split leaves one for training, so none can be held out for
+    # validation; the error named an argument "n" with the range [1, 0]
+    y = np.array([[s, c] for s in range(2) for c in range(4) for _ in range(6)])
+    x = np.random.default_rng(0).normal(size=(len(y), 8)).astype(np.float32)
+    np.savez(tmp_path / "h.npz", X=x, y=y)
+    config = resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "eval.nmi=false", "eval.val_classes=0.34"])
+    with pytest.raises(ValueError, match=r"eval.val_classes: cannot hold out 0.34 .* 1 class at level 0; holding "
+                                         r"classes out needs at least 2 .* set it to 0"):
+        train(config, tmp_path / "run", progress=False, log=quiet)

@@ -641,6 +641,10 @@ def holdout_classes(dataset: ArrayDataset, fraction: float = 0.2, *, n: int | No
         y = y[:, : level + 1]
     classes, inverse = _class_index(y, "holdout_classes")
     c = classes.shape[0]
+    if c < 2:
+        where = "" if level is None else f" at level {level}"
+        raise ValueError(f"dataset: {c} class{'' if c == 1 else 'es'}{where}; holding classes out needs at least 2 "
+                         f"(one stays in training)")
     if n is None:
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")

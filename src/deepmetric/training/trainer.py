@@ -212,8 +212,12 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         raise ValueError("eval.select: order_preservation needs hierarchical (N, L) labels")
     select_k = re.fullmatch(r"\w+_at_([0-9]+)", str(select))  # validation reports this k too
     if ev["val_classes"]:  # hierarchical labels: whole top-level classes (e.g. alphabets) are held out
-        fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"],
-                                           level=0 if hierarchical else None)
+        try:
+            fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"],
+                                               level=0 if hierarchical else None)
+        except ValueError as err:
+            raise ValueError(f"eval.val_classes: cannot hold out {ev['val_classes']} of the training classes "
+                             f"for validation ({err}); set it to 0 to keep the last epoch") from None
         if len(val_set.classes) < 2:
             raise ValueError(f"eval.val_classes: {ev['val_classes']} holds out {len(val_set.classes)} class(es) of "
                              f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the last epoch)")
