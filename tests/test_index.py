@@ -989,3 +989,13 @@ def test_manifest_fields_edited_by_hand_are_named(tmp_path):
         (directory / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ValueError, match=message):
             dmi.load(directory)
+
+
+def test_an_id_type_not_fixed_yet_survives_save_and_load(tmp_path):
+    # an empty add fixes the dimension but not the id type; the saved index said int64 and then
+    # refused the string ids the original would take
+    index = dmi.create("exact")
+    index.add(torch.zeros(0, 4))
+    loaded = dmi.load(index.save(tmp_path / "idx"))
+    loaded.add(torch.randn(2, 4), ids=["a", "b"])
+    assert loaded.names(loaded.search(torch.zeros(1, 4), 2)[1])[0] in (["a", "b"], ["b", "a"])

@@ -140,6 +140,10 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+#: the manifest's "ids" by the index's id type: string, int64, or not fixed yet (only empty adds so far)
+_ID_TYPES = {True: "string", False: "int64", None: None}
+
+
 def _check_manifest_fields(manifest: dict, path: Path) -> None:
     """The fields :meth:`Index.load` reads, of the types :meth:`Index.save` writes, and the id files
     among the checked ones (a manifest edited by hand, with its checksum recomputed)."""
@@ -150,7 +154,7 @@ def _check_manifest_fields(manifest: dict, path: Path) -> None:
     expected = {"backend": str, "distance": str, "options": dict, "files": dict}
     wrong = [key for key, kind in expected.items() if not isinstance(manifest.get(key), kind)]
     wrong += [key for key in ("dimension", "count") if not is_int(manifest.get(key))]
-    wrong += [] if manifest.get("ids") in ("int64", "string") else ["ids"]
+    wrong += [] if manifest.get("ids") in _ID_TYPES.values() else ["ids"]
     if not wrong and not all(isinstance(e, dict) and is_int(e.get("size")) and isinstance(e.get("sha256"), str)
                              for e in files.values()):
         wrong.append("files")
@@ -393,7 +397,7 @@ class Index:
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "backend": self.backend,
                 "options": self.options, "distance": self.distance, "dimension": self._dim,
-                "count": len(self), "ids": "string" if self._string_ids else "int64", "next_id": self._next_id,
+                "count": len(self), "ids": _ID_TYPES[self._string_ids], "next_id": self._next_id,
                 "deepmetric_version": __version__,
                 "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
                           for name in files},
@@ -425,7 +429,7 @@ class Index:
         index._dim = manifest["dimension"]
         index._read(directory, manifest)
         index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
-        index._string_ids = manifest["ids"] == "string"
+        index._string_ids = {kind: string for string, kind in _ID_TYPES.items()}[manifest["ids"]]
         largest = int(index._labels.max()) if count else -1
         index._next_id = manifest.get("next_id", largest + 1)  # saved before next_id: one past the largest
         if isinstance(index._next_id, bool) or not isinstance(index._next_id, int) or index._next_id <= largest:
