@@ -118,6 +118,9 @@ def test_errors_are_clear(tmp_path):
     complex_x = write(tmp_path / "c.npz", np.ones((3, 4), dtype=np.complex64))
     result = run("index", "build", complex_x, "--out", tmp_path / "idx")
     assert result.exit_code != 0 and "expected real numbers in 'X', got dtype complex64" in result.output
+    strings = write(tmp_path / "s.npz", np.array([["a", "b"], ["c", "d"]]))  # binary codes were converted by torch
+    result = run("index", "build", strings, "--out", tmp_path / "idx", "--backend", "binary")
+    assert result.exit_code != 0 and f"{strings}: expected real numbers in 'X', got dtype <U1" in result.output
     result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "faiss")
     assert result.exit_code != 0 and "'faiss' takes a factory string" in result.output
     result = run("index", "build", emb, "--out", emb / "idx")  # under a file

@@ -216,15 +216,15 @@ def _read_vectors(path) -> dict:
         if distance.size != 1 or distance.dtype.kind != "U":
             raise ValueError(f"{path}: expected 'distance' to be one string such as 'cosine', got {distance!r}")
         arrays["distance"] = str(distance.reshape(()))
+    if arrays["X"].dtype.kind not in "fiub":  # binary codes too: bits, signs or bytes
+        raise ValueError(f"{path}: expected real numbers in 'X', got dtype {arrays['X'].dtype}")
     if arrays["X"].dtype.byteorder == ">":  # torch reads native byte order only
         arrays["X"] = arrays["X"].astype(arrays["X"].dtype.newbyteorder("="))
     return arrays
 
 
-def _float_array(x, path):
+def _float_array(x):
     import numpy as np
-    if x.dtype.kind not in "fiub":
-        raise ValueError(f"{path}: expected real numbers in 'X', got dtype {x.dtype}")
     return x if x.dtype.kind == "f" else x.astype(np.float32)
 
 
@@ -255,7 +255,7 @@ def index_build(embeddings, out, backend, distance, options):
         index = dmi.create("binary", distance=distance or "hamming", **kwargs)
     else:
         distance = distance or arrays.get("distance") or "euclidean"
-        x = _float_array(x, embeddings)
+        x = _float_array(x)
         if backend == "faiss":
             raise ValueError("--backend: 'faiss' takes a factory string; give the string itself, e.g. IVF256,Flat")
         if backend in dmi.INDEXES:
@@ -291,7 +291,7 @@ def index_search(index_dir, queries, k, as_json):
     if x.shape[0] * k > _MAX_RESULTS:
         raise ValueError(f"-k: {x.shape[0]} queries x {k} neighbours are more than {_MAX_RESULTS:,} results "
                          f"(the index holds {len(index)} items)")
-    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x, queries)), k)
+    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x)), k)
     names = index.names(ids)
     rows = [[None if math.isinf(v) else v for v in row] for row in distances.tolist()]
     if as_json:
