@@ -769,3 +769,15 @@ def test_docstring_examples_run():
     import deepmetric.losses.pair
     result = doctest.testmod(deepmetric.losses.pair)
     assert result.attempted >= 12 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["lifted-structure", "generalized-lifted-structure", "circle", "nt-xent",
+                                  "supervised-contrastive", "tuplet-margin", "binomial-deviance", "margin"])
+def test_empty_batch_or_reference_set_is_a_connected_zero(name):
+    # a max over a (B, 0) or (0, R) score matrix raised IndexError in the log-sum-exp losses
+    x, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    loss = dm.losses.create(name)
+    for args in ((x[:0].clone().requires_grad_(), y[:0]), (x.clone().requires_grad_(), y, None, x[:0], y[:0])):
+        value = loss(*args)
+        value.backward()
+        assert value.item() == 0.0 and value.requires_grad and torch.equal(args[0].grad, torch.zeros_like(args[0]))

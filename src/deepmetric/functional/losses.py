@@ -477,7 +477,8 @@ class _MaskedLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mask):
         d = x.detach()
-        m = torch.where(mask, d, float("-inf")).amax(1, keepdim=True)
+        m = torch.where(mask, d, float("-inf"))
+        m = m.amax(1, keepdim=True) if m.shape[1] else m.new_full((m.shape[0], 1), float("-inf"))  # R = 0: no column
         has = torch.isfinite(m)
         m = torch.where(has, m, 0.0)
         w = d - m  # <= 0 on kept entries; masked-out entries are clamped to 0 so exp cannot overflow

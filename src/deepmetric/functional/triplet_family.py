@@ -133,7 +133,7 @@ def tuplet_margin_loss(cos: torch.Tensor, pos_weight: torch.Tensor, neg_weight: 
     eps = torch.finfo(cos.dtype).eps ** 2 if cos.dtype == torch.float64 else torch.finfo(cos.dtype).eps
     has_neg = (neg_weight > 0).any(dim=1, keepdim=True)
     z = cos * scale + torch.log(neg_weight)  # -inf where the weight is 0
-    m = torch.where(has_neg, z.detach().amax(dim=1, keepdim=True), 0.0)
+    m = torch.where(has_neg, z.detach().amax(dim=1, keepdim=True), 0.0) if z.shape[1] else z.new_zeros(z.shape[0], 1)
     s = torch.where(neg_weight > 0, torch.exp(z - m), 0.0).sum(dim=1, keepdim=True)
     log_z = torch.where(has_neg, torch.log(torch.where(has_neg, s, 1.0)) + m, -math.inf)
     shifted = cos * math.cos(margin) + torch.sqrt((1.0 - cos * cos).clamp_min(eps)) * math.sin(margin)
