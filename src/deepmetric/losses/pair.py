@@ -519,7 +519,8 @@ class SupConLoss(_TemperatureLoss):
 
     ``A(i)`` every other item (positives and negatives), ``z_i . z_p`` the cosine similarity.
     Equal to pytorch-metric-learning's ``SupConLoss(temperature)`` (``AvgNonZeroReducer`` over
-    anchors: ``reduction="mean_nonzero"``); ``O(B R)`` memory.
+    anchors: ``reduction="mean_nonzero"``), except on a batch without negative pairs (one class), where
+    pml returns 0 and this the paper's value, ``log(|A(i)|)`` and above; ``O(B R)`` memory.
 
     Args:
         temperature: ``tau`` (> 0).

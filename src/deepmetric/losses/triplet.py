@@ -157,7 +157,9 @@ class NPairsLoss(MetricLoss):
     Pairs: from the positive pairs of the batch (``tuples=None``, lexicographic order), of the given
     :class:`~deepmetric.tuples.Pairs`, or the ``(a, p)`` of given :class:`~deepmetric.tuples.Triplets`,
     the first pair of each anchor class is kept, exactly as pytorch-metric-learning's ``NPairsLoss``
-    (``convert_to_pos_pairs_with_unique_labels``), which this equals for ``distance="dot"``. A
+    (``convert_to_pos_pairs_with_unique_labels``), which this equals for ``distance="dot"`` when pml's
+    dot product does not normalise the embeddings (``DotProductSimilarity(normalize_embeddings=False)``;
+    pml's default normalises them, i.e. ``distance="cosine"`` here). A
     reference set is supported (positives then come from it; pml does not support one). Hierarchical
     labels use their finest level; multi-label labels are rejected (a class per item is needed).
 
