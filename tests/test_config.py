@@ -89,3 +89,24 @@ def test_every_metric_of_a_validation_evaluate_can_be_selected():
         metrics = dm.evaluate(x, labels)
         scores = [k for k, v in metrics.items() if isinstance(v, float) and k != "queries_without_relevant"]
         assert scores and all(SELECTABLE.fullmatch(k) for k in scores), scores
+
+
+def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path):
+    # PyYAML (YAML 1.1) read 1e-3 as the string '1e-3'; the trainer then failed naming no key
+    assert resolve({}, ["optimizer.lr=1e-3"])["optimizer"]["lr"] == 1e-3
+    assert resolve({}, ["optimizer.lr=5E+2", "seed=7"])["optimizer"]["lr"] == 500.0
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  lr: 3e-4\nepochs: 2\n")
+    assert load(path)["optimizer"]["lr"] == 3e-4
+    for item, message in (("epochs=abc", "epochs: expected an integer >= 1, got 'abc'"),
+                          ("epochs=-1", "epochs: expected an integer >= 1, got -1"),
+                          ("seed=1.5", "seed: expected an integer >= 0, got 1.5"),
+                          ("optimizer.lr=fast", "optimizer.lr: expected a number >= 0.0, got 'fast'"),
+                          ("batch_size=true", "batch_size: expected an integer >= 1, got True")):
+        with pytest.raises(ConfigError, match=message):
+            resolve({}, [item])
+    with pytest.raises(ConfigError, match=r"--set optimizer.lr=\[1: not valid YAML"):
+        resolve({}, ["optimizer.lr=[1"])
+    path.write_text("epochs: [2\n")
+    with pytest.raises(ConfigError, match=f"config {path}: not valid YAML"):
+        load(path)

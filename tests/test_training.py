@@ -216,3 +216,31 @@ def test_too_few_top_level_classes_to_hold_out_name_the_setting(tmp_path):
     with pytest.raises(ValueError, match=r"eval.val_classes: cannot hold out 0.34 .* 1 class at level 0; holding "
                                          r"classes out needs at least 2 .* set it to 0"):
         train(config, tmp_path / "run", progress=False, log=quiet)
+
+
+def test_logged_rate_order_of_checkpoints_and_resume_limits(tmp_path, monkeypatch):
+    config = resolve({}, FAST + ["optimizer.schedule=cosine", "optimizer.lr=0.01"])
+    saved = []
+    real_save = ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda path, state: (saved.append(path.name), real_save(path, state)))
+    result = train(config, tmp_path / "run", progress=False, log=quiet)
+    # the rate each epoch trained with (cosine over 2 epochs: 0.01, then 0.005); it was read after the step
+    assert [e["lr"] for e in result["epochs"]] == pytest.approx([0.01, 0.005])
+    # best.pt before last.pt: a run killed between them repeats the epoch and saves best.pt again
+    assert saved[:2] == ["best.pt", "last.pt"]
+    with pytest.raises(ValueError, match="epochs: .* has trained 2 epochs already"):
+        train(resolve({}, ["epochs=1", "eval.nmi=false", "optimizer.schedule=cosine", "optimizer.lr=0.01"]),
+              tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(ValueError, match="epochs: the cosine schedule of .* anneals over 2 epochs"):
+        train(resolve({}, ["epochs=4", "eval.nmi=false", "optimizer.schedule=cosine", "optimizer.lr=0.01"]),
+              tmp_path / "run", progress=False, log=quiet)
+
+
+def test_training_refuses_split_all_and_files_named_like_a_runs(tmp_path):
+    with pytest.raises(ValueError, match="split: 'all' puts every item in both parts"):
+        train(resolve({}, FAST + ["split=all"]), tmp_path / "a", progress=False, log=quiet)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.json").write_text("{\"mine\": 1}")  # the user's, no config.yaml of a run
+    with pytest.raises(ValueError, match="holds files named like a run's but no config.yaml of a run"):
+        train(resolve({}, FAST), tmp_path / "b", progress=False, log=quiet)
+    assert (tmp_path / "b" / "metrics.json").read_text() == "{\"mine\": 1}"

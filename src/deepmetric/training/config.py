@@ -49,6 +49,39 @@ class ConfigError(ValueError):
     """A configuration key or value that does not exist or has the wrong form."""
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also reads ``1e-3`` and ``5E4`` as numbers: YAML 1.1, which PyYAML
+    follows, needs a dot and a signed exponent (``1.0e-3``) and reads the others as strings."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def _yaml(text, where: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
+
+
+#: numeric settings: (section or None, key) -> (type, smallest value)
+NUMBERS = {(None, "epochs"): (int, 1), (None, "batch_size"): (int, 1), (None, "seed"): (int, 0),
+           ("optimizer", "lr"): (float, 0.0), ("optimizer", "weight_decay"): (float, 0.0),
+           ("optimizer", "momentum"): (float, 0.0), ("optimizer", "step_size"): (int, 1),
+           ("optimizer", "gamma"): (float, 0.0), ("eval", "batch_size"): (int, 1)}
+
+
+def _check_numbers(config: dict) -> None:
+    for (section, key), (kind, least) in NUMBERS.items():
+        value = (config[section] if section else config)[key]
+        name = f"{section}.{key}" if section else key
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or value < least:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{name}: expected {what} >= {least}, got {value!r}")
+
+
 def _component(value, key: str):
     """Normalise a component to None or a mapping with a 'name'."""
     if value is None or isinstance(value, dict):
@@ -78,6 +111,7 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     for key in COMPONENTS:
         out[key] = _component(out[key], key)
     out["losses"] = _loss_list(out["losses"])
+    _check_numbers(out)
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "
@@ -113,7 +147,7 @@ def _apply_override(config: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set: expected key=value, got {item!r}")
     path, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    value = _yaml(raw, f"--set {item}") if raw != "" else None
     keys = path.strip().split(".")
     top = keys[0]
     if top not in DEFAULTS:
@@ -147,7 +181,7 @@ def load(path: str | Path, overrides=()) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file {path}")
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = _yaml(f, f"config {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
     return resolve(data, overrides)

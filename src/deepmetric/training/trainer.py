@@ -185,6 +185,9 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
     if text is not None and not _written_by_trainer(text):
         raise ValueError(f"out: {config_file} was not written by a run (or was edited) and would be "
                          f"overwritten; give a new run directory")
+    if text is None and any(p.suffix != ".tmp" for p in out.iterdir()):  # a run writes config.yaml first
+        raise ValueError(f"out: {out} holds files named like a run's but no config.yaml of a run, so they are not "
+                         f"a run's and would be overwritten; give a new or empty run directory")
     if text != config_text and any((out / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"out: {out} holds the checkpoints of a run of another configuration; give a new "
                          f"run directory")
@@ -202,6 +205,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     out = Path(out_dir)
     rank, world = rank_and_world()
     seed_everything(config["seed"] + rank)
+    if config["split"] == "all":  # validation classes and the test metrics would be training items
+        raise ValueError("split: 'all' puts every item in both parts (for evaluating an embedding); training "
+                         "needs disjoint parts, 'zero-shot'")
     train_set, test_set = load_data(config)
     ev = config["eval"]
     hierarchical = is_hierarchical(train_set.y)
@@ -251,6 +257,13 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if _comparable(state["config"]) != _comparable(config):
             raise ValueError(f"resume: {last_path} was trained with another config; use a new --out "
                              "directory or the same config (only 'epochs' may change)")
+        done, planned = state["epoch"], state["config"]["epochs"]
+        if config["epochs"] < done:
+            raise ValueError(f"epochs: {last_path} has trained {done} epochs already; resume with at least "
+                             f"{done} or use a new --out directory")
+        if config["optimizer"]["schedule"] == "cosine" and config["epochs"] != planned:
+            raise ValueError(f"epochs: the cosine schedule of {last_path} anneals over {planned} epochs; resuming "
+                             f"with {config['epochs']} would restart its learning rate; use a new --out directory")
         core.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
@@ -287,10 +300,10 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
             optimizer.step()
             total, steps = total + float(value.detach()), steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds,
-                  "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "lr": lr}
         if len(val_set):
             val_emb = embed(core, val_set.x, ev["batch_size"])
             record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=select in CLUSTERING_KEYS,
@@ -310,9 +323,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": ckpt.rng_state(), "epoch": epoch + 1, "history": history,
                      "best": best, "best_epoch": best_epoch}
-            ckpt.save(last_path, state)
-            if improved:
+            if improved:  # before last.pt: a run killed in between repeats this epoch and saves it again
                 ckpt.save(best_path, state)
+            ckpt.save(last_path, state)
             write_json(out / "metrics.json", {"distance": distance, "best_epoch": best_epoch, "epochs": history})
         val_text = f" val {ev['select']} {score:.4f}" if len(val_set) else ""
         if main:
