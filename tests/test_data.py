@@ -574,3 +574,16 @@ def test_holdout_by_super_class_keeps_whole_super_classes():
         holdout_classes(ds, n=1, level=2)
     with pytest.raises(ValueError, match="level: expected a level of hierarchical"):
         holdout_classes(ArrayDataset(torch.randn(4, 2), torch.tensor([0, 0, 1, 1])), n=1, level=0)
+
+
+def test_truncated_or_corrupt_files_are_named(tmp_path):
+    # a truncated npz raised zipfile.BadZipFile and a corrupt deflate stream zlib.error, as tracebacks
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    np.savez_compressed(tmp_path / "f.npz", X=x, y=np.arange(50) % 5)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "f.npz").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"cut.npz: cannot read as npz without pickles \(truncated or corrupt\?\)"):
+        dsmod.load_npz(tmp_path / "cut.npz")
+    raw = gzip.compress(bytes(2000))
+    (tmp_path / "bad.gz").write_bytes(raw[:20] + bytes(range(200)) + raw[220:])
+    with pytest.raises(ValueError, match="bad.gz: cannot read as gzip IDX"):
+        dsmod.read_idx(tmp_path / "bad.gz")

@@ -43,6 +43,8 @@ import hashlib
 import json
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -445,7 +447,7 @@ def _read_cache(path: Path, n: int, length: int, n_mels: int) -> dict[str, np.nd
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("audio", "mask", "digit", "speaker", "index")}
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # unreadable or partial: recompute and overwrite
     if arrays["audio"].shape != (n, length, n_mels) or arrays["mask"].shape != (n, length):
         return None

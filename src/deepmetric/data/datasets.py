@@ -25,6 +25,8 @@ import gzip
 import hashlib
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -266,7 +268,7 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             data = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib: a corrupt deflate stream inside the gzip
         raise ValueError(f"{path}: cannot read as {'gzip ' if path.suffix == '.gz' else ''}IDX: {err}") from None
     if len(data) < 4:
         raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
@@ -301,15 +303,21 @@ def _from_arrays(path: Path, x, y, ids=None, groups=None, name: str = "") -> Arr
         raise type(err)(f"{path}: {err}") from None
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, never unpickling; a truncated or corrupt file is a ValueError
+    naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: cannot read as npz without pickles (truncated or corrupt?): {err}") from None
+
+
 def load_npz(path: str | os.PathLike) -> ArrayDataset:
     """A feature file: ``X`` (N, D) numeric (stored as float32), ``y`` (N,) or (N, L) integer or
     (N, C) bool labels, optional ``ids`` and ``groups`` (N,) integer. Never unpickles."""
     path = _require(Path(path), "npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as err:
-        raise ValueError(f"{path}: cannot read as npz without pickles: {err}") from None
+    arrays = _read_npz(path)
     for key in ("X", "y"):
         if key not in arrays:
             raise ValueError(f"{path}: expected arrays 'X' and 'y' (optional 'ids', 'groups'), "
@@ -445,13 +453,13 @@ def _load_digits(root: None) -> dict[str, ArrayDataset]:
 def _omniglot_alphabets(root: Path):
     """``(first, last, names)``: 1-based character-id ranges of the 50 alphabets from alphabets.csv."""
     path = _require_builtin(root, "omniglot/alphabets.csv", "omniglot")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
     try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
         first = np.array([int(r["first_character"]) for r in rows], dtype=np.int64)
         last = np.array([int(r["last_character"]) for r in rows], dtype=np.int64)
         names = [r["alphabet"] for r in rows]
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError) as err:  # ValueError includes a file that is not UTF-8 text
         raise ValueError(f"{path}: expected columns alphabet, split, first_character, last_character "
                          f"with integer ranges: {err}") from None
     if len(first) == 0 or first[0] != 1 or np.any(first[1:] != last[:-1] + 1) or np.any(last < first):
@@ -488,8 +496,10 @@ def _load_omniglot(root: Path, size: int | None = 28, hierarchical: bool = False
     label_offset, char_offset = 0, 1  # character id = label + 1 (background), label + 965 (evaluation)
     for part in ("background", "evaluation"):
         path = _require_builtin(root, f"omniglot/images_{part}.npz", "omniglot")
-        with np.load(path, allow_pickle=False) as f:
-            images, labels = f["images"], f["labels"]
+        arrays = _read_npz(path)
+        if "images" not in arrays or "labels" not in arrays:
+            raise ValueError(f"{path}: expected arrays 'images' and 'labels', got {sorted(arrays)}")
+        images, labels = arrays["images"], arrays["labels"]
         if images.ndim != 4 or labels.shape != images.shape[:2] or images.dtype != np.bool_:
             raise ValueError(f"{path}: expected images (C, 20, H, W) bool and labels (C, 20), "
                              f"got {images.shape} {images.dtype} and {labels.shape}")
