@@ -66,7 +66,9 @@ def test_checkpoints_select_on_validation_classes_only(tmp_path):
 def test_resume_continues_exactly_where_training_stopped(tmp_path):
     straight = train(resolve({}, FAST), tmp_path / "a", progress=False, log=quiet)
     train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path / "b", progress=False, log=quiet)
+    (tmp_path / "b" / ".last.pt.x1y2.tmp").write_bytes(b"half")  # left by a run killed while writing
     resumed = train(resolve({}, FAST), tmp_path / "b", progress=False, log=quiet)
+    assert not list((tmp_path / "b").glob(".*.tmp"))
     a = ckpt.load(tmp_path / "a" / "last.pt")["model"]
     b = ckpt.load(tmp_path / "b" / "last.pt")["model"]
     for key in a:

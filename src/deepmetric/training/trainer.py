@@ -278,6 +278,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         _check_new_run_dir(out, config_text)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # a write of a killed run, never renamed into place
+            if RUN_FILES.fullmatch(stale.name):
+                stale.unlink()
         write_text(out / "config.yaml", config_text)
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
