@@ -246,3 +246,22 @@ def test_training_refuses_split_all_and_files_named_like_a_runs(tmp_path):
     with pytest.raises(ValueError, match="holds files named like a run's but no config.yaml of a run"):
         train(resolve({}, FAST), tmp_path / "b", progress=False, log=quiet)
     assert (tmp_path / "b" / "metrics.json").read_text() == "{\"mine\": 1}"
+
+
+def test_exclude_groups_applies_to_validation_and_test_metrics(tmp_path):
+    # items come in pairs of near-duplicates (one group each): without the exclusion P@1 is about 1
+    g = np.random.default_rng(0)
+    base = g.normal(size=(200, 8)).astype(np.float32)
+    x = np.repeat(base, 2, axis=0) + 0.01 * g.normal(size=(400, 8)).astype(np.float32)
+    y, groups = np.repeat(np.arange(40), 10), np.arange(400) // 2
+    np.savez(tmp_path / "g.npz", X=x, y=y, groups=groups)
+    config = resolve({}, [f"data=npz:{tmp_path / 'g.npz'}", "epochs=1", "eval.nmi=false", "sampler.m=4",
+                          "batch_size=16", "eval.val_classes=0.3", "eval.exclude_groups=true"])
+    result = train(config, tmp_path / "run", progress=False, log=quiet)
+    model, _ = load_run(tmp_path / "run")
+    _, test = load_data(config)
+    emb = embed(model, test.x, 1024)
+    assert result["test"]["precision_at_1"] == evaluate(emb, test.y, nmi=False, groups=test.groups)["precision_at_1"]
+    assert result["test"]["precision_at_1"] < evaluate(emb, test.y, nmi=False)["precision_at_1"]
+    with pytest.raises(ValueError, match="eval.exclude_groups: expected true for data with groups"):
+        train(resolve({}, FAST + ["eval.exclude_groups=true"]), tmp_path / "digits", progress=False, log=quiet)

@@ -186,11 +186,11 @@ def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = No
     """Write ``run_dir/report.html`` from a run's ``metrics.json`` content and return its path;
     ``distances`` (``{relation: 1-D array}``, e.g. from
     :func:`deepmetric.evaluation.hierarchy.quadlet_distances`) adds their histograms, and ``test``
-    ``(inputs, embeddings, labels)`` the plots of :func:`evaluation_figures`."""
+    ``(inputs, embeddings, labels, groups)`` the plots of :func:`evaluation_figures`."""
     figures = _plots(metrics, distances)
     if metrics.get("test") and test is not None:
-        inputs, embeddings, labels = test
-        figures += evaluation_figures(metrics["test"], embeddings, labels, metrics["distance"], inputs)
+        inputs, embeddings, labels, groups = test
+        figures += evaluation_figures(metrics["test"], embeddings, labels, metrics["distance"], inputs, groups)
     elif metrics.get("test"):
         figures.append(recall_figure(metrics["test"]))
     return _write_html(Path(run_dir) / "report.html", f"deepmetric run: {Path(run_dir).name}",

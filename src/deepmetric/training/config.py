@@ -10,7 +10,9 @@ their weighted sum and replaces ``loss`` and ``miner``.
 of :func:`deepmetric.evaluate` (``map_at_r``, ``precision_at_1``, ``r_precision``, ``mrr``,
 ``recall_at_{k}``, ``precision_at_{k}``, ``map_at_{k}``, ``ndcg_at_{k}`` for any k, ``order_preservation``
 for hierarchical labels) or a clustering key (``nmi``, ``ami``, ``f1``: k-means then runs every epoch);
-``eval.nmi`` adds the clustering keys to the final test metrics.
+``eval.nmi`` adds the clustering keys to the final test metrics. ``eval.exclude_groups`` makes the
+validation and test searches skip the items of the query's own group (e.g. the other frames of its
+video track), for data that define groups.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 60,
     "seed": 0,
-    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True},
+    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True, "exclude_groups": False},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 #: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set)

@@ -210,6 +210,10 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                          "needs disjoint parts, 'zero-shot'")
     train_set, test_set = load_data(config)
     ev = config["eval"]
+    if not isinstance(ev["exclude_groups"], bool) or (ev["exclude_groups"] and train_set.groups is None):
+        raise ValueError(f"eval.exclude_groups: expected true for data with groups, else false; got "
+                         f"{ev['exclude_groups']!r} for {train_set.name!r}, which has "
+                         f"{'no ' if train_set.groups is None else ''}groups")
     hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
     if ev["val_classes"] and select in CLUSTERING_KEYS and is_multilabel(train_set.y):
@@ -310,6 +314,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if len(val_set):
             val_emb = embed(core, val_set.x, ev["batch_size"])
             record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=select in CLUSTERING_KEYS,
+                                     groups=val_set.groups if ev["exclude_groups"] else None,
                                      k=int(select_k[1]) if select_k else None)
             if select not in record["val"]:
                 raise ValueError(f"eval.select: {ev['select']!r} is not among the validation metrics "
@@ -338,13 +343,14 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     if main and best_path.exists():
         core.load_state_dict(ckpt.load(best_path)["model"])
         test_emb = embed(core, test_set.x, ev["batch_size"])
-        result["test"] = evaluate(test_emb, test_set.y, distance=distance, nmi=ev["nmi"])
+        test_groups = test_set.groups if ev["exclude_groups"] else None
+        result["test"] = evaluate(test_emb, test_set.y, distance=distance, nmi=ev["nmi"], groups=test_groups)
         write_json(out / "metrics.json", result)
         distances = None
         if "order_preservation" in result["test"]:
             relations = ("same sub-class", "same class", "other class")
             distances = dict(zip(relations, quadlet_distances(test_emb, test_set.y, distance, samples=100_000)))
-        write_report(out, result, distances, test=(test_set.x, test_emb, test_set.y))
+        write_report(out, result, distances, test=(test_set.x, test_emb, test_set.y, test_groups))
     return result
 
 
