@@ -371,6 +371,9 @@ def test_mnist_truncated_and_mismatched_files_fail_clearly(tmp_path):
     _write_mnist(tmp_path, _idx(2051, (3, 2, 2), bytes(12)), _idx(2049, (2,), bytes(2)))
     with pytest.raises(ValueError, match="3 images.*2 labels"):
         load("mnist-test", data_dir=tmp_path)
+    _write_mnist(tmp_path, _idx(2051, (2, 2, 2), bytes(8)), _idx(2049, (2,), bytes([3, 200])))  # an 11th class
+    with pytest.raises(ValueError, match="labels up to 200, expected digits 0..9"):
+        load("mnist-test", data_dir=tmp_path)
     d = tmp_path / "mnist-test"
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):

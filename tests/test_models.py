@@ -40,6 +40,8 @@ def test_bad_arguments():
         models.MLPHead(in_shape=(4,), activation="gelu2")
     with pytest.raises(ValueError, match=r"expects images \(C, H, W\)"):
         models.SmallCNN(in_shape=(64,))
+    with pytest.raises(ValueError, match=r"halves the image 4 times, so it needs images of at least 16x16"):
+        models.SmallCNN(in_shape=(1, 14, 14))  # BatchNorm failed on the 1x1 map with a message naming neither
     with pytest.raises(KeyError, match="unknown model 'resnet9000'; known models: cnn"):
         models.create("resnet9000", in_shape=(4,))
 

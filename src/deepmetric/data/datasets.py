@@ -535,6 +535,8 @@ def _load_mnist_test(root: Path) -> dict[str, ArrayDataset]:
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"mnist-test: {img_path} holds {images.shape[0]} images but {lab_path} "
                          f"holds {labels.shape[0]} labels")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"mnist-test: {lab_path} holds labels up to {labels.max()}, expected digits 0..9")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     ds = ArrayDataset(x, torch.from_numpy(labels.astype(np.int64)), name="mnist-test",
                       files={str(img_path): sha256_file(img_path), str(lab_path): sha256_file(lab_path)})

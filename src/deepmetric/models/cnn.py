@@ -23,6 +23,9 @@ class SmallCNN(Embedder):
         super().__init__()
         if len(in_shape) != 3:
             raise ValueError(f"in_shape: the cnn model expects images (C, H, W), got {tuple(in_shape)}")
+        if min(in_shape[1:]) < 2 ** len(channels):
+            raise ValueError(f"in_shape: the cnn model halves the image {len(channels)} times, so it needs images of "
+                             f"at least {2 ** len(channels)}x{2 ** len(channels)}, got {tuple(in_shape)}")
         self.out_features, self.normalize = int(out_features), bool(normalize)
         blocks, c_in = [], int(in_shape[0])
         for c in channels:
