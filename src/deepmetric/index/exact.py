@@ -255,7 +255,7 @@ def _center(x: torch.Tensor) -> torch.Tensor:
         total += chunk.double().sum(0)
     mean = total / x.shape[0]
     for chunk in x.split(_ROWS):  # a second pass: E[x^2] - E[x]^2 cancels far from the origin
-        squares += float(chunk.double().sub_(mean).square_().sum())
+        squares += float((chunk.double() - mean).square_().sum())  # double() of float64 is x itself
     spread = math.sqrt(squares / x.numel())
     if not spread > 0:
         return torch.zeros_like(x[0])
