@@ -152,3 +152,27 @@ def order_tied_runs(values, ids):
                         p -= 1
                     ids[g, p + 1] = j
             start = end
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def pair_scores(queries, gallery, positions, dot, out):
+    """``out[r, m]``: ``||queries[r] - gallery[j]||^2`` (or ``-queries[r].gallery[j]`` with ``dot``) for
+    ``j = positions[r, m]``, ``+inf`` where ``j < 0``; every pair computed by the same loop, so identical
+    vectors get identical values wherever they sit (unlike a blocked matrix product)."""
+    d = queries.shape[1]
+    for r in prange(positions.shape[0]):
+        for m in range(positions.shape[1]):
+            j = positions[r, m]
+            if j < 0:
+                out[r, m] = np.inf
+                continue
+            s = 0.0
+            if dot:
+                for t in range(d):
+                    s += queries[r, t] * gallery[j, t]
+                out[r, m] = -s
+            else:
+                for t in range(d):
+                    diff = queries[r, t] - gallery[j, t]
+                    s += diff * diff
+                out[r, m] = s

@@ -169,24 +169,25 @@ def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positio
     vectors get identical distances (exact zeros between duplicates, as in faiss' flat index), and
     near-duplicates are ordered without the cancellation of ``|x|^2 + |q|^2 - 2 q.x``.
     """
-    positions = positions.sort(dim=1).values  # ascending positions, kept among ties by _sort_rows
-    out = torch.empty(positions.shape, dtype=queries.dtype, device=queries.device)
-    step = max(1, (1 << 22) // max(1, positions.shape[1] * queries.shape[1]))
-    for r in range(0, queries.shape[0], step):
-        pos, q = positions[r:r + step], queries[r:r + step]
-        items = gallery.index_select(0, pos.clamp_min(0).flatten()).view(*pos.shape, -1)
-        if distance == "dot":
-            d = items.mul_(q[:, None, :]).sum(2).neg_()
-        else:
-            if distance == "cosine":  # rows of norm below 1e-12 (zero) do not become unit vectors:
-                off = (items.square().sum(2) - 1).abs().gt(1e-5) | (q.square().sum(1) - 1).abs().gt(1e-5)[:, None]
-                plain = 1.0 - (items[off] * q[:, None, :].expand_as(items)[off]).sum(1)  # 1 - x.y as searched
-            d = items.sub_(q[:, None, :]).square_().sum(2)
-            if distance == "euclidean":
-                d.sqrt_()
-            elif distance == "cosine":
-                d.mul_(0.5)[off] = plain
-        out[r:r + step] = d.masked_fill_(pos < 0, math.inf)
+    if queries.device.type != "cpu":  # a compiled kernel; on the CPU _sort_rows puts tied ids in order
+        d, p = _refine(queries.cpu(), gallery.cpu(), distance, positions.cpu())
+        return d.to(queries.device), p.to(queries.device)
+    queries, gallery, positions = queries.contiguous(), gallery.contiguous(), positions.contiguous()
+    out = torch.empty(positions.shape, dtype=queries.dtype)
+    with _numba_threads():
+        _heaps.pair_scores(queries.numpy(), gallery.numpy(), positions.numpy(), distance == "dot", out.numpy())
+    if distance == "euclidean":
+        out.sqrt_()
+    elif distance == "cosine":
+        out.mul_(0.5)
+        # rows of norm below 1e-12 (zero) do not become unit vectors: 1 - x.y as searched
+        off = ((gallery.square().sum(1) - 1).abs().gt(1e-5)[positions.clamp_min(0)]
+               | (queries.square().sum(1) - 1).abs().gt(1e-5)[:, None]) & (positions >= 0)
+        if bool(off.any()):
+            dots = torch.empty_like(out)
+            with _numba_threads():
+                _heaps.pair_scores(queries.numpy(), gallery.numpy(), positions.numpy(), True, dots.numpy())
+            out[off] = 1.0 + dots[off]
     distances, positions = _sort_rows(out, positions)
     return distances, positions.masked_fill_(torch.isinf(distances), -1)
 
