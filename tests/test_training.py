@@ -265,3 +265,12 @@ def test_exclude_groups_applies_to_validation_and_test_metrics(tmp_path):
     assert result["test"]["precision_at_1"] < evaluate(emb, test.y, nmi=False)["precision_at_1"]
     with pytest.raises(ValueError, match="eval.exclude_groups: expected true for data with groups"):
         train(resolve({}, FAST + ["eval.exclude_groups=true"]), tmp_path / "digits", progress=False, log=quiet)
+
+
+def test_a_run_saved_before_a_section_key_existed_still_resumes(tmp_path):
+    train(resolve({}, ["epochs=1", "eval.nmi=false"]), tmp_path, progress=False, log=quiet)
+    state = ckpt.load(tmp_path / "last.pt")
+    del state["config"]["eval"]["exclude_groups"]  # as saved before the key was added
+    ckpt.save(tmp_path / "last.pt", state)
+    result = train(resolve({}, FAST), tmp_path, progress=False, log=quiet)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]

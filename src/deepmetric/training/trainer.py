@@ -31,7 +31,7 @@ from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
-from deepmetric.training.config import CLUSTERING_KEYS
+from deepmetric.training.config import CLUSTERING_KEYS, DEFAULTS, SECTIONS
 from deepmetric.training.distributed import is_main_process, rank_and_world
 
 
@@ -147,7 +147,13 @@ def _versions() -> dict:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "epochs"}
+    """The config without ``epochs``, its sections completed with the defaults of keys added since a
+    run was saved (so that such runs still resume)."""
+    out = {k: v for k, v in config.items() if k != "epochs"}
+    for section in SECTIONS:
+        if isinstance(out.get(section), dict):
+            out[section] = {**DEFAULTS[section], **out[section]}
+    return out
 
 
 #: first line of a run's config.yaml, with the sha256 of the rest: a file without it (or edited) is the
