@@ -1,6 +1,7 @@
 """Audio-visual built-in data on the real files: Notting-Hill face tracks (orientation, track cuts,
 video round trips, folds, the built-in set) and audio-visual digits (MNIST + FSDD, cache)."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,14 @@ def test_missing_data_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="Notting-Hill.mat"):
         av.read_notting_hill(tmp_path)
     with pytest.raises(FileNotFoundError, match="speakers.csv"):
+        av.fsdd_log_mels(tmp_path, cache=False)
+    # a recording missing from a numbered run (2_theo_1 between 0 and 2) is named, not skipped
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    (tmp_path / "fsdd" / "speakers.csv").write_text("speaker,gender\ntheo,male\n")
+    for name in ("2_theo_0.wav", "2_theo_2.wav"):
+        shutil.copy(FSDD / "0_jackson_0.wav", recordings / name)
+    with pytest.raises(FileNotFoundError, match="1 recording\\(s\\) missing .*2_theo_1.wav"):
         av.fsdd_log_mels(tmp_path, cache=False)
 
 

@@ -361,6 +361,13 @@ def _fsdd_files(root: Path, speakers: list[str]) -> list[tuple[Path, int, int, i
         found.append((path, int(m.group(1)), speaker_id[m.group(2)], int(m.group(3))))
     if not found:
         raise FileNotFoundError(f"fsdd: no .wav recordings in {folder}")
+    indices: dict[tuple[int, int], set[int]] = {}
+    for _, digit, speaker, index in found:
+        indices.setdefault((digit, speaker), set()).add(index)
+    missing = [f"{digit}_{speakers[speaker]}_{i}.wav" for (digit, speaker), have in sorted(indices.items())
+               for i in range(max(have)) if i not in have]  # recordings are numbered from 0 without gaps
+    if missing:
+        raise FileNotFoundError(f"fsdd: {len(missing)} recording(s) missing from {folder}: {', '.join(missing[:5])}")
     return sorted(found, key=lambda r: (r[1], r[2], r[3]))
 
 
