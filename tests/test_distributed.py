@@ -45,3 +45,28 @@ def test_two_process_training_writes_once_from_rank_zero(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1 and "test" in metrics
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "report.html"]
+
+
+def _proxy_worker(rank, init_file, run_dir, out):
+    import deepmetric.training.trainer as trainer
+    from deepmetric.training import resolve, train
+    created = []
+    create = trainer.losses_mod.create
+    trainer.losses_mod.create = lambda *a, **k: created.append(create(*a, **k)) or created[-1]
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        train(resolve({}, ["epochs=1", "eval.nmi=false", "loss=proxy-anchor"]), run_dir, progress=False,
+              log=lambda *a: None)
+        out[rank] = {k: v.tolist() for k, v in created[0].state_dict().items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_training_keeps_the_loss_parameters_equal(tmp_path):
+    # the proxies live in the loss, outside DistributedDataParallel: each rank drew its own (seed + rank)
+    # and updated them with its own gradients, 3.2 apart after one epoch; rank 0's alone were saved
+    out = mp.Manager().dict()
+    mp.spawn(_proxy_worker, args=(str(tmp_path / "init"), str(tmp_path / "run"), out), nprocs=2, join=True)
+    assert out[0].keys() == out[1].keys() and out[0]
+    for key in out[0]:
+        assert torch.equal(torch.tensor(out[0][key]), torch.tensor(out[1][key])), key

@@ -37,3 +37,26 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     parts = [p[: int(s.item())] for p, s in zip(parts, sizes)]
     parts[rank] = tensor
     return torch.cat(parts)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers: for modules outside DistributedDataParallel,
+    such as a loss's proxies or centres, which each rank initialises from its own seed."""
+    if rank_and_world()[1] == 1:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, 0)
+
+
+def average_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` over the ranks, as DistributedDataParallel does for the
+    model's (a parameter without gradient on this rank counts as zero, so every rank reduces the same
+    tensors)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)

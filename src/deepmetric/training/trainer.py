@@ -32,7 +32,7 @@ from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
 from deepmetric.report import write_report
 from deepmetric.training import checkpoint as ckpt
 from deepmetric.training.config import CLUSTERING_KEYS, DEFAULTS, SECTIONS
-from deepmetric.training.distributed import is_main_process, rank_and_world
+from deepmetric.training.distributed import average_gradients, broadcast_parameters, is_main_process, rank_and_world
 
 
 def seed_everything(seed: int) -> None:
@@ -252,8 +252,10 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         loss_fn = losses_mod.create(config["loss"])
         miner = mining.create(config["miner"]) if config["miner"] else None
     distance = loss_fn.distance
+    loss_params = list(loss_fn.parameters())  # proxies, centres: kept equal on every rank by hand
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+        broadcast_parameters(loss_fn)
     core = model.module if world > 1 else model
     optimizer = build_optimizer(config["optimizer"], model, loss_fn)
     scheduler = build_scheduler(config["optimizer"], optimizer, config["epochs"])
@@ -310,6 +312,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
             value = loss_fn(emb, y, tuples)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
+            average_gradients(loss_params)
             optimizer.step()
             total, steps = total + float(value.detach()), steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
