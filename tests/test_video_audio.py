@@ -207,6 +207,31 @@ def test_read_wav_written_formats(tmp_path):
     assert audio.read_wav(tmp_path / "d.wav")[0].tolist() == [0.5, -1.0]
 
 
+def _extensible_wav(path, data: bytes, subformat: int, bits: int, rate: int = 8000):
+    """A mono WAV with format tag 0xFFFE (WAVE_FORMAT_EXTENSIBLE), sub-format 1 (PCM) or 3 (float)."""
+    block = bits // 8
+    guid = struct.pack("<H", subformat) + bytes.fromhex("000000001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHH", 0xFFFE, 1, rate, rate * block, block, bits) + struct.pack("<HHI", 22, bits, 0) + guid
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    if subformat == 3:
+        body += b"fact" + struct.pack("<II", 4, len(data) // block)
+    body += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def test_read_wav_extensible_and_truncated_float(tmp_path):
+    # the extensible header (sox, libsndfile, DAWs) was refused; scipy reads it, scaled like wave's PCM
+    _extensible_wav(tmp_path / "f.wav", np.array([0.5, -0.25, 1.0], np.float32).tobytes(), 3, 32)
+    assert audio.read_wav(tmp_path / "f.wav")[0].tolist() == [0.5, -0.25, 1.0]
+    _extensible_wav(tmp_path / "i.wav", np.array([16384, -16384, 0], "<i2").tobytes(), 1, 16)
+    assert audio.read_wav(tmp_path / "i.wav")[0].tolist() == [0.5, -0.5, 0.0]
+    # a truncated float WAV: scipy only warns and returns what it read
+    data = (tmp_path / "f.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match="cut.wav' is truncated"):
+        audio.read_wav(tmp_path / "cut.wav")
+
+
 def test_read_wav_bad_files(tmp_path):
     bad = tmp_path / "noise.wav"
     bad.write_bytes(b"RIFX not really a wav file at all")

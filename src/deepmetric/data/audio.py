@@ -14,6 +14,7 @@ torch.Size([40, 40])
 from __future__ import annotations
 
 import math
+import warnings
 import wave
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def read_wav(path):
     Returns ``(signal, sample_rate)``: ``signal`` is ``(samples,)`` for mono and
     ``(channels, samples)`` otherwise. Integer samples are scaled as ``x / 2^(bits-1)``
     (8-bit WAV is unsigned: ``(x - 128) / 128``); 8, 16, 24 and 32-bit integer PCM are read with the
-    standard ``wave`` module, IEEE-float WAV through ``scipy.io.wavfile``.
+    standard ``wave`` module, IEEE-float and "extensible" WAV (format tag 0xFFFE) through
+    ``scipy.io.wavfile``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file when it is not
     a WAV file, uses an unsupported encoding or is truncated.
@@ -42,8 +44,8 @@ def read_wav(path):
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             raw = w.readframes(n)
     except wave.Error as e:
-        if "unknown format: 3" in str(e):  # IEEE float
-            return _read_float_wav(path)
+        if "unknown format" in str(e):  # IEEE float (3) or extensible (65534): scipy reads both
+            return _read_scipy_wav(path)
         raise ValueError(f"{str(path)!r} is not a readable PCM WAV file: {e}") from e
     except EOFError as e:
         raise ValueError(f"{str(path)!r} is not a readable WAV file: the header is truncated") from e
@@ -66,12 +68,21 @@ def read_wav(path):
     return _shape(x, channels), rate
 
 
-def _read_float_wav(path: Path):
+def _read_scipy_wav(path: Path):
     from scipy.io import wavfile
     try:
-        rate, data = wavfile.read(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", wavfile.WavFileWarning)
+            rate, data = wavfile.read(str(path))
     except Exception as e:
         raise ValueError(f"{str(path)!r} is not a readable WAV file: {e}") from e
+    eof = [str(w.message) for w in caught if "EOF" in str(w.message)]  # scipy returns what it read
+    if eof:
+        raise ValueError(f"{str(path)!r} is truncated: {eof[0]}")
+    if data.dtype == np.uint8:  # integer PCM in an extensible header, scaled as read_wav does
+        data = (data.astype(np.float32) - 128.0) / 128.0
+    elif data.dtype.kind == "i":  # scipy left-justifies 24-bit samples in int32
+        data = data.astype(np.float64) / float(1 << (8 * data.dtype.itemsize - 1))
     x = np.asarray(data, dtype=np.float32)
     if x.ndim == 1:
         return torch.from_numpy(x.copy()), int(rate)
