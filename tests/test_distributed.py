@@ -70,3 +70,24 @@ def test_two_process_training_keeps_the_loss_parameters_equal(tmp_path):
     assert out[0].keys() == out[1].keys() and out[0]
     for key in out[0]:
         assert torch.equal(torch.tensor(out[0][key]), torch.tensor(out[1][key])), key
+
+
+def _average_worker(rank, init_file, out):
+    from deepmetric.training.distributed import average_gradients
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        a, b, c = (torch.zeros(2, requires_grad=True) for _ in range(3))
+        a.grad = torch.full((2,), float(rank + 1))  # 1 and 2: mean 1.5
+        if rank == 0:
+            b.grad = torch.full((2,), 4.0)  # none on rank 1: counts as 0, mean 2
+        average_gradients([a, b, c])  # c has no gradient anywhere: stays None
+        out[rank] = (a.grad.tolist(), b.grad.tolist(), c.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_over_ranks(tmp_path):
+    out = mp.Manager().dict()
+    mp.spawn(_average_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert out[rank] == ([1.5, 1.5], [2.0, 2.0], None)

@@ -50,12 +50,17 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
 
 def average_gradients(parameters) -> None:
     """Average the gradients of ``parameters`` over the ranks, as DistributedDataParallel does for the
-    model's (a parameter without gradient on this rank counts as zero, so every rank reduces the same
-    tensors)."""
+    model's. A parameter without gradient on some ranks counts as zero there; one without gradient on
+    every rank keeps none (the optimizer then skips it, as in a single process)."""
     world = rank_and_world()[1]
-    if world == 1:
+    parameters = list(parameters)
+    if world == 1 or not parameters:
         return
-    for p in parameters:
+    has = torch.tensor([float(p.grad is not None) for p in parameters])
+    dist.all_reduce(has)  # the same on every rank, so every rank reduces the same tensors
+    for p, count in zip(parameters, has.tolist()):
+        if count == 0:
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
