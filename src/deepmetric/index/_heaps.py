@@ -154,11 +154,16 @@ def order_tied_runs(values, ids):
             start = end
 
 
+#: what :func:`pair_distances` computes
+SQUARED, DOT, COSINE = 0, 1, 2
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def pair_scores(queries, gallery, positions, dot, out):
-    """``out[r, m]``: ``||queries[r] - gallery[j]||^2`` (or ``-queries[r].gallery[j]`` with ``dot``) for
-    ``j = positions[r, m]``, ``+inf`` where ``j < 0``; every pair computed by the same loop, so identical
-    vectors get identical values wherever they sit (unlike a blocked matrix product)."""
+def pair_distances(queries, gallery, positions, kind, out):
+    """``out[r, m]`` for ``j = positions[r, m]`` (``+inf`` where ``j < 0``): ``||q - x||^2`` (``SQUARED``),
+    ``-q.x`` (``DOT``) or, for rows prepared as unit vectors, ``1 - cos = ||q - x||^2 / 2`` (``COSINE``;
+    ``1 - q.x`` when a row is not of unit norm, i.e. a zero row). Every pair is computed by the same
+    loop, so identical vectors get identical values wherever they sit (unlike a blocked matrix product)."""
     d = queries.shape[1]
     for r in prange(positions.shape[0]):
         for m in range(positions.shape[1]):
@@ -166,13 +171,20 @@ def pair_scores(queries, gallery, positions, dot, out):
             if j < 0:
                 out[r, m] = np.inf
                 continue
-            s = 0.0
-            if dot:
+            sq, qx, qq, xx = 0.0, 0.0, 0.0, 0.0
+            if kind == SQUARED:
                 for t in range(d):
-                    s += queries[r, t] * gallery[j, t]
-                out[r, m] = -s
+                    sq += (queries[r, t] - gallery[j, t]) * (queries[r, t] - gallery[j, t])
+                out[r, m] = sq
+            elif kind == DOT:
+                for t in range(d):
+                    qx += queries[r, t] * gallery[j, t]
+                out[r, m] = -qx
             else:
                 for t in range(d):
-                    diff = queries[r, t] - gallery[j, t]
-                    s += diff * diff
-                out[r, m] = s
+                    q, x = queries[r, t], gallery[j, t]
+                    sq += (q - x) * (q - x)
+                    qx += q * x
+                    qq += q * q
+                    xx += x * x
+                out[r, m] = 0.5 * sq if abs(qq - 1.0) <= 1e-5 and abs(xx - 1.0) <= 1e-5 else 1.0 - qx

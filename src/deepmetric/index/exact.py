@@ -174,20 +174,11 @@ def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positio
         return d.to(queries.device), p.to(queries.device)
     queries, gallery, positions = queries.contiguous(), gallery.contiguous(), positions.contiguous()
     out = torch.empty(positions.shape, dtype=queries.dtype)
+    kind = {"dot": _heaps.DOT, "cosine": _heaps.COSINE}.get(distance, _heaps.SQUARED)
     with _numba_threads():
-        _heaps.pair_scores(queries.numpy(), gallery.numpy(), positions.numpy(), distance == "dot", out.numpy())
+        _heaps.pair_distances(queries.numpy(), gallery.numpy(), positions.numpy(), kind, out.numpy())
     if distance == "euclidean":
         out.sqrt_()
-    elif distance == "cosine":
-        out.mul_(0.5)
-        # rows of norm below 1e-12 (zero) do not become unit vectors: 1 - x.y as searched
-        off = ((gallery.square().sum(1) - 1).abs().gt(1e-5)[positions.clamp_min(0)]
-               | (queries.square().sum(1) - 1).abs().gt(1e-5)[:, None]) & (positions >= 0)
-        if bool(off.any()):
-            dots = torch.empty_like(out)
-            with _numba_threads():
-                _heaps.pair_scores(queries.numpy(), gallery.numpy(), positions.numpy(), True, dots.numpy())
-            out[off] = 1.0 + dots[off]
     distances, positions = _sort_rows(out, positions)
     return distances, positions.masked_fill_(torch.isinf(distances), -1)
 
@@ -491,6 +482,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
                 del s  # freed before the next block is allocated: the allocator reuses its memory
     values, ids = _sorted_heaps(heaps)
+    unit = a if refine and distance == "cosine" else None  # the unit rows _refine ranks by
     a = b = heaps = None  # free the factors and the int32 heap ids before the results are assembled
     ids.masked_fill_(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
@@ -503,7 +495,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
     if refine:
-        prepared = unit_rows(x) if distance == "cosine" else x
+        prepared = unit if distance == "cosine" else x
         distances, ids = _refine(prepared, prepared, distance, ids)
         distances, ids = distances[:, :final_k], ids[:, :final_k]
     return distances, ids
