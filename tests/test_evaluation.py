@@ -796,9 +796,9 @@ def test_bad_input_raises_clear_errors():
         dm.evaluate(x, y, gallery_groups=torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="groups and gallery_groups"):
         dm.evaluate(x, y, x, y, groups=torch.zeros(6, dtype=torch.long))
-    with pytest.raises(ValueError, match="ks/k: expected integers >= 1"):
+    with pytest.raises(ValueError, match="ks: expected an integer >= 1, got 0"):
         dm.evaluate(x, y, ks=(0, 1))
-    with pytest.raises(ValueError, match="ks/k: expected integers >= 1"):
+    with pytest.raises(ValueError, match="k: expected an integer >= 1, got 0"):
         dm.evaluate(x, y, k=0)
     with pytest.raises(ValueError, match="distance: unknown name"):
         dm.evaluate(x, y, distance="l1")

@@ -77,7 +77,7 @@ def test_no_quadlet_and_bad_input():
         sample_quadlets(torch.tensor([0, 0, 1]))
     with pytest.raises(ValueError, match="level: expected an integer in \\[0, 0\\]"):
         sample_quadlets(y, level=1)
-    with pytest.raises(ValueError, match="samples: expected a positive integer"):
+    with pytest.raises(ValueError, match="samples: expected an integer >= 1"):
         sample_quadlets(y, samples=0)
     with pytest.raises(ValueError, match="embeddings: expected an \\(N, D\\) tensor with N = 4"):
         order_preservation(torch.randn(3, 2), y)

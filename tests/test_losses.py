@@ -630,7 +630,7 @@ def test_multi_similarity_rejects_a_pair_both_positive_and_negative():
     (lambda: TripletMarginLoss(margin=float("nan")), "margin: expected a finite number"),
     (lambda: TripletMarginLoss(distance="manhattan"), "distance: unknown name 'manhattan'"),
     (lambda: TripletMarginLoss(reduction="avg"), "reduction: expected one of"),
-    (lambda: TripletMarginLoss(max_elements=0), "max_elements: expected a positive integer"),
+    (lambda: TripletMarginLoss(max_elements=0), "max_elements: expected an integer >= 1"),
     (lambda: ContrastiveLoss(neg_margin=-1.0), "neg_margin: expected a number >= 0.0, got -1.0"),
     (lambda: ContrastiveLoss(pos_margin=-1.0), "pos_margin: expected a number >= 0.0"),
     (lambda: ContrastiveLoss(distance="dot"), "ContrastiveLoss: distance 'dot' is not supported"),

@@ -162,9 +162,9 @@ def test_dataloader_batches():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"m": 3, "batch_size": 8}, ValueError, "batch_size: expected a multiple of m=3, got 8"),
     ({"m": 2, "batch_size": 10}, ValueError, "5 classes per batch.*only 4 classes"),
-    ({"m": 0, "batch_size": 4}, ValueError, "m: expected a positive integer, got 0"),
-    ({"m": 2, "batch_size": 0}, ValueError, "batch_size: expected a positive integer"),
-    ({"m": 2.0, "batch_size": 4}, ValueError, "m: expected a positive integer, got 2.0"),
+    ({"m": 0, "batch_size": 4}, ValueError, "m: expected an integer >= 1, got 0"),
+    ({"m": 2, "batch_size": 0}, ValueError, "batch_size: expected an integer >= 1"),
+    ({"m": 2.0, "batch_size": 4}, ValueError, "m: expected an integer >= 1, got 2.0"),
     ({"m": 2, "batch_size": 4, "num_replicas": 2, "rank": 2}, ValueError, r"rank: expected an integer in \[0, 1\]"),
     ({"m": 2, "batch_size": 4, "num_replicas": 0}, ValueError, "num_replicas"),
     ({"m": 2, "batch_size": 4, "seed": "a"}, ValueError, "seed"),

@@ -1,6 +1,8 @@
 """Input validation shared by every module: fail early, name the argument, say what was expected."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -36,11 +38,29 @@ def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
     return x
 
 
+def check_int(value, name: str, low: int | None = None, high: int | None = None, why: str = "") -> int:
+    """``value`` as a Python int if it is an integer (numpy's too, bools not) in ``[low, high]`` (either
+    bound may be None), else a ValueError naming the argument and the range; ``why`` says where a bound
+    comes from."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+            or (low is not None and value < low) or (high is not None and value > high)):
+        expected = ("an integer" if low is None and high is None else f"an integer >= {low}" if high is None
+                    else f"an integer <= {high}" if low is None else f"an integer in [{low}, {high}]")
+        raise ValueError(f"{name}: expected {expected}{why}, got {value!r}")
+    return int(value)
+
+
+def check_ints(values, name: str, low: int | None = None, example: str = "(1, 10)") -> tuple[int, ...]:
+    """A sequence of integers (:func:`check_int`), as a tuple; a bare integer is an error naming
+    ``example``, not read as a one-item sequence."""
+    if isinstance(values, (numbers.Integral, str)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of integers, e.g. {example}, got {values!r}")
+    return tuple(check_int(v, name, low) for v in values)
+
+
 def check_seed(seed) -> int:
     """A random seed: an integer in ``[0, 2^32)`` (what scikit-learn, faiss and torch all accept)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-        raise ValueError(f"seed: expected an integer in [0, 2^32), got {seed!r}")
-    return int(seed)
+    return check_int(seed, "seed", 0, 2 ** 32 - 1)
 
 
 def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Tensor:

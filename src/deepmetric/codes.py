@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor
+from deepmetric._checks import as_tensor, check_int
 
 __all__ = ["to_bits", "pack_bits", "unpack_bits", "hamming_distances"]
 
@@ -78,8 +78,7 @@ def unpack_bits(packed, n_bits: int, name: str = "packed") -> torch.Tensor:
     >>> unpack_bits(np.array([[129, 128]], dtype=np.uint8), 9).int()
     tensor([[1, 0, 0, 0, 0, 0, 0, 1, 1]], dtype=torch.int32)
     """
-    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or n_bits < 1:
-        raise ValueError(f"n_bits: expected an integer >= 1, got {n_bits!r}")
+    n_bits = check_int(n_bits, "n_bits", 1)
     if isinstance(packed, torch.Tensor):
         packed = packed.detach().cpu().numpy()
     if not isinstance(packed, np.ndarray):

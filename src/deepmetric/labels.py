@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from deepmetric._checks import check_int
+
 
 def is_multilabel(labels: torch.Tensor) -> bool:
     return labels.dtype == torch.bool and labels.dim() == 2
@@ -75,9 +77,7 @@ def same_mask(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, leve
     if labels.dim() == 1:
         return labels.unsqueeze(1) == ref_labels.unsqueeze(0)
     n_levels = labels.shape[1]
-    if not -n_levels <= level < n_levels:
-        raise ValueError(f"level: expected an integer in [{-n_levels}, {n_levels - 1}], got {level}")
-    level = level % n_levels
+    level = check_int(level, "level", -n_levels, n_levels - 1) % n_levels
     return shared_levels(labels[:, : level + 1], ref_labels[:, : level + 1]) == level + 1
 
 

@@ -24,7 +24,7 @@ import numbers
 import torch
 
 from deepmetric import distances
-from deepmetric._checks import check_pair
+from deepmetric._checks import check_int, check_pair
 from deepmetric.functional import mining as F
 from deepmetric.functional.hierarchical import hierarchy_masks
 from deepmetric.labels import pair_masks
@@ -367,12 +367,6 @@ class AngularMiner(Miner):
         return {"angle": self.angle}
 
 
-def _positive_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 @MINERS.register("uniform-histogram")
 class UniformHistogramMiner(Miner):
     """Uniform histogram mining (pytorch-metric-learning's ``UniformHistogramMiner``): for positive
@@ -391,9 +385,9 @@ class UniformHistogramMiner(Miner):
     def __init__(self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10,
                  distance: str = "euclidean", seed: int | torch.Generator | None = None):
         super().__init__(distance)
-        self.num_bins = _positive_count("num_bins", num_bins)
-        self.pos_per_bin = _positive_count("pos_per_bin", pos_per_bin)
-        self.neg_per_bin = _positive_count("neg_per_bin", neg_per_bin)
+        self.num_bins = check_int(num_bins, "num_bins", 1)
+        self.pos_per_bin = check_int(pos_per_bin, "pos_per_bin", 1)
+        self.neg_per_bin = check_int(neg_per_bin, "neg_per_bin", 1)
         self._seed(seed)
 
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
@@ -445,10 +439,8 @@ class QuadletMiner(Miner):
         self.margin2 = _check_number("margin2", margin2)
         if self.margin1 < 0 or self.margin2 < 0:
             raise ValueError(f"margin1, margin2: expected numbers >= 0, got {margin1}, {margin2}")
-        if isinstance(level, bool) or not isinstance(level, numbers.Integral):
-            raise TypeError(f"level: expected an int, got {type(level).__name__}")
-        self.level = int(level)
-        self.max_quadlets = None if max_quadlets is None else _positive_count("max_quadlets", max_quadlets)
+        self.level = check_int(level, "level")
+        self.max_quadlets = None if max_quadlets is None else check_int(max_quadlets, "max_quadlets", 1)
         self._seed(seed)
 
     def relation_masks(self, labels, ref_labels) -> tuple:

@@ -51,6 +51,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric._io import atomic_path, write_json
 from deepmetric.data.audio import log_mel, pad_or_crop, read_wav
 from deepmetric.data.datasets import (
@@ -152,8 +153,7 @@ def notting_hill_tracks(root=None, threshold: float = 0.5, min_length: int = 8) 
     """
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold: expected a correlation in [0, 1], got {threshold!r}")
-    if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 1:
-        raise ValueError(f"min_length: expected a positive integer, got {min_length!r}")
+    min_length = check_int(min_length, "min_length", 1)
     frames, actor, _ = read_notting_hill(root)
     keep, tracks, track_ids = [], [], []
     n = 0
@@ -258,8 +258,7 @@ def track_folds(tracks, k: int = 5, seed: int = 0) -> list[tuple[torch.Tensor, t
     set (an actor with one track is absent from training in the fold that tests it). Ids are sorted
     int64 tensors; select items with ``torch.isin(dataset.groups, test_ids)``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= len(tracks):
-        raise ValueError(f"k: expected an integer in [2, {len(tracks)}] (the number of tracks), got {k!r}")
+    k = check_int(k, "k", 2, len(tracks), " (the number of tracks)")
     generator = torch.Generator().manual_seed(int(seed))
     actors = torch.tensor([int(t[0]) for t in tracks], dtype=torch.int64)
     fold_of = torch.empty(len(tracks), dtype=torch.int64)
@@ -297,11 +296,8 @@ def _load_notting_hill(root: Path, threshold: float = 0.5, min_length: int = 8, 
         ds = ArrayDataset(x, y, groups=ft.track.clone(), ids=ft.source.clone(), name="notting-hill",
                           files=files, meta=meta)
         return {"all": ds}
-    if isinstance(clip_length, bool) or not isinstance(clip_length, int) or clip_length < 1:
-        raise ValueError(f"clip_length: expected a positive integer or None, got {clip_length!r}")
-    stride = clip_length if clip_stride is None else clip_stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"clip_stride: expected a positive integer or None, got {clip_stride!r}")
+    clip_length = check_int(clip_length, "clip_length", 1, why=" or None")
+    stride = clip_length if clip_stride is None else check_int(clip_stride, "clip_stride", 1, why=" or None")
     xs, ys, firsts = [], [], []
     flat = ft.frames.reshape(len(ft.frames), -1)
     for tid, (_, s, e) in enumerate(ft.tracks):
@@ -491,9 +487,8 @@ def av_digits(root=None, n_pairs_per_digit: int | None = None, seed: int = 0, du
     """
     if split not in ("speakers", "recordings"):
         raise ValueError(f"split: expected 'speakers' or 'recordings', got {split!r}")
-    if n_pairs_per_digit is not None and (isinstance(n_pairs_per_digit, bool)
-                                          or not isinstance(n_pairs_per_digit, int) or n_pairs_per_digit < 1):
-        raise ValueError(f"n_pairs_per_digit: expected a positive integer or None, got {n_pairs_per_digit!r}")
+    if n_pairs_per_digit is not None:
+        n_pairs_per_digit = check_int(n_pairs_per_digit, "n_pairs_per_digit", 1, why=" or None")
     root = data_root(root)
     feats = fsdd_log_mels(root, duration=duration, n_mels=n_mels, cache=cache)
     mnist = load("mnist-test", root)["test"]  # (N, 1, 28, 28) in [0, 1]

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor, check_labels
+from deepmetric._checks import as_tensor, check_int, check_labels
 from deepmetric._io import atomic_path
 from deepmetric.distances import check_distance
 from deepmetric.registry import Registry
@@ -488,8 +488,8 @@ def _strokes(background: np.ndarray, size: int | None, chunk: int = 2048) -> tor
           "(None keeps 105x105), hierarchical=False (True: y = (alphabet, character))",
           splits={"zero-shot": ("background", "evaluation")})
 def _load_omniglot(root: Path, size: int | None = 28, hierarchical: bool = False) -> dict[str, ArrayDataset]:
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size: expected a positive integer (or None for the original 105), got {size!r}")
+    if size is not None:
+        size = check_int(size, "size", 1, why=" (or None for the original 105)")
     first, last, names, alpha_path = _omniglot_alphabets(root)
     alpha_sha = sha256_file(alpha_path)
     parts = {}
@@ -661,8 +661,7 @@ def holdout_classes(dataset: ArrayDataset, fraction: float = 0.2, *, n: int | No
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
         n = max(1, round(fraction * c))
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= c - 1:
-        raise ValueError(f"n: expected an integer in [1, {c - 1}] (the data set has {c} classes), got {n!r}")
+    n = check_int(n, "n", 1, c - 1, f" (the data set has {c} classes)")
     val_classes = torch.randperm(c, generator=torch.Generator().manual_seed(int(seed)))[:n]
     is_val = torch.zeros(c, dtype=torch.bool)
     is_val[val_classes] = True

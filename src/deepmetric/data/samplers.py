@@ -12,15 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from deepmetric._checks import check_labels
+from deepmetric._checks import check_int, check_labels
 
 __all__ = ["MPerClassSampler", "HierarchicalBatchSampler"]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
 
 
 def _class_chunks(class_of: torch.Tensor, counts: torch.Tensor, k: torch.Tensor, m: int, g: torch.Generator):
@@ -63,9 +57,7 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int(epoch, "epoch", 0)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch}
@@ -129,17 +121,13 @@ class MPerClassSampler(_EpochBatchSampler):
         if labels.dtype == torch.bool:
             raise ValueError("labels: m-per-class sampling needs one class per item: (N,) or (N, L) integers, "
                              "got (N, C) bool multi-label")
-        self.m = _positive_int(m, "m")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.m = check_int(m, "m", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
         if self.batch_size % self.m:
             raise ValueError(f"batch_size: expected a multiple of m={self.m}, got {self.batch_size}")
-        self.num_replicas = _positive_int(num_replicas, "num_replicas")
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.num_replicas:
-            raise ValueError(f"rank: expected an integer in [0, {self.num_replicas - 1}], got {rank!r}")
-        self.rank = int(rank)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.num_replicas = check_int(num_replicas, "num_replicas", 1)
+        self.rank = check_int(rank, "rank", 0, self.num_replicas - 1)
+        self.seed = check_int(seed, "seed")
         self.epoch = 0
 
         if labels.dim() == 1:
@@ -220,10 +208,8 @@ class MPerClassSampler(_EpochBatchSampler):
 
 
 def _check_rank(num_replicas, rank) -> tuple[int, int]:
-    num_replicas = _positive_int(num_replicas, "num_replicas")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
-        raise ValueError(f"rank: expected an integer in [0, {num_replicas - 1}], got {rank!r}")
-    return num_replicas, int(rank)
+    num_replicas = check_int(num_replicas, "num_replicas", 1)
+    return num_replicas, check_int(rank, "rank", 0, num_replicas - 1)
 
 
 def _deal(group_sizes: torch.Tensor, slots: int, g: torch.Generator):
@@ -305,14 +291,12 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         labels = check_labels(labels, labels.shape[0], "labels")
         if labels.dtype == torch.bool:
             raise ValueError("labels: expected (N, 2) integer hierarchical labels, got bool multi-label")
-        self.super_classes_per_batch = _positive_int(super_classes_per_batch, "super_classes_per_batch")
-        self.classes_per_super_class = _positive_int(classes_per_super_class, "classes_per_super_class")
-        self.samples_per_class = _positive_int(samples_per_class, "samples_per_class")
+        self.super_classes_per_batch = check_int(super_classes_per_batch, "super_classes_per_batch", 1)
+        self.classes_per_super_class = check_int(classes_per_super_class, "classes_per_super_class", 1)
+        self.samples_per_class = check_int(samples_per_class, "samples_per_class", 1)
         self.batch_size = self.super_classes_per_batch * self.classes_per_super_class * self.samples_per_class
         self.num_replicas, self.rank = _check_rank(num_replicas, rank)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed")
         self.epoch = 0
 
         _, self._class_of = torch.unique(labels, dim=0, return_inverse=True)

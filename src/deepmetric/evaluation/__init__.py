@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor, check_pair, check_seed
+from deepmetric._checks import as_tensor, check_int, check_ints, check_pair, check_seed
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
@@ -47,16 +46,6 @@ def _check_groups(groups, n: int, name: str):
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer group ids, got {groups.dtype}")
     return groups.long()
-
-
-def _check_ks(ks, k):
-    if isinstance(ks, (int, np.integer)) or not hasattr(ks, "__iter__"):
-        raise TypeError(f"ks: expected a sequence of integers, e.g. (1, 5, 10), got {ks!r}")
-    ks = tuple(ks)
-    for value in ks + (() if k is None else (k,)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"ks/k: expected integers >= 1, got {value!r}")
-    return tuple(int(v) for v in ks), None if k is None else int(k)
 
 
 def _check_flag(value, name: str) -> bool:
@@ -354,9 +343,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if gallery.shape[0] == 0:
         raise ValueError("gallery: expected at least one item, got an empty (0, D) tensor")
     distance = check_distance(distance)
-    ks, k = _check_ks(ks, k)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    ks, k = check_ints(ks, "ks", 1, "(1, 5, 10)"), None if k is None else check_int(k, "k", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     full_map, per_class = _check_flag(full_map, "full_map"), _check_flag(per_class, "per_class")
     nmi, seed = _check_flag(nmi, "nmi"), check_seed(seed)
     if relevance_fn is not None and not callable(relevance_fn):

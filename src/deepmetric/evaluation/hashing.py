@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor, check_embeddings, check_labels
+from deepmetric._checks import as_tensor, check_embeddings, check_int, check_ints, check_labels
 from deepmetric._threads import over_rows
 from deepmetric.codes import _hamming, _signs, to_bits
 from deepmetric.distances import squared_euclidean
@@ -40,12 +40,6 @@ _BLOCK = 1 << 21
 
 def _labels(labels, n: int, name: str) -> torch.Tensor:
     return check_labels(as_tensor(labels, name), n, name)
-
-
-def _count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _small_ints(distances: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -130,13 +124,11 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         center = _search_center(db_real, "squared_euclidean")
         if center is not None:
             query_real, db_real = query_real - center, db_real - center
-    top_k = None if top_k is None else _count(top_k, "top_k", 1)
-    if isinstance(precision_ns, (int, np.integer)) or not hasattr(precision_ns, "__iter__"):
-        raise TypeError(f"precision_ns: expected a sequence of integers, e.g. (100, 1000), got {precision_ns!r}")
-    ns = sorted({_count(n, "precision_ns", 1) for n in precision_ns})
+    top_k = None if top_k is None else check_int(top_k, "top_k", 1)
+    ns = sorted(set(check_ints(precision_ns, "precision_ns", 1, "(100, 1000)")))
     ns = [n for n in ns if n <= n_db]
-    radius = None if radius is None else _count(radius, "radius", 0)
-    step = _count(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
+    radius = None if radius is None else check_int(radius, "radius", 0)
+    step = check_int(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
 
     db_signs = _signs(db_bits)
     levels = q_labels.shape[1] if is_hierarchical(q_labels) else 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric.distances import check_distance
 from deepmetric.labels import is_hierarchical, level_ids
 
@@ -28,10 +29,8 @@ def sample_quadlets(labels: torch.Tensor, samples: int = 1_000_000, seed: int = 
         got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels: expected hierarchical (N, L) integer labels with L >= 2, got {got}")
     n_levels = labels.shape[1]
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < n_levels - 1:
-        raise ValueError(f"level: expected an integer in [0, {n_levels - 2}] (a level above the finest), got {level!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+    level = check_int(level, "level", 0, n_levels - 2, " (a level above the finest)")
+    samples = check_int(samples, "samples", 1)
     labels = labels.cpu()
     ids = level_ids(labels)
     fine, coarse = ids[:, -1], ids[:, level]

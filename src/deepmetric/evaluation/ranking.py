@@ -16,9 +16,9 @@ relevant items of a query.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric.labels import is_multilabel, same_mask
 
 #: bound on the elements of a temporary (chunk, k, C) or (chunk, G) tensor
@@ -35,15 +35,8 @@ def _check_rel(rel: torch.Tensor) -> torch.Tensor:
     return rel
 
 
-def _positive_k(k) -> int:
-    """``k`` as an int: a python or numpy integer >= 1."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    return int(k)
-
-
 def _check_k(rel: torch.Tensor, k, name: str = "rel") -> int:
-    k = _positive_k(k)
+    k = check_int(k, "k", 1)
     if k > rel.shape[1]:
         raise ValueError(f"k: {name} has only {rel.shape[1]} columns, got k={k}; search with at least k results")
     return k
@@ -228,7 +221,7 @@ def ideal_gains(counts: torch.Tensor, k: int) -> torch.Tensor:
     [[2.0, 2.0, 1.0, 0.0]]
     """
     counts = _check_counts(counts, "counts", 2)
-    k = _positive_k(k)
+    k = check_int(k, "k", 1)
     if counts.shape[1] > 1 and bool((counts[:, 1:] > counts[:, :-1]).any()):
         raise ValueError("counts: expected counts[:, g] (items with gain > g) to be non-increasing in g")
     ranks = torch.arange(1, k + 1, device=counts.device)
@@ -296,7 +289,7 @@ def gap_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 20) -> float:
         raise TypeError(f"targets: expected a bool torch.Tensor of shape {tuple(scores.shape)}, got {got}")
     if targets.shape != scores.shape:
         raise ValueError(f"targets: expected shape {tuple(scores.shape)} like scores, got {tuple(targets.shape)}")
-    k = _positive_k(k)
+    k = check_int(k, "k", 1)
     targets = targets.to(scores.device)
     n_positives = int(targets.sum())
     if n_positives == 0 or scores.numel() == 0:

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor, check_embeddings
+from deepmetric._checks import as_tensor, check_embeddings, check_int
 from deepmetric.distances import check_distance
 
 __all__ = ["roc_curve", "roc_auc", "eer", "tar_at_far", "best_threshold", "kfold_accuracy",
@@ -180,8 +180,7 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
     distances, is_same = _check_pairs(distances, is_same)
     n = distances.numel()
     if folds is None:
-        if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= n:
-            raise ValueError(f"n_folds: expected an integer in [2, {n}] (the number of pairs), got {n_folds!r}")
+        n_folds = check_int(n_folds, "n_folds", 2, n, " (the number of pairs)")
         sizes = [n // n_folds + (1 if k < n % n_folds else 0) for k in range(n_folds)]
         fold_ids = torch.repeat_interleave(torch.arange(n_folds), torch.tensor(sizes))
     else:

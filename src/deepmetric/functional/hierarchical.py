@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepmetric._checks import check_int
 from deepmetric.labels import num_levels, shared_levels
 
 REDUCTIONS = ("mean", "sum")
@@ -63,13 +64,8 @@ def check_level(level, labels: torch.Tensor) -> int:
     if labels.dtype == torch.bool:
         raise ValueError("labels: hierarchical losses and miners need flat (B,) or hierarchical (B, L) integer "
                          "labels, got (B, C) bool multi-label")
-    if isinstance(level, bool) or not isinstance(level, int):
-        raise TypeError(f"level: expected an int, got {type(level).__name__}")
     n_levels = num_levels(labels)
-    if not -n_levels <= level < n_levels:
-        raise ValueError(f"level: expected an integer in [{-n_levels}, {n_levels - 1}] for labels with "
-                         f"{n_levels} level(s), got {level}")
-    return level % n_levels
+    return check_int(level, "level", -n_levels, n_levels - 1, f" for labels with {n_levels} level(s)") % n_levels
 
 
 def hierarchy_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, level: int = 0):

@@ -24,12 +24,12 @@ import faiss
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings
+from deepmetric._checks import check_embeddings, check_int
 from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, search_chunks,
+from deepmetric.index.exact import (_check_items_overflow, _Searcher, search_chunks,
                                    unit_rows)
 
 
@@ -39,12 +39,6 @@ def _float_vectors(x, name: str) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(x))
     x = check_embeddings(x, name).detach()
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _faiss_message(err: Exception) -> str:
@@ -91,8 +85,9 @@ class ExactIndex(Index):
             vectors = x.clone()
         else:
             vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
-        _check_items_overflow(vectors, self.distance, "vectors", _search_center(vectors, self.distance))
-        self._vectors, self._searcher = vectors, None
+        searcher = _Searcher(vectors, self.distance, refine=True)  # centred, so checked as searched
+        _check_items_overflow(searcher.gallery, self.distance, "vectors", searcher.max_norm)
+        self._vectors, self._searcher = vectors, searcher
 
     def _search(self, queries, k):
         """Queries in the stored vectors' dtype and device, against the gallery prepared once (refined)."""
@@ -178,7 +173,7 @@ class FaissIndex(Index):
             raise ValueError(f"factory: expected a faiss index factory string such as 'IVF64,PQ16', got {factory!r}")
         super().__init__(check_distance(distance))
         self.factory = factory
-        self._parameters = {name: _positive(value, option) for name, option, value in
+        self._parameters = {name: check_int(value, option, 1) for name, option, value in
                             (("nprobe", "nprobe", nprobe), ("efSearch", "ef_search", ef_search))
                             if value is not None}
         self._ef_construction: int | None = None
@@ -374,7 +369,7 @@ class IVFFlatIndex(FaissIndex):
     backend = "ivf-flat"
 
     def __init__(self, distance: str = "euclidean", nlist: int = 100, nprobe: int = 8):
-        nlist = _positive(nlist, "nlist")
+        nlist = check_int(nlist, "nlist", 1)
         super().__init__(f"IVF{nlist},Flat", distance, nprobe=nprobe)
         self.options = {"nlist": nlist, "nprobe": nprobe}
 
@@ -388,9 +383,9 @@ class HNSWIndex(FaissIndex):
     backend = "hnsw"
 
     def __init__(self, distance: str = "euclidean", M: int = 32, ef_construction: int = 40, ef_search: int = 64):
-        M = _positive(M, "M")
+        M = check_int(M, "M", 1)
         super().__init__(f"HNSW{M},Flat", distance, ef_search=ef_search)
-        self._ef_construction = _positive(ef_construction, "ef_construction")
+        self._ef_construction = check_int(ef_construction, "ef_construction", 1)
         self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
 
 
@@ -406,7 +401,7 @@ class IVFPQIndex(FaissIndex):
     backend = "ivf-pq"
 
     def __init__(self, distance: str = "euclidean", nlist: int = 100, m: int = 8, nbits: int = 8, nprobe: int = 8):
-        nlist, self.m, nbits = _positive(nlist, "nlist"), _positive(m, "m"), _positive(nbits, "nbits")
+        nlist, self.m, nbits = check_int(nlist, "nlist", 1), check_int(m, "m", 1), check_int(nbits, "nbits", 1)
         super().__init__(f"IVF{nlist},PQ{self.m}x{nbits}np", distance, nprobe=nprobe)
         self.options = {"nlist": nlist, "m": self.m, "nbits": nbits, "nprobe": nprobe}
 
@@ -443,8 +438,8 @@ class IVFFastScanIndex(FaissIndex):
 
     def __init__(self, distance: str = "euclidean", nlist: int = 256, m: int | None = None, nprobe: int = 16,
                  refine: float = 1.0):
-        nlist = _positive(nlist, "nlist")
-        self.m = None if m is None else _positive(m, "m")
+        nlist = check_int(nlist, "nlist", 1)
+        self.m = None if m is None else check_int(m, "m", 1)
         if isinstance(refine, bool) or not isinstance(refine, (int, float)) or not (refine == 0 or refine >= 1):
             raise ValueError(f"refine: expected 0 (no re-ranking) or a factor >= 1, got {refine!r}")
         self.refine = float(refine)
@@ -577,8 +572,7 @@ class BinaryIndex(Index):
             ``(distances, ids)``: two lists with one 1-D tensor per query, float32 Hamming distances
             in ascending order (ties in insertion order) and the matching int64 ids.
         """
-        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-            raise ValueError(f"radius: expected an integer number of bits >= 0, got {radius!r}")
+        radius = check_int(radius, "radius", 0, why=" (bits)")
         if len(self) == 0:
             raise ValueError("radius_search: the index is empty; add codes first")
         packed, _ = self._prepare(queries, "queries")

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric._io import sync, usual_mode
 from deepmetric.registry import Registry
 
@@ -66,12 +67,6 @@ def _manifest_checksum(manifest: dict) -> str:
     """sha256 of the manifest's canonical JSON (sorted keys, no spaces), the checksum field excluded."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    return int(k)
 
 
 def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray, bool]:
@@ -346,7 +341,7 @@ class Index:
     def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(distances, ids)``, both ``(Q, k)``: float32 distances in ascending order and int64 ids
         (labels for string ids; see :meth:`names`). Empty slots hold id -1 and distance +inf."""
-        k = _check_k(k)
+        k = check_int(k, "k", 1)
         if len(self) == 0:
             raise ValueError("search: the index is empty; add vectors first")
         queries, _ = self._prepare(queries, "queries")

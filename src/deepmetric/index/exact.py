@@ -33,7 +33,7 @@ import numba
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings
+from deepmetric._checks import check_embeddings, check_int
 from deepmetric._threads import over_rows
 from deepmetric.distances import check_distance
 from deepmetric.index import _heaps
@@ -74,12 +74,6 @@ def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     """float32 unless the caller gave float64 (half precision is too coarse to rank)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return value
 
 
 def _check_groups(groups, n: int, name: str) -> torch.Tensor:
@@ -266,12 +260,11 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _max_norm(x: torch.Tensor, center: torch.Tensor | None = None) -> float:
-    """The largest row norm (of ``x - center``), computed in float64 chunk by chunk; 0 without rows."""
+def _max_norm(x: torch.Tensor) -> float:
+    """The largest row norm, computed in float64 chunk by chunk; 0 without rows."""
     if x.shape[0] == 0:
         return 0.0
-    shift = 0.0 if center is None else center.double()
-    return max(float((c.double() - shift).norm(dim=1).max()) for c in x.split(_ROWS))
+    return max(float(c.double().norm(dim=1).max()) for c in x.split(_ROWS))
 
 
 def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype, name: str = "queries/gallery") -> None:
@@ -290,11 +283,11 @@ def _search_center(x: torch.Tensor, distance: str) -> torch.Tensor | None:
     return center if bool(center.any()) else None
 
 
-def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: torch.Tensor | None = None) -> None:
-    """Refuse items (moved by ``center``) whose scores against each other, or against a query as far
-    out, would overflow: ``(2 max |x|)^2`` beyond the dtype. Cosine scores are bounded."""
+def _check_items_overflow(x: torch.Tensor, distance: str, name: str, max_norm: float | None = None) -> None:
+    """Refuse items whose scores against each other, or against a query as far out, would overflow:
+    ``(2 max |x|)^2`` beyond the dtype (``max_norm``: ``max |x|`` if known). Cosine scores are bounded."""
     if distance != "cosine" and x.shape[0]:
-        _check_overflow(2 * _max_norm(x, center), distance, x.dtype, name)
+        _check_overflow(2 * (_max_norm(x) if max_norm is None else max_norm), distance, x.dtype, name)
 
 
 class _Searcher:
@@ -553,9 +546,9 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: str = "e
     symmetric = queries is gallery and query_groups is gallery_groups  # query-in-gallery on one tensor
     queries, gallery, distance, query_groups, gallery_groups = _prepare(
         queries, gallery, distance, query_groups, gallery_groups)
-    k = _check_positive_int(k, "k")
-    chunk_size = _check_positive_int(chunk_size, "chunk_size")
-    gallery_chunk_size = _check_positive_int(gallery_chunk_size, "gallery_chunk_size")
+    k = check_int(k, "k", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
+    gallery_chunk_size = check_int(gallery_chunk_size, "gallery_chunk_size", 1)
     if exclude_self and queries.shape[0] > gallery.shape[0]:
         raise ValueError(
             f"exclude_self: query i must be gallery item i, but there are {queries.shape[0]} queries "

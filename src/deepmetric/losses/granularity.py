@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from deepmetric._checks import check_int
 from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import granularity as F
 from deepmetric.labels import is_multilabel, num_levels
 from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, check_number, tuple_masks
-from deepmetric.losses.proxy import ProxyLoss, check_count
+from deepmetric.losses.proxy import ProxyLoss
 
 
 def _check_attributes(num_attributes) -> tuple[int, ...] | None:
@@ -29,7 +30,7 @@ def _check_attributes(num_attributes) -> tuple[int, ...] | None:
     if isinstance(num_attributes, (str, bytes)) or not isinstance(num_attributes, Sequence) or not num_attributes:
         raise ValueError(f"num_attributes: expected None, an integer >= 1 or a non-empty list of them, "
                          f"got {num_attributes!r}")
-    return tuple(check_count(f"num_attributes[{i}]", n) for i, n in enumerate(num_attributes))
+    return tuple(check_int(n, f"num_attributes[{i}]", 1) for i, n in enumerate(num_attributes))
 
 
 @LOSSES.register("sgml")
@@ -100,7 +101,7 @@ class SGMLLoss(MetricLoss):
             raise ValueError(f"reduction: expected one of mean, sum, got {reduction!r}")
         self.reduction = reduction
         self.num_attributes = _check_attributes(num_attributes)
-        self.embedding_size = None if embedding_size is None else check_count("embedding_size", embedding_size)
+        self.embedding_size = None if embedding_size is None else check_int(embedding_size, "embedding_size", 1)
         self.attribute_head = None
         if self.num_attributes is not None:
             if self.embedding_size is None:
@@ -207,13 +208,11 @@ class IELoss(ProxyLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, gamma: float = 1.0, margin: float = 1.0,
                  exclude_weight: float = 1.0, level: int = -1):
-        super().__init__(check_count("num_classes", num_classes, low=2), embedding_size)
+        super().__init__(check_int(num_classes, "num_classes", 2), embedding_size)
         self.gamma = check_number("gamma", gamma, low=0.0, strict=True)
         self.margin = check_number("margin", margin, low=0.0)
         self.exclude_weight = check_number("exclude_weight", exclude_weight, low=0.0)
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise ValueError(f"level: expected an integer, got {level!r}")
-        self.level = level
+        self.level = check_int(level, "level")
         self.centers = nn.Parameter(torch.randn(self.num_classes, self.embedding_size))
 
     def check_class_labels(self, labels, n: int) -> torch.Tensor:
@@ -223,10 +222,7 @@ class IELoss(ProxyLoss):
             if labels.shape[0] != n:
                 raise ValueError(f"labels: expected {n} rows to match the embeddings, got {labels.shape[0]}")
             levels = labels.shape[1]
-            if not -levels <= self.level < levels:
-                raise ValueError(f"level: expected an integer in [{-levels}, {levels - 1}] for {levels}-level "
-                                 f"labels, got {self.level}")
-            labels = labels[:, self.level]
+            labels = labels[:, check_int(self.level, "level", -levels, levels - 1, f" for {levels}-level labels")]
         elif isinstance(labels, torch.Tensor) and labels.dtype == torch.bool:
             raise TypeError("labels: the IE loss needs class ids (flat or hierarchical int64), got multi-label bool "
                             "labels")

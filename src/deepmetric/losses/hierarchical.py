@@ -15,23 +15,15 @@ fallback triplets), ``"sum"`` sums them; with no tuple the loss is a zero connec
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric.distances import pairwise
 from deepmetric.functional import hierarchical as H
-from deepmetric.functional import mining as FM
 from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, check_number
 from deepmetric.tuples import Quadlets, Triplets
 
 __all__ = ["QuadletLoss", "PentupletLoss", "RadialLoss"]
-
-
-def _check_level(level) -> int:
-    if isinstance(level, bool) or not isinstance(level, numbers.Integral):
-        raise TypeError(f"level: expected an int, got {type(level).__name__}")
-    return int(level)
 
 
 def _check_kind(owner: str, tuples) -> None:
@@ -97,7 +89,7 @@ class QuadletLoss(MetricLoss):
         super().__init__()
         self.margin1 = check_number("margin1", margin1, low=0.0)
         self.margin2 = check_number("margin2", margin2, low=0.0)
-        self.level = _check_level(level)
+        self.level = check_int(level, "level")
         self.distance = check_loss_distance("QuadletLoss", distance, ("squared_euclidean", "euclidean"))
         self.reduction = H.check_reduction(reduction)
 
@@ -163,7 +155,7 @@ class PentupletLoss(MetricLoss):
         super().__init__()
         self.gammas = tuple(check_number(name, value, low=0.0)
                             for name, value in (("g1", g1), ("g2", g2), ("g3", g3), ("g4", g4)))
-        self.level = _check_level(level)
+        self.level = check_int(level, "level")
         self.distance = check_loss_distance("PentupletLoss", distance, ("squared_euclidean", "euclidean"))
         self.reduction = H.check_reduction(reduction)
 
@@ -231,7 +223,7 @@ class RadialLoss(MetricLoss):
         super().__init__()
         self.c = check_number("c", c, low=0.0)
         self.margin = check_number("margin", margin, low=0.0)
-        self.level = _check_level(level)
+        self.level = check_int(level, "level")
         self.reduction = H.check_reduction(reduction)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels):

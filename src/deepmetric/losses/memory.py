@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from deepmetric import mining
-from deepmetric._checks import check_pair
+from deepmetric._checks import check_int, check_pair
 from deepmetric.labels import pair_masks
 from deepmetric.losses.base import LOSSES
 from deepmetric.tuples import Pairs, Triplets
@@ -42,12 +42,10 @@ class CrossBatchMemory(nn.Module):
 
     def __init__(self, loss, embedding_size: int, memory_size: int = 1024, miner=None):
         super().__init__()
-        for name, value in (("embedding_size", embedding_size), ("memory_size", memory_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        embedding_size = check_int(embedding_size, "embedding_size", 1)
+        self.memory_size = memory_size = check_int(memory_size, "memory_size", 1)
         self.loss = loss if isinstance(loss, nn.Module) else LOSSES.create(loss)
         self.miner = miner if miner is None or callable(miner) else mining.create(miner)
-        self.memory_size = memory_size
         self.register_buffer("memory", torch.zeros(memory_size, embedding_size))
         self.register_buffer("memory_labels", torch.zeros(memory_size, dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # items in the queue

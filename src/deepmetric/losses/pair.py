@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import losses as F
 from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance, check_number
@@ -179,12 +180,6 @@ def _check_disjoint(pos, neg):
     if both.numel() and bool(both.view(torch.uint8).amax()):
         i, j = both.nonzero()[0].tolist()
         raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return value
 
 
 class _MaskedPairLoss(MetricLoss):
@@ -372,7 +367,7 @@ class MarginLoss(MetricLoss):
             raise ValueError(f"learn_beta: expected True or False, got {learn_beta!r}")
         self.learn_beta = learn_beta
         if num_classes is not None:
-            _check_int("num_classes", num_classes, 1)
+            check_int(num_classes, "num_classes", 1)
         self.num_classes = num_classes
         self.distance = check_loss_distance("MarginLoss", distance, ("euclidean", "squared_euclidean", "cosine"))
         init = torch.full((num_classes,) if num_classes else (), float(beta))
@@ -570,7 +565,7 @@ class FastAPLoss(_MaskedPairLoss):
 
     def __init__(self, num_bins: int = 10, max_distance: float = 4.0, reduction: str = "mean"):
         super().__init__()
-        self.num_bins = _check_int("num_bins", num_bins, 1)
+        self.num_bins = check_int(num_bins, "num_bins", 1)
         self.max_distance = check_number("max_distance", max_distance, low=0.0, strict=True)
         self.reduction = F.check_reduction(reduction)
 
@@ -617,7 +612,7 @@ class HistogramLoss(_MaskedPairLoss):
 
     def __init__(self, num_bins: int = 100):
         super().__init__()
-        self.num_bins = _check_int("num_bins", num_bins, 1)
+        self.num_bins = check_int(num_bins, "num_bins", 1)
 
     def _loss(self, sim, pos, neg, same_set):
         return F.histogram_loss(sim, pos, neg, self.num_bins)

@@ -20,17 +20,10 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_embeddings
+from deepmetric._checks import check_embeddings, check_int
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
 from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
-
-
-def check_count(name: str, value, low: int = 1) -> int:
-    """Return ``value`` if it is an int ``>= low``, else raise a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return value
 
 
 class ProxyLoss(nn.Module):
@@ -42,8 +35,8 @@ class ProxyLoss(nn.Module):
 
     def __init__(self, num_classes: int, embedding_size: int):
         super().__init__()
-        self.num_classes = check_count("num_classes", num_classes)
-        self.embedding_size = check_count("embedding_size", embedding_size)
+        self.num_classes = check_int(num_classes, "num_classes", 1)
+        self.embedding_size = check_int(embedding_size, "embedding_size", 1)
 
     def forward(self, embeddings, labels, tuples=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
         owner = type(self).__name__
@@ -335,7 +328,7 @@ class SubCenterArcFaceLoss(_CosineClassifierLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.5, scale: float = 64.0,
                  sub_centers: int = 3):
-        self.sub_centers = check_count("sub_centers", sub_centers)
+        self.sub_centers = check_int(sub_centers, "sub_centers", 1)
         super().__init__(num_classes, embedding_size, rows_per_class=self.sub_centers)
         self.margin = _check_angle(margin)
         self.scale = check_number("scale", scale, low=0.0, strict=True)
@@ -382,7 +375,7 @@ class SoftTripleLoss(ProxyLoss):
     def __init__(self, num_classes: int, embedding_size: int, centers_per_class: int = 10, la: float = 20.0,
                  gamma: float = 0.1, margin: float = 0.01, tau: float = 0.0):
         super().__init__(num_classes, embedding_size)
-        self.centers_per_class = check_count("centers_per_class", centers_per_class)
+        self.centers_per_class = check_int(centers_per_class, "centers_per_class", 1)
         self.la = check_number("la", la, low=0.0, strict=True)
         self.gamma = check_number("gamma", gamma, low=0.0, strict=True)
         self.margin = check_number("margin", margin, low=0.0)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from deepmetric._checks import check_int
 from deepmetric.distances import DISTANCES, as_ascending, cosine_similarity, dot, pairwise
 from deepmetric.functional import losses as F
 from deepmetric.functional import triplet_family as TF
@@ -67,9 +68,7 @@ class TripletMarginLoss(MetricLoss):
             raise TypeError(f"soft_margin: expected a bool, got {soft_margin!r}")
         self.soft_margin = soft_margin
         self.reduction = F.check_reduction(reduction)
-        if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
-            raise ValueError(f"max_elements: expected a positive integer, got {max_elements!r}")
-        self.max_elements = max_elements
+        self.max_elements = check_int(max_elements, "max_elements", 1)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels):
         dist = as_ascending(pairwise(x, ref_x, self.distance), self.distance)
@@ -102,12 +101,6 @@ def _pair_counts(rows, cols, n: int, n_ref: int, dtype, device) -> torch.Tensor:
     counts = torch.zeros(n * n_ref, dtype=dtype, device=device)
     counts.index_add_(0, torch.add(cols, rows, alpha=n_ref), torch.ones(rows.numel(), dtype=dtype, device=device))
     return counts.view(n, n_ref)
-
-
-def _check_max_elements(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_elements: expected a positive integer, got {value!r}")
-    return value
 
 
 def _class_ids(labels: torch.Tensor) -> torch.Tensor:
@@ -233,7 +226,7 @@ class AngularLoss(MetricLoss):
         self.alpha = check_number("alpha", alpha, low=0.0, strict=True)
         if self.alpha >= 90.0:
             raise ValueError(f"alpha: expected an angle in degrees in (0, 90), got {alpha!r}")
-        self.max_elements = _check_max_elements(max_elements)
+        self.max_elements = check_int(max_elements, "max_elements", 1)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels):
         a, p = _positive_pairs(tuples, labels, ref_labels)
