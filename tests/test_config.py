@@ -102,7 +102,10 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
                           ("epochs=-1", "epochs: expected an integer >= 1, got -1"),
                           ("seed=1.5", "seed: expected an integer >= 0, got 1.5"),
                           ("optimizer.lr=fast", "optimizer.lr: expected a number >= 0.0, got 'fast'"),
-                          ("batch_size=true", "batch_size: expected an integer >= 1, got True")):
+                          ("batch_size=true", "batch_size: expected an integer >= 1, got True"),
+                          # eval.nmi is first used after the last epoch, so a bad value used to cost a whole run
+                          ("eval.nmi=maybe", "eval.nmi: expected true or false, got 'maybe'"),
+                          ("eval.exclude_groups=1", "eval.exclude_groups: expected true or false, got 1")):
         with pytest.raises(ConfigError, match=message):
             resolve({}, [item])
     with pytest.raises(ConfigError, match=r"--set optimizer.lr=\[1: not valid YAML"):

@@ -263,7 +263,7 @@ def test_exclude_groups_applies_to_validation_and_test_metrics(tmp_path):
     emb = embed(model, test.x, 1024)
     assert result["test"]["precision_at_1"] == evaluate(emb, test.y, nmi=False, groups=test.groups)["precision_at_1"]
     assert result["test"]["precision_at_1"] < evaluate(emb, test.y, nmi=False)["precision_at_1"]
-    with pytest.raises(ValueError, match="eval.exclude_groups: expected true for data with groups"):
+    with pytest.raises(ValueError, match="eval.exclude_groups: true needs data with groups"):
         train(resolve({}, FAST + ["eval.exclude_groups=true"]), tmp_path / "digits", progress=False, log=quiet)
 
 

@@ -74,7 +74,13 @@ NUMBERS = {(None, "epochs"): (int, 1), (None, "batch_size"): (int, 1), (None, "s
            ("optimizer", "gamma"): (float, 0.0), ("eval", "batch_size"): (int, 1)}
 
 
-def _check_numbers(config: dict) -> None:
+#: true/false settings (section, key)
+FLAGS = (("eval", "nmi"), ("eval", "exclude_groups"))
+
+
+def _check_values(config: dict) -> None:
+    """Numbers and flags checked when the config is read, not when the run first uses them (``eval.nmi``
+    only at the end of training)."""
     for (section, key), (kind, least) in NUMBERS.items():
         value = (config[section] if section else config)[key]
         name = f"{section}.{key}" if section else key
@@ -82,6 +88,9 @@ def _check_numbers(config: dict) -> None:
         if not number or (kind is int and not isinstance(value, int)) or value < least:
             what = "an integer" if kind is int else "a number"
             raise ConfigError(f"{name}: expected {what} >= {least}, got {value!r}")
+    for section, key in FLAGS:
+        if not isinstance(config[section][key], bool):
+            raise ConfigError(f"{section}.{key}: expected true or false, got {config[section][key]!r}")
 
 
 def _component(value, key: str):
@@ -113,7 +122,7 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     for key in COMPONENTS:
         out[key] = _component(out[key], key)
     out["losses"] = _loss_list(out["losses"])
-    _check_numbers(out)
+    _check_values(out)
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "

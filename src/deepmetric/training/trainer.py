@@ -216,10 +216,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                          "needs disjoint parts, 'zero-shot'")
     train_set, test_set = load_data(config)
     ev = config["eval"]
-    if not isinstance(ev["exclude_groups"], bool) or (ev["exclude_groups"] and train_set.groups is None):
-        raise ValueError(f"eval.exclude_groups: expected true for data with groups, else false; got "
-                         f"{ev['exclude_groups']!r} for {train_set.name!r}, which has "
-                         f"{'no ' if train_set.groups is None else ''}groups")
+    if ev["exclude_groups"] and train_set.groups is None:
+        raise ValueError(f"eval.exclude_groups: true needs data with groups (e.g. frames of one video); "
+                         f"{train_set.name!r} has none")
     hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
     if ev["val_classes"] and select in CLUSTERING_KEYS and is_multilabel(train_set.y):
