@@ -58,6 +58,14 @@ def check_ints(values, name: str, low: int | None = None, example: str = "(1, 10
     return tuple(check_int(v, name, low) for v in values)
 
 
+def loss_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is float16 or bfloat16 (differentiably), else as it is. Losses sum
+    thousands of terms and count pairs: float16 tops out at 65504 and bfloat16 counts exactly only
+    to 256, so a half-precision batch of a few hundred gave 0, inf or NaN. Mixed-precision training
+    (``torch.autocast``) runs losses in float32 for the same reason."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def check_seed(seed) -> int:
     """A random seed: an integer in ``[0, 2^32)`` (what scikit-learn, faiss and torch all accept)."""
     return check_int(seed, "seed", 0, 2 ** 32 - 1)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_pair
+from deepmetric._checks import check_pair, loss_precision
 from deepmetric.distances import check_distance
 from deepmetric.labels import pair_masks
 from deepmetric.registry import Registry
@@ -117,7 +117,8 @@ def _index_mask(rows: torch.Tensor, cols: torch.Tensor, n: int, n_ref: int, devi
 
 
 class MetricLoss(nn.Module):
-    """Base class: validates the call and hands :meth:`compute` checked tensors.
+    """Base class: validates the call and hands :meth:`compute` checked tensors (half-precision
+    embeddings in float32, :func:`~deepmetric._checks.loss_precision`).
 
     Subclasses set ``distance`` (a name from :mod:`deepmetric.distances`) and implement
     ``compute(x, labels, tuples, ref_x, ref_labels)``, where ``ref_labels`` is ``None`` when the
@@ -131,6 +132,10 @@ class MetricLoss(nn.Module):
         has_ref = ref_embeddings is not None or ref_labels is not None
         x, labels, ref_x, ref_labels = check_pair(embeddings, labels, ref_embeddings, ref_labels)
         tuples = check_tuples(tuples, x.shape[0], ref_x.shape[0], x.device, self.accepts_quadlets)
+        if ref_x is x:  # compute() tells the batch as its own reference set by identity
+            x = ref_x = loss_precision(x)
+        else:
+            x, ref_x = loss_precision(x), loss_precision(ref_x)
         return self.compute(x, labels, tuples, ref_x, ref_labels if has_ref else None)
 
     def compute(self, x, labels, tuples, ref_x, ref_labels) -> torch.Tensor:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_embeddings, check_int
+from deepmetric._checks import check_embeddings, check_int, loss_precision
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
 from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
@@ -29,7 +29,7 @@ from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
 class ProxyLoss(nn.Module):
     """Base class: validates the call, casts the learnable parameters to the embeddings' dtype and
     device (differentiably; the stored parameters are not changed) and hands :meth:`compute` the
-    embeddings and labels."""
+    embeddings (half precision in float32, :func:`~deepmetric._checks.loss_precision`) and labels."""
 
     distance: str = "cosine"
 
@@ -50,7 +50,7 @@ class ProxyLoss(nn.Module):
         if x.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings: expected dimension embedding_size={self.embedding_size}, got {x.shape[1]}")
         labels = self.check_class_labels(labels, x.shape[0])
-        return self.compute(x, labels.to(x.device))
+        return self.compute(loss_precision(x), labels.to(x.device))
 
     def check_class_labels(self, labels, n: int) -> torch.Tensor:
         """``labels`` as int64 if they are ``(n,)`` integer class ids in ``0..num_classes-1``."""
