@@ -497,7 +497,10 @@ def assert_connected_zero(value, x):
 @pytest.mark.parametrize("name,kwargs", ALL, ids=ALL_IDS)
 def test_no_pair_gives_connected_zero(name, kwargs):
     loss = dm.losses.create(name, **kwargs)
-    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    if name == "fast-ap":  # FastAP takes unit vectors only
+        x = torch.nn.functional.normalize(x, dim=1)
+    x.requires_grad_()
     assert_connected_zero(loss(x[:1], torch.tensor([0])), x)
     if name != "fast-ap":
         labels = torch.tensor([0, 1, 0, 1, 2, 2])
@@ -781,3 +784,19 @@ def test_empty_batch_or_reference_set_is_a_connected_zero(name):
         value = loss(*args)
         value.backward()
         assert value.item() == 0.0 and value.requires_grad and torch.equal(args[0].grad, torch.zeros_like(args[0]))
+
+
+def test_fast_ap_refuses_embeddings_that_are_not_unit_vectors():
+    """Raw embeddings put (nearly) every squared distance beyond the histogram's [0, 4]: the loss was
+    the constant 1 with a zero gradient (pml normalises inside its distance, so it trained)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, generator=g)
+    labels = torch.arange(4).repeat_interleave(4)
+    loss = dm.losses.create("fast-ap")
+    with pytest.raises(ValueError, match=r"embeddings: FastAP expects L2-normalised embeddings .* got norms in"):
+        loss(x, labels)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    with pytest.raises(ValueError, match=r"ref_embeddings: FastAP expects L2-normalised"):
+        loss(unit, labels, ref_embeddings=x, ref_labels=labels)
+    value = loss(unit.requires_grad_(), labels)
+    assert 0 < float(value) < 1

@@ -535,6 +535,10 @@ class SupConLoss(_TemperatureLoss):
         return F.supervised_contrastive_loss(sim, pos, neg, self.temperature, self.reduction)
 
 
+#: how far from 1 an embedding's norm may be for FastAP (bfloat16 rounds a unit vector's norm by ~4e-3)
+UNIT_TOLERANCE = 1e-2
+
+
 @LOSSES.register("fast-ap")
 class FastAPLoss(_MaskedPairLoss):
     """FastAP (Cakir, He, Xia, Kulis, Sclaroff, CVPR 2019, "Deep Metric Learning to Rank"),
@@ -544,7 +548,8 @@ class FastAPLoss(_MaskedPairLoss):
 
     ``h^+_j`` / ``h_j`` the soft (triangular kernel) counts of positives / all items at squared
     Euclidean distance ``z_j`` (``L = num_bins + 1`` nodes over ``[0, max_distance]``; 4 for
-    L2-normalised embeddings, whose normalisation is the model head's job), ``H`` the cumulative
+    L2-normalised embeddings, whose normalisation is the model head's job: other embeddings are an
+    error, as their distances would mostly fall beyond the histogram), ``H`` the cumulative
     counts. Equal to pytorch-metric-learning's ``FastAPLoss(num_bins)`` on L2-normalised
     embeddings, but ``O(B R)`` (each distance scattered into its two nodes) and a reference set is
     supported. FastAP ranks whole lists: ``tuples`` are not accepted.
@@ -573,6 +578,13 @@ class FastAPLoss(_MaskedPairLoss):
         if tuples is not None:
             raise ValueError("tuples: FastAPLoss ranks the whole reference set; it takes no tuples (got "
                              f"{type(tuples).__name__})")
+        for name, v in (("embeddings", x), ("ref_embeddings", ref_x)):
+            norms = v.detach().norm(dim=1)
+            if norms.numel() and float((norms - 1).abs().max()) > UNIT_TOLERANCE:
+                raise ValueError(f"{name}: FastAP expects L2-normalised embeddings (its histogram spans the "
+                                 f"squared distances [0, {self.max_distance:g}] of unit vectors), got norms in "
+                                 f"[{float(norms.min()):.3g}, {float(norms.max()):.3g}]; normalise them in the "
+                                 f"model head (pytorch-metric-learning normalises inside its default distance)")
         return super().compute(x, labels, tuples, ref_x, ref_labels)
 
     def _loss(self, dist, pos, neg, same_set):
