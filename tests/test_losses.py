@@ -601,8 +601,13 @@ def test_bad_input_raises_clear_error(name, make, error, message):
 def test_bad_tuples_raise_clear_error(name):
     loss = dm.losses.create(name)
     x, labels = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
-    with pytest.raises(TypeError, match="tuples: expected deepmetric.tuples.Pairs or Triplets .* got tuple"):
-        loss(x, labels, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
+    with pytest.raises(TypeError, match=r"tuples: expected deepmetric.tuples.Pairs or Triplets .* got tuple; "
+                                         r"wrap a plain \(a, p, n\) as deepmetric.Triplets\(\*t\).*\(a tuple of 3 was given\)"):
+        loss(x, labels, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))  # a pml miner's output
+    with pytest.raises(TypeError, match=r"deepmetric.Pairs\(\*t\) \(a list of 4 was given\)"):
+        loss(x, labels, [torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2])])
+    with pytest.raises(TypeError, match=r"\(or None\), got dict$"):
+        loss(x, labels, {})
     with pytest.raises(TypeError, match="got Quadlets"):
         loss(x, labels, Quadlets(*[torch.tensor([0])] * 4))
     with pytest.raises(ValueError, match=r"tuples.p: expected indices in \[0, 6\), got values in \[1, 9\]"):

@@ -96,17 +96,18 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
 
 
 def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_names=("ref_embeddings", "ref_labels")):
-    """Validate a batch and its optional reference set; return all four (ref defaults to the batch).
-    ``ref_names``: the reference set's argument names in error messages."""
+    """Validate a batch and its optional reference set; return all four (ref defaults to the batch),
+    the labels on the embeddings' device. ``ref_names``: the reference set's argument names in error
+    messages."""
     ref_name, ref_labels_name = ref_names
     embeddings = check_embeddings(embeddings, "embeddings")
-    labels = check_labels(labels, embeddings.shape[0], "labels")
+    labels = check_labels(labels, embeddings.shape[0], "labels").to(embeddings.device)
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError(f"{ref_name} and {ref_labels_name} must be given together")
     if ref_embeddings is None:
         return embeddings, labels, embeddings, labels
     ref_embeddings = check_embeddings(ref_embeddings, ref_name)
-    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name)
+    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name).to(embeddings.device)
     if ref_embeddings.shape[1] != embeddings.shape[1]:
         raise ValueError(
             f"{ref_name}: expected dimension {embeddings.shape[1]} to match embeddings, "

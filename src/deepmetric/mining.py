@@ -65,8 +65,7 @@ class Miner:
             same = ref_emb is embeddings
             embeddings = embeddings.detach()
             ref_emb = embeddings if same else ref_emb.detach()
-            labels = labels.to(embeddings.device)
-            ref_lab = None if ref_embeddings is None else ref_lab.to(embeddings.device)
+            ref_lab = None if ref_embeddings is None else ref_lab
             out = self.mine(embeddings, ref_emb, *self.relation_masks(labels, ref_lab))
         self.last_count = len(out)
         return out

@@ -281,6 +281,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     * ``evaluate(emb, labels)``: query-in-gallery. Every item is a query against all the others
       (itself excluded).
     * ``evaluate(q, q_labels, gallery=g, gallery_labels=g_labels)``: separate query and gallery sets.
+      Queries that are also gallery items (pytorch-metric-learning's ``ref_includes_query=True``)
+      need ``groups`` / ``gallery_groups`` of item ids, or each query retrieves itself first.
 
     ``groups`` (and ``gallery_groups`` with a separate gallery) are integer ids; a query never
     retrieves an item of its own group, and such items do not count as relevant. Queries with no

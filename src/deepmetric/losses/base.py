@@ -89,7 +89,12 @@ def check_tuples(tuples, n: int, n_ref: int, device=None,
         if not a.numel() == p.numel() == neg.numel():
             raise ValueError(f"tuples: expected a, p, n of equal length, got {a.numel()}, {p.numel()}, {neg.numel()}")
         return Triplets(a, p, neg)
-    raise TypeError(f"tuples: expected deepmetric.tuples.Pairs or Triplets (or None), got {type(tuples).__name__}")
+    hint = ""
+    if isinstance(tuples, (tuple, list)) and len(tuples) in (3, 4):  # e.g. a pytorch-metric-learning miner's
+        hint = (f"; wrap a plain (a, p, n) as deepmetric.Triplets(*t) and (a1, p, a2, n) as "
+                f"deepmetric.Pairs(*t) (a {type(tuples).__name__} of {len(tuples)} was given)")
+    raise TypeError(f"tuples: expected deepmetric.tuples.Pairs or Triplets (or None), got "
+                    f"{type(tuples).__name__}{hint}")
 
 
 def as_pairs(tuples: Pairs | Triplets):

@@ -231,8 +231,7 @@ class RadialLoss(MetricLoss):
         H.check_level(self.level, labels)
         if tuples is None:
             with torch.no_grad():
-                ref_labels = None if ref_labels is None else ref_labels.to(x.device)
-                pos, inter, neg = H.hierarchy_masks(labels.to(x.device), ref_labels, self.level)
+                pos, inter, neg = H.hierarchy_masks(labels, ref_labels, self.level)
             total, count = H.radial_loss_all(x, ref_x, pos, inter, neg, self.c, self.margin)
             return H.reduce_total(total, count, self.reduction)
         if isinstance(tuples, Quadlets):

@@ -44,7 +44,7 @@ class TripletMarginLoss(MetricLoss):
     ``distance="squared_euclidean"``.
 
     Args:
-        margin: the margin (>= 0).
+        margin: the margin (>= 0); 0.2 as in FaceNet (pytorch-metric-learning defaults to 0.05).
         distance: ``euclidean``, ``squared_euclidean``, ``cosine`` or ``dot``.
         soft_margin: use ``log(1 + exp(D_ap - D_an))`` instead of the hinge.
         reduction: ``mean_nonzero``, ``mean`` or ``sum`` over triplets.
