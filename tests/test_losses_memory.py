@@ -4,6 +4,7 @@ import torch
 from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
+from pytorch_metric_learning import reducers as pml_reducers
 
 import deepmetric as dm
 
@@ -14,9 +15,10 @@ def batches(n_batches=4, b=12, d=5, classes=4, seed=0):
             for _ in range(n_batches)]
 
 
-def contrastive_loop(x, y, mem_x, mem_y, own, pos_margin=0.0, neg_margin=1.0):
+def contrastive_loop(x, y, mem_x, mem_y, own, pos_margin=0.0, neg_margin=1.0, nonzero=True):
     """Plain loop: pairs of batch anchors with memory items (an anchor's own slot excluded),
-    positive and negative parts each averaged over their non-zero terms, then added."""
+    positive and negative parts each averaged over their non-zero terms (all terms if not
+    ``nonzero``), then added."""
     pos, neg = [], []
     for i in range(len(x)):
         for j in range(len(mem_x)):
@@ -26,11 +28,17 @@ def contrastive_loop(x, y, mem_x, mem_y, own, pos_margin=0.0, neg_margin=1.0):
             elif y[i] != mem_y[j]:
                 neg.append(torch.clamp(neg_margin - d, min=0))
     part = [torch.stack(t) for t in (pos, neg) if t]
+    if not nonzero:
+        return sum(v.mean() for v in part)
     return sum(v[v > 0].mean() if (v > 0).any() else v.sum() * 0 for v in part)
 
 
-def test_equals_a_loop_over_batch_and_memory_pairs_with_wraparound():
-    xbm = dm.losses.create("xbm", loss="contrastive", embedding_size=5, memory_size=30)
+@pytest.mark.parametrize("reduction", ["mean_nonzero", "mean"])
+def test_equals_a_loop_over_batch_and_memory_pairs_with_wraparound(reduction):
+    """With ``mean`` the own slot's zero distance would count in the positive mean, so leaving it in
+    changes the value (with ``mean_nonzero`` a zero term drops out either way)."""
+    xbm = dm.losses.create("xbm", loss={"name": "contrastive", "reduction": reduction}, embedding_size=5,
+                           memory_size=30)
     queue_x, queue_y = [], []
     for step, (x, y) in enumerate(batches()):
         x = x.requires_grad_(True)
@@ -46,23 +54,25 @@ def test_equals_a_loop_over_batch_and_memory_pairs_with_wraparound():
             mem_x[s], mem_y[s] = v, lab
         n = min(len(queue_x), 30)
         own = [(12 * step + i) % 30 for i in range(12)]
-        expected = contrastive_loop(x, y, mem_x[:n], mem_y[:n], own)
+        nonzero = reduction == "mean_nonzero"
+        expected = contrastive_loop(x, y, mem_x[:n], mem_y[:n], own, nonzero=nonzero)
         torch.testing.assert_close(value, expected)
         grad, = torch.autograd.grad(value, x)
-        ref, = torch.autograd.grad(contrastive_loop(x, y, mem_x[:n], mem_y[:n], own), x)
+        ref, = torch.autograd.grad(contrastive_loop(x, y, mem_x[:n], mem_y[:n], own, nonzero=nonzero), x)
         torch.testing.assert_close(grad, ref)
         torch.testing.assert_close(xbm.memory[:n], mem_x[:n])
     assert int(xbm.filled) == 30 and int(xbm.head) == 48 % 30
 
 
 @pytest.mark.parametrize("with_miner", [False, True])
-def test_equals_pytorch_metric_learning(with_miner):
+@pytest.mark.parametrize("margin", [0.3, 10.0])  # 10: far beyond the distances, so the own slot would be mined
+def test_equals_pytorch_metric_learning(with_miner, margin):
     lp = pml_distances.LpDistance(normalize_embeddings=False)
-    ours = dm.losses.create("xbm", loss={"name": "triplet", "margin": 0.3}, embedding_size=5, memory_size=40,
-                            miner={"name": "triplet-margin", "margin": 0.3} if with_miner else None)
+    ours = dm.losses.create("xbm", loss={"name": "triplet", "margin": margin}, embedding_size=5, memory_size=40,
+                            miner={"name": "triplet-margin", "margin": margin} if with_miner else None)
     theirs = pml_losses.CrossBatchMemory(
-        pml_losses.TripletMarginLoss(margin=0.3, distance=lp), embedding_size=5, memory_size=40,
-        miner=pml_miners.TripletMarginMiner(margin=0.3, distance=lp) if with_miner else None)
+        pml_losses.TripletMarginLoss(margin=margin, distance=lp), embedding_size=5, memory_size=40,
+        miner=pml_miners.TripletMarginMiner(margin=margin, distance=lp) if with_miner else None)
     for x, y in batches(n_batches=5, seed=1):
         a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         mine, pml = ours(a, y), theirs(b, y)
@@ -94,3 +104,21 @@ def test_errors_are_clear():
         xbm(x[:, :4], y, dm.mining.create("batch-hard")(x[:, :4], y))
     with pytest.raises(ValueError, match="memory_size"):
         dm.losses.create("xbm", loss="contrastive", embedding_size=4, memory_size=0)
+
+
+def test_mined_pairs_equal_pytorch_metric_learning():
+    """A pair miner against the memory: with ``pos_margin=-1`` every positive is mined, the anchor's
+    own slot (distance 0) too, and that one is dropped as pml drops self-comparisons."""
+    lp = pml_distances.LpDistance(normalize_embeddings=False)
+    ours = dm.losses.create("xbm", loss={"name": "contrastive", "reduction": "mean"}, embedding_size=5,
+                            memory_size=40, miner={"name": "pair-margin", "pos_margin": -1.0, "neg_margin": 10.0})
+    theirs = pml_losses.CrossBatchMemory(
+        pml_losses.ContrastiveLoss(distance=lp, reducer=pml_reducers.MeanReducer()), embedding_size=5,
+        memory_size=40, miner=pml_miners.PairMarginMiner(pos_margin=-1.0, neg_margin=10.0, distance=lp))
+    for x, y in batches(n_batches=5, seed=2):
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        mine, pml = ours(a, y), theirs(b, y)
+        torch.testing.assert_close(mine, pml.to(mine.dtype), rtol=1e-5, atol=1e-7)
+        mine.backward()
+        pml.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
