@@ -18,8 +18,6 @@ NH = DATA / "notting-hill" / "Notting-Hill.mat"
 FSDD = DATA / "fsdd" / "recordings"
 MNIST = DATA / "mnist-test"
 
-needs_nh = pytest.mark.skipif(not NH.is_file(), reason=f"{NH} missing")
-needs_av = pytest.mark.skipif(not (FSDD.is_dir() and MNIST.is_dir()), reason="fsdd or mnist-test missing")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,6 @@ def _pearson(a, b):
 
 # ----------------------------------------------------------------------------- Notting-Hill
 
-@needs_nh
 def test_frames_are_column_major_and_upright(raw_x):
     frames, actor, path = av.read_notting_hill(DATA)
     assert frames.shape == (1494, 60, 60) and frames.dtype == torch.uint8 and path == NH
@@ -56,14 +53,12 @@ def test_frames_are_column_major_and_upright(raw_x):
     assert _pearson(c_mean, c_mean[::-1]) > 0.7 > 0.2 > _pearson(c_mean, c_mean[:, ::-1])
 
 
-@needs_nh
 @pytest.mark.parametrize("threshold,segments,kept", [(0.3, 21, 19), (0.5, 26, 22), (0.7, 49, 31)])
 def test_track_counts_match_readme(threshold, segments, kept):
     assert len(av.notting_hill_tracks(DATA, threshold, min_length=1).tracks) == segments
     assert len(av.notting_hill_tracks(DATA, threshold, min_length=8).tracks) == kept
 
 
-@needs_nh
 def test_tracks_within_one_actor_block(tracks):
     _, all_actor, _ = av.read_notting_hill(DATA)
     frames, actor, track, spans, source = tracks
@@ -80,7 +75,6 @@ def test_tracks_within_one_actor_block(tracks):
     assert torch.equal(track.unique(), torch.arange(len(spans)))
 
 
-@needs_nh
 @pytest.mark.parametrize("codec,max_mae", [("libx264", 1.0), ("ffv1", 0.0)])
 def test_encode_decode_round_trip(tracks, tmp_path, codec, max_mae):
     chosen = [tracks.tracks[1], tracks.tracks[-1]]  # two actors
@@ -104,7 +98,6 @@ def test_encode_decode_round_trip(tracks, tmp_path, codec, max_mae):
         assert torch.equal(d.argmin(1), torch.arange(len(got)))
 
 
-@needs_nh
 def test_decode_names_the_bad_file(tracks, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         av.decode_tracks(tmp_path)
@@ -132,7 +125,6 @@ def test_missing_data_names_the_file(tmp_path):
         av.fsdd_log_mels(tmp_path, cache=False)
 
 
-@needs_nh
 def test_track_folds_stratified_and_disjoint(tracks):
     spans = tracks.tracks
     folds = av.track_folds(spans, k=5, seed=3)
@@ -152,7 +144,6 @@ def test_track_folds_stratified_and_disjoint(tracks):
         av.track_folds(spans, k=1)
 
 
-@needs_nh
 def test_builtin_notting_hill_frames_and_clips(tracks):
     ds = load_dataset("notting-hill", data_dir=DATA)
     assert ds.x.shape == (len(tracks.frames), 1, 60, 60) and ds.x.dtype == torch.float32
@@ -181,7 +172,6 @@ def digits(cache_dir):
     return av.av_digits(DATA, seed=0, duration=0.5, cache=cache_dir)
 
 
-@needs_av
 def test_av_digits_shapes_and_labels(digits):
     mnist_labels = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     for side, n in (("train", 2000), ("test", 1000)):  # 4 / 2 speakers x 10 digits x 50
@@ -199,7 +189,6 @@ def test_av_digits_shapes_and_labels(digits):
         assert not set(digits["train"][key].tolist()) & set(digits["test"][key].tolist())
 
 
-@needs_av
 def test_av_digits_speaker_ids_and_mask(digits):
     speakers = [line.split(",")[0] for line in (DATA / "fsdd" / "speakers.csv").read_text().splitlines()[1:]]
     d = digits["train"]
@@ -216,7 +205,6 @@ def test_av_digits_speaker_ids_and_mask(digits):
     assert (lengths == 48).any() and (lengths < 48).any()                    # some cropped, some padded
 
 
-@needs_av
 def test_av_digits_cache_reused_and_other_split(digits, cache_dir, monkeypatch):
     assert len(list(cache_dir.glob("fsdd_logmel_*.npz"))) == 1
 
