@@ -105,3 +105,20 @@ def test_unknown_backend():
         clustering.kmeans(x, 4, backend="cuml")
     with pytest.raises(ValueError, match="backend: unknown k-means backend"):
         clustering.clustering_scores(x, y, backend="cuml")
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_nmi_and_f1_hand_worked(backend):
+    """Two clear clusters {0, 1} and {2, 3} under classes (0, 0, 0, 1): k-means must find the clusters.
+    With p(class, cluster) = 1/2 at (0, a), 1/4 at (0, b) and (1, b):
+    I = 1/2 ln(4/3) + 1/4 ln(2/3) + 1/4 ln 2, H(class) = -(3/4 ln 3/4 + 1/4 ln 1/4), H(cluster) = ln 2,
+    NMI = I / ((H(class) + H(cluster)) / 2) (arithmetic normalisation) = 0.3437.
+    F1 over pairs: same cluster {01, 23}, same class {01, 02, 12}: TP 1, FP 1, FN 2, so P 1/2, R 1/3, F1 2/5."""
+    from math import log
+    x = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
+    scores = clustering.clustering_scores(x, torch.tensor([0, 0, 0, 1]), backend=backend)
+    mutual = 0.5 * log(4 / 3) + 0.25 * log(2 / 3) + 0.25 * log(2)
+    h_class, h_cluster = -(0.75 * log(0.75) + 0.25 * log(0.25)), log(2)
+    assert scores["nmi"] == pytest.approx(mutual / ((h_class + h_cluster) / 2), abs=1e-12)
+    assert scores["nmi"] == pytest.approx(0.3437, abs=1e-4)
+    assert scores["f1"] == pytest.approx(0.4, abs=1e-12)
