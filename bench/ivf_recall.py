@@ -9,6 +9,7 @@ For each nprobe: the share of the exact top-k whose list is among an item's npro
 the same when a group of items (those of one list) scans the union of its members' lists, and when
 it scans the lists nearest to its centroid.
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -54,4 +55,8 @@ def main(n: int = 100_000, nlist: int = 256):
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="items (default 100,000)")
+    parser.add_argument("--nlist", type=int, default=256, help="inverted lists (default 256)")
+    args = parser.parse_args()
+    main(args.n, args.nlist)

@@ -1,6 +1,6 @@
 """Omniglot zero-shot: deepmetric's recipe against the same training written with pytorch-metric-learning.
 
-    .venv/bin/python bench/omniglot.py [--seeds 0 1 2] [--epochs 8] [--set key=value ...]
+    .venv/bin/python bench/omniglot.py [--seeds 0 1 2] [--set key=value ...]   (e.g. --set epochs=8)
 
 Both sides use the same data (28x28, background alphabets minus 20% validation characters for
 training, evaluation alphabets for test), the same CNN (deepmetric's SmallCNN, L2-normalised
