@@ -64,6 +64,17 @@ def test_equals_a_loop_over_batch_and_memory_pairs_with_wraparound(reduction):
     assert int(xbm.filled) == 30 and int(xbm.head) == 48 % 30
 
 
+def assert_same_as_pml(ours, theirs, seed):
+    """Values and gradients over five batches, the memory filling and wrapping around."""
+    for x, y in batches(n_batches=5, seed=seed):
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        mine, pml = ours(a, y), theirs(b, y)
+        torch.testing.assert_close(mine, pml.to(mine.dtype), rtol=1e-5, atol=1e-7)
+        mine.backward()
+        pml.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("with_miner", [False, True])
 @pytest.mark.parametrize("margin", [0.3, 10.0])  # 10: far beyond the distances, so the own slot would be mined
 def test_equals_pytorch_metric_learning(with_miner, margin):
@@ -73,13 +84,7 @@ def test_equals_pytorch_metric_learning(with_miner, margin):
     theirs = pml_losses.CrossBatchMemory(
         pml_losses.TripletMarginLoss(margin=margin, distance=lp), embedding_size=5, memory_size=40,
         miner=pml_miners.TripletMarginMiner(margin=margin, distance=lp) if with_miner else None)
-    for x, y in batches(n_batches=5, seed=1):
-        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        mine, pml = ours(a, y), theirs(b, y)
-        torch.testing.assert_close(mine, pml.to(mine.dtype), rtol=1e-5, atol=1e-7)
-        mine.backward()
-        pml.backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    assert_same_as_pml(ours, theirs, seed=1)
 
 
 def test_queue_is_saved_with_the_loss_and_restored():
@@ -115,10 +120,4 @@ def test_mined_pairs_equal_pytorch_metric_learning():
     theirs = pml_losses.CrossBatchMemory(
         pml_losses.ContrastiveLoss(distance=lp, reducer=pml_reducers.MeanReducer()), embedding_size=5,
         memory_size=40, miner=pml_miners.PairMarginMiner(pos_margin=-1.0, neg_margin=10.0, distance=lp))
-    for x, y in batches(n_batches=5, seed=2):
-        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        mine, pml = ours(a, y), theirs(b, y)
-        torch.testing.assert_close(mine, pml.to(mine.dtype), rtol=1e-5, atol=1e-7)
-        mine.backward()
-        pml.backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    assert_same_as_pml(ours, theirs, seed=2)
