@@ -105,9 +105,11 @@ def step(loss, miner, x, y):
 
 def memory_ratio(m_pml: float, m_dm: float) -> str:
     """pml / deepmetric peak memory; a side below 1 MB is below what VmHWM resolves (reads 0)."""
-    if m_dm >= 1:
+    if m_dm >= 1 and m_pml >= 1:
         return f"{m_pml / m_dm:.1f}"
-    return "both < 1 MB" if m_pml < 1 else f"> {m_pml:.0f} (dm < 1 MB)"
+    if m_dm < 1:
+        return "both < 1 MB" if m_pml < 1 else f"> {m_pml:.0f} (dm < 1 MB)"
+    return f"< {1 / m_dm:.2g} (pml < 1 MB)"
 
 
 def measure(loss, miner, x, y, repeats: int) -> tuple[float, float]:

@@ -5,7 +5,8 @@ import torch
 
 from deepmetric import _checks
 from deepmetric.data.samplers import MPerClassSampler
-from deepmetric.index import create
+import deepmetric as dm
+from deepmetric.index import create, load
 from deepmetric.losses.proxy import ProxyAnchorLoss
 from deepmetric.losses.triplet import TripletMarginLoss
 
@@ -57,3 +58,13 @@ def test_numpy_integers_accepted_everywhere():
     index = create("exact")
     index.add(torch.eye(3))
     assert index.search(torch.eye(3), k=np.int64(1))[1][:, 0].tolist() == [0, 1, 2]
+    assert type(dm.losses.create("margin", num_classes=np.int64(3)).num_classes) is int
+    assert dm.losses.create("sgml", num_attributes=np.int64(4), embedding_size=8).num_attributes == (4,)
+
+
+def test_faiss_options_from_numpy_integers_are_saved(tmp_path):
+    """The manifest is JSON: options given as numpy integers made save fail ("int64 is not JSON serializable")."""
+    index = create("ivf-flat", nlist=np.int64(2), nprobe=np.int64(2))
+    index.add(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)))
+    index.save(tmp_path / "ivf")
+    assert load(tmp_path / "ivf").options == {"nlist": 2, "nprobe": 2}

@@ -505,3 +505,11 @@ def test_radial_all_tuples_blocks_do_not_change_the_result():
     quads = FM.all_quadlets(pos, inter, neg)
     no_inter = ~inter.any(dim=1, keepdim=True)
     assert whole[1] == len(quads) + len(FM.all_triplets(pos & no_inter, neg))
+
+
+def test_plain_tuple_error_names_quadlets_for_losses_that_take_them():
+    x, labels = torch.randn(4, 3), torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2]])
+    t = (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), torch.tensor([3]))
+    with pytest.raises(TypeError, match=r"Pairs, Triplets or Quadlets .* or \(q, p, i, n\) as "
+                                        r"deepmetric.Quadlets\(\*t\)"):
+        QuadletLoss()(x, labels, t)

@@ -786,17 +786,21 @@ def test_empty_batch_or_reference_set_is_a_connected_zero(name):
         assert value.item() == 0.0 and value.requires_grad and torch.equal(args[0].grad, torch.zeros_like(args[0]))
 
 
-def test_fast_ap_refuses_embeddings_that_are_not_unit_vectors():
+def test_fast_ap_refuses_embeddings_beyond_its_histogram():
     """Raw embeddings put (nearly) every squared distance beyond the histogram's [0, 4]: the loss was
-    the constant 1 with a zero gradient (pml normalises inside its distance, so it trained)."""
+    the constant 1 with a zero gradient (pml normalises inside its distance, so it trained). Norms up
+    to sqrt(max_distance) / 2 keep every distance inside, zero rows (as l2_normalize leaves them) too."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 8, generator=g)
     labels = torch.arange(4).repeat_interleave(4)
     loss = dm.losses.create("fast-ap")
-    with pytest.raises(ValueError, match=r"embeddings: FastAP expects L2-normalised embeddings .* got norms in"):
+    with pytest.raises(ValueError, match=r"embeddings: FastAP expects unit vectors, or norms up to "
+                                         r"sqrt\(max_distance\) / 2 .* \[0, 4\]; got a norm of"):
         loss(x, labels)
     unit = torch.nn.functional.normalize(x, dim=1)
-    with pytest.raises(ValueError, match=r"ref_embeddings: FastAP expects L2-normalised"):
+    with pytest.raises(ValueError, match=r"ref_embeddings: FastAP expects unit vectors"):
         loss(unit, labels, ref_embeddings=x, ref_labels=labels)
-    value = loss(unit.requires_grad_(), labels)
-    assert 0 < float(value) < 1
+    assert 0 < float(loss(unit, labels)) < 1
+    unit[3] = 0  # a zero row: within the histogram
+    assert 0 < float(loss(unit, labels)) < 1
+    assert 0 < float(dm.losses.create("fast-ap", max_distance=16.0)(2 * unit, labels)) < 1

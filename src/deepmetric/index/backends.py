@@ -29,7 +29,7 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import (_check_items_overflow, _Searcher, search_chunks,
+from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, search_chunks,
                                    unit_rows)
 
 
@@ -85,9 +85,8 @@ class ExactIndex(Index):
             vectors = x.clone()
         else:
             vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
-        searcher = _Searcher(vectors, self.distance, refine=True)  # centred, so checked as searched
-        _check_items_overflow(searcher.gallery, self.distance, "vectors", searcher.max_norm)
-        self._vectors, self._searcher = vectors, searcher
+        _check_items_overflow(vectors, self.distance, "vectors", _search_center(vectors, self.distance))
+        self._vectors, self._searcher = vectors, None
 
     def _search(self, queries, k):
         """Queries in the stored vectors' dtype and device, against the gallery prepared once (refined)."""
@@ -178,7 +177,8 @@ class FaissIndex(Index):
                             if value is not None}
         self._ef_construction: int | None = None
         self._index = None
-        self.options = {"factory": factory, "nprobe": nprobe, "ef_search": ef_search}
+        self.options = {"factory": factory, "nprobe": self._parameters.get("nprobe"),
+                        "ef_search": self._parameters.get("efSearch")}  # checked ints: saved as JSON
 
     @property
     def _metric(self):
@@ -371,7 +371,7 @@ class IVFFlatIndex(FaissIndex):
     def __init__(self, distance: str = "euclidean", nlist: int = 100, nprobe: int = 8):
         nlist = check_int(nlist, "nlist", 1)
         super().__init__(f"IVF{nlist},Flat", distance, nprobe=nprobe)
-        self.options = {"nlist": nlist, "nprobe": nprobe}
+        self.options = {"nlist": nlist, "nprobe": self.options["nprobe"]}
 
 
 @INDEXES.register("hnsw")
@@ -386,7 +386,7 @@ class HNSWIndex(FaissIndex):
         M = check_int(M, "M", 1)
         super().__init__(f"HNSW{M},Flat", distance, ef_search=ef_search)
         self._ef_construction = check_int(ef_construction, "ef_construction", 1)
-        self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
+        self.options = {"M": M, "ef_construction": self._ef_construction, "ef_search": self.options["ef_search"]}
 
 
 @INDEXES.register("ivf-pq")
@@ -403,7 +403,7 @@ class IVFPQIndex(FaissIndex):
     def __init__(self, distance: str = "euclidean", nlist: int = 100, m: int = 8, nbits: int = 8, nprobe: int = 8):
         nlist, self.m, nbits = check_int(nlist, "nlist", 1), check_int(m, "m", 1), check_int(nbits, "nbits", 1)
         super().__init__(f"IVF{nlist},PQ{self.m}x{nbits}np", distance, nprobe=nprobe)
-        self.options = {"nlist": nlist, "m": self.m, "nbits": nbits, "nprobe": nprobe}
+        self.options = {"nlist": nlist, "m": self.m, "nbits": nbits, "nprobe": self.options["nprobe"]}
 
     def _build(self, d):
         if d % self.m:
@@ -448,7 +448,7 @@ class IVFFastScanIndex(FaissIndex):
                              "(faiss' fast scan of inner products drops results); use ivf-flat or hnsw")
         self._template = f"IVF{nlist},PQ{{m}}x4fs" + (",RFlat" if self.refine else "")
         super().__init__(self._template, distance, nprobe=nprobe)
-        self.options = {"nlist": nlist, "m": m, "nprobe": nprobe, "refine": refine}
+        self.options = {"nlist": nlist, "m": self.m, "nprobe": self.options["nprobe"], "refine": self.refine}
 
     @property
     def _metric(self):

@@ -260,11 +260,12 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _max_norm(x: torch.Tensor) -> float:
-    """The largest row norm, computed in float64 chunk by chunk; 0 without rows."""
+def _max_norm(x: torch.Tensor, center: torch.Tensor | None = None) -> float:
+    """The largest row norm (of ``x - center``), computed in float64 chunk by chunk; 0 without rows."""
     if x.shape[0] == 0:
         return 0.0
-    return max(float(c.double().norm(dim=1).max()) for c in x.split(_ROWS))
+    shift = 0.0 if center is None else center.double()
+    return max(float((c.double() - shift).norm(dim=1).max()) for c in x.split(_ROWS))
 
 
 def _check_overflow(norm_sum: float, distance: str, dtype: torch.dtype, name: str = "queries/gallery") -> None:
@@ -283,11 +284,11 @@ def _search_center(x: torch.Tensor, distance: str) -> torch.Tensor | None:
     return center if bool(center.any()) else None
 
 
-def _check_items_overflow(x: torch.Tensor, distance: str, name: str, max_norm: float | None = None) -> None:
-    """Refuse items whose scores against each other, or against a query as far out, would overflow:
-    ``(2 max |x|)^2`` beyond the dtype (``max_norm``: ``max |x|`` if known). Cosine scores are bounded."""
+def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: torch.Tensor | None = None) -> None:
+    """Refuse items (moved by ``center``) whose scores against each other, or against a query as far
+    out, would overflow: ``(2 max |x|)^2`` beyond the dtype. Cosine scores are bounded."""
     if distance != "cosine" and x.shape[0]:
-        _check_overflow(2 * (_max_norm(x) if max_norm is None else max_norm), distance, x.dtype, name)
+        _check_overflow(2 * _max_norm(x, center), distance, x.dtype, name)
 
 
 class _Searcher:

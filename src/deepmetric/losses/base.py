@@ -91,10 +91,11 @@ def check_tuples(tuples, n: int, n_ref: int, device=None,
         return Triplets(a, p, neg)
     hint = ""
     if isinstance(tuples, (tuple, list)) and len(tuples) in (3, 4):  # e.g. a pytorch-metric-learning miner's
+        quadlets = " or (q, p, i, n) as deepmetric.Quadlets(*t)" if allow_quadlets else ""
         hint = (f"; wrap a plain (a, p, n) as deepmetric.Triplets(*t) and (a1, p, a2, n) as "
-                f"deepmetric.Pairs(*t) (a {type(tuples).__name__} of {len(tuples)} was given)")
-    raise TypeError(f"tuples: expected deepmetric.tuples.Pairs or Triplets (or None), got "
-                    f"{type(tuples).__name__}{hint}")
+                f"deepmetric.Pairs(*t){quadlets} (a {type(tuples).__name__} of {len(tuples)} was given)")
+    kinds = "Pairs, Triplets or Quadlets" if allow_quadlets else "Pairs or Triplets"
+    raise TypeError(f"tuples: expected deepmetric.tuples.{kinds} (or None), got {type(tuples).__name__}{hint}")
 
 
 def as_pairs(tuples: Pairs | Triplets):

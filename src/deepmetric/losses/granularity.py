@@ -8,6 +8,7 @@ Both are called ``loss(embeddings, labels, tuples=None, ref_embeddings=None, ref
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ def _check_attributes(num_attributes) -> tuple[int, ...] | None:
     """``num_attributes`` as a tuple of class counts (``None`` stays ``None``)."""
     if num_attributes is None:
         return None
-    if isinstance(num_attributes, int) and not isinstance(num_attributes, bool):
+    if isinstance(num_attributes, numbers.Integral):  # one attribute level (bools are refused below)
         num_attributes = [num_attributes]
     if isinstance(num_attributes, (str, bytes)) or not isinstance(num_attributes, Sequence) or not num_attributes:
         raise ValueError(f"num_attributes: expected None, an integer >= 1 or a non-empty list of them, "

@@ -8,6 +8,8 @@ pair enters. Given :class:`~deepmetric.tuples.Triplets` are used as the pairs ``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from deepmetric._checks import check_int
@@ -367,7 +369,7 @@ class MarginLoss(MetricLoss):
             raise ValueError(f"learn_beta: expected True or False, got {learn_beta!r}")
         self.learn_beta = learn_beta
         if num_classes is not None:
-            check_int(num_classes, "num_classes", 1)
+            num_classes = check_int(num_classes, "num_classes", 1)
         self.num_classes = num_classes
         self.distance = check_loss_distance("MarginLoss", distance, ("euclidean", "squared_euclidean", "cosine"))
         init = torch.full((num_classes,) if num_classes else (), float(beta))
@@ -535,8 +537,8 @@ class SupConLoss(_TemperatureLoss):
         return F.supervised_contrastive_loss(sim, pos, neg, self.temperature, self.reduction)
 
 
-#: how far from 1 an embedding's norm may be for FastAP (bfloat16 rounds a unit vector's norm by ~4e-3)
-UNIT_TOLERANCE = 1e-2
+#: how far beyond FastAP's bound an embedding's norm may be (bfloat16 rounds a unit vector's norm by ~4e-3)
+NORM_TOLERANCE = 1e-2
 
 
 @LOSSES.register("fast-ap")
@@ -548,9 +550,9 @@ class FastAPLoss(_MaskedPairLoss):
 
     ``h^+_j`` / ``h_j`` the soft (triangular kernel) counts of positives / all items at squared
     Euclidean distance ``z_j`` (``L = num_bins + 1`` nodes over ``[0, max_distance]``; 4 for
-    L2-normalised embeddings, whose normalisation is the model head's job: other embeddings are an
-    error, as their distances would mostly fall beyond the histogram), ``H`` the cumulative
-    counts. Equal to pytorch-metric-learning's ``FastAPLoss(num_bins)`` on L2-normalised
+    L2-normalised embeddings, whose normalisation is the model head's job; norms beyond
+    ``max(1, sqrt(max_distance) / 2)`` are an error, as most distances could fall beyond the
+    histogram, where they are dropped), ``H`` the cumulative counts. Equal to pytorch-metric-learning's ``FastAPLoss(num_bins)`` on L2-normalised
     embeddings, but ``O(B R)`` (each distance scattered into its two nodes) and a reference set is
     supported. FastAP ranks whole lists: ``tuples`` are not accepted.
 
@@ -578,13 +580,15 @@ class FastAPLoss(_MaskedPairLoss):
         if tuples is not None:
             raise ValueError("tuples: FastAPLoss ranks the whole reference set; it takes no tuples (got "
                              f"{type(tuples).__name__})")
+        # unit vectors (FastAP's domain), or norms small enough for every distance to fit the histogram
+        bound = max(1.0, math.sqrt(self.max_distance) / 2)
         for name, v in (("embeddings", x), ("ref_embeddings", ref_x)):
-            norms = v.detach().norm(dim=1)
-            if norms.numel() and float((norms - 1).abs().max()) > UNIT_TOLERANCE:
-                raise ValueError(f"{name}: FastAP expects L2-normalised embeddings (its histogram spans the "
-                                 f"squared distances [0, {self.max_distance:g}] of unit vectors), got norms in "
-                                 f"[{float(norms.min()):.3g}, {float(norms.max()):.3g}]; normalise them in the "
-                                 f"model head (pytorch-metric-learning normalises inside its default distance)")
+            largest = float(v.detach().norm(dim=1).max()) if v.shape[0] else 0.0
+            if largest > bound * (1 + NORM_TOLERANCE):
+                raise ValueError(f"{name}: FastAP expects unit vectors, or norms up to sqrt(max_distance) / 2 "
+                                 f"so that squared distances fit its histogram [0, {self.max_distance:g}]; got a "
+                                 f"norm of {largest:.3g}. L2-normalise the embeddings in the model head "
+                                 f"(pytorch-metric-learning normalises inside its default distance)")
         return super().compute(x, labels, tuples, ref_x, ref_labels)
 
     def _loss(self, dist, pos, neg, same_set):
