@@ -65,7 +65,7 @@ class Miner:
             same = ref_emb is embeddings
             embeddings = embeddings.detach()
             ref_emb = embeddings if same else ref_emb.detach()
-            ref_lab = None if ref_embeddings is None else ref_lab
+            ref_lab = None if ref_embeddings is None else ref_lab  # None: the batch is its own reference set
             out = self.mine(embeddings, ref_emb, *self.relation_masks(labels, ref_lab))
         self.last_count = len(out)
         return out

@@ -37,6 +37,7 @@ import torch
 from deepmetric._checks import as_tensor, check_int, check_labels
 from deepmetric._io import atomic_path
 from deepmetric.distances import check_distance
+from deepmetric.labels import item_classes
 from deepmetric.registry import Registry
 
 __all__ = [
@@ -586,9 +587,7 @@ def _class_index(y: torch.Tensor, what: str = "split") -> tuple[torch.Tensor, to
     if y.dtype == torch.bool:
         raise ValueError(f"{what}: multi-label (bool) labels have no single class per item; "
                          f"use split='all' or split the items yourself")
-    if y.dim() == 1:
-        return torch.unique(y, return_inverse=True)
-    return torch.unique(y, dim=0, return_inverse=True)
+    return item_classes(y)
 
 
 def split_classes(dataset: ArrayDataset, seed: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Sampler
 
 from deepmetric._checks import check_int, check_labels
+from deepmetric.labels import item_classes
 
 __all__ = ["MPerClassSampler", "HierarchicalBatchSampler"]
 
@@ -130,10 +131,7 @@ class MPerClassSampler(_EpochBatchSampler):
         self.seed = check_int(seed, "seed")
         self.epoch = 0
 
-        if labels.dim() == 1:
-            _, self._class_of = torch.unique(labels, return_inverse=True)
-        else:
-            _, self._class_of = torch.unique(labels, dim=0, return_inverse=True)
+        self._class_of = item_classes(labels)[1]
         self._counts = torch.bincount(self._class_of)
         self.num_classes = int(self._counts.shape[0])
         self.classes_per_batch = self.batch_size // self.m
@@ -299,7 +297,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         self.seed = check_int(seed, "seed")
         self.epoch = 0
 
-        _, self._class_of = torch.unique(labels, dim=0, return_inverse=True)
+        self._class_of = item_classes(labels)[1]
         self._counts = torch.bincount(self._class_of)
         n_classes = self._counts.shape[0]
         # super-class of each class (classes are sorted rows, so column 0 is sorted too)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from deepmetric._checks import check_int
-from deepmetric.labels import is_multilabel, same_mask
+from deepmetric.labels import is_multilabel, item_classes, same_mask
 
 #: bound on the elements of a temporary (chunk, k, C) or (chunk, G) tensor
 _BLOCK = 1 << 23
@@ -315,7 +315,7 @@ def _flat_ids(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
     hierarchical at the finest level: all columns equal).
     """
     both = torch.cat([query_labels, gallery_labels.to(query_labels.device)])
-    _, ids = torch.unique(both, dim=0 if both.dim() == 2 else None, return_inverse=True)
+    ids = item_classes(both)[1]
     return ids[: query_labels.shape[0]], ids[query_labels.shape[0]:]
 
 

@@ -10,7 +10,7 @@ from deepmetric._checks import check_int
 from deepmetric.distances import DISTANCES, as_ascending, cosine_similarity, dot, pairwise
 from deepmetric.functional import losses as F
 from deepmetric.functional import triplet_family as TF
-from deepmetric.labels import pair_masks
+from deepmetric.labels import item_classes, pair_masks
 from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance, check_number
 from deepmetric.tuples import Triplets
 
@@ -103,11 +103,6 @@ def _pair_counts(rows, cols, n: int, n_ref: int, dtype, device) -> torch.Tensor:
     return counts.view(n, n_ref)
 
 
-def _class_ids(labels: torch.Tensor) -> torch.Tensor:
-    """Contiguous class ids of flat or hierarchical (finest level: the whole row) labels."""
-    return torch.unique(labels, dim=0 if labels.dim() == 2 else None, return_inverse=True)[1]
-
-
 def _first_per_class(cls: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """For each class id present in ``cls``, the smallest of ``positions`` with that class."""
     first = torch.full((int(cls.max()) + 1,), positions.numel(), dtype=torch.long, device=cls.device)
@@ -121,12 +116,12 @@ def _first_pair_per_class(labels: torch.Tensor, ref_labels: torch.Tensor | None)
     batch index of a class present in the reference set and the class's smallest reference index."""
     n = labels.shape[0]
     if ref_labels is None:
-        cls = _class_ids(labels)
+        cls = item_classes(labels)[1]
         order = torch.argsort(cls, stable=True)
         counts = torch.bincount(cls)
         starts = (torch.cumsum(counts, 0) - counts)[counts >= 2]
         return order[starts], order[starts + 1]
-    cls = _class_ids(torch.cat([labels, ref_labels]))
+    cls = item_classes(torch.cat([labels, ref_labels]))[1]
     n_cls = int(cls.max()) + 1
     first_a = torch.full((n_cls,), n, dtype=torch.long, device=cls.device)
     first_a.scatter_reduce_(0, cls[:n], torch.arange(n, device=cls.device), "amin")
@@ -179,7 +174,7 @@ class NPairsLoss(MetricLoss):
         else:
             a, p = _positive_pairs(tuples, labels, ref_labels)
             if a.numel():
-                first = _first_per_class(_class_ids(labels[a]), torch.arange(a.numel(), device=a.device))
+                first = _first_per_class(item_classes(labels[a])[1], torch.arange(a.numel(), device=a.device))
                 a, p = a[first], p[first]
         if a.numel() == 0:
             return TF.n_pairs_loss(x.new_zeros(0, 0)) + x.reshape(-1)[:0].sum() + ref_x.reshape(-1)[:0].sum()
