@@ -554,7 +554,8 @@ class FastAPLoss(_MaskedPairLoss):
     ``max(1, sqrt(max_distance) / 2)`` are an error, as most distances could fall beyond the
     histogram, where they are dropped), ``H`` the cumulative counts. Equal to
     pytorch-metric-learning's ``FastAPLoss(num_bins)`` on L2-normalised embeddings, but ``O(B R)``
-    (each distance scattered into its two nodes) and a reference set is supported. FastAP ranks whole lists: ``tuples`` are not accepted.
+    (each distance scattered into its two nodes) and a reference set is supported. FastAP ranks whole
+    lists: ``tuples`` are not accepted.
 
     Args:
         num_bins: number of histogram bins (>= 1).
