@@ -586,6 +586,10 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     (tmp_path / "cut.npz").write_bytes((tmp_path / "f.npz").read_bytes()[:300])
     with pytest.raises(ValueError, match=r"cut.npz: cannot read as npz without pickles \(truncated or corrupt\?\)"):
         dsmod.load_npz(tmp_path / "cut.npz")
+    with open(tmp_path / "single.npz", "wb") as f:  # one .npy array under an .npz name: was a TypeError
+        np.save(f, x)
+    with pytest.raises(ValueError, match=r"single.npz: .* a single .npy array, not an archive"):
+        dsmod.load_npz(tmp_path / "single.npz")
     raw = gzip.compress(bytes(2000))
     (tmp_path / "bad.gz").write_bytes(raw[:20] + bytes(range(200)) + raw[220:])
     with pytest.raises(ValueError, match="bad.gz: cannot read as gzip IDX"):

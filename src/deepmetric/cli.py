@@ -202,15 +202,10 @@ def index_group():
 def _read_vectors(path) -> dict:
     """Arrays of an embeddings .npz read without pickles: ``X`` (N, D), optional ``ids`` (integers or
     strings) and ``distance`` (the one the embeddings were trained for)."""
-    import zipfile
-    import zlib
-
-    import numpy as np
+    from deepmetric.data.datasets import read_npz
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except (ValueError, OSError, TypeError, AttributeError, EOFError, zipfile.BadZipFile, zlib.error):
-        # .npy arrays and other files are no archives; truncated archives are not either
+        arrays = read_npz(path)
+    except ValueError:  # .npy arrays and other files are no archives; truncated archives are not either
         raise ValueError(f"{path}: expected an .npz archive (numpy.savez) holding an (N, D) array 'X', "
                          f"without pickled objects") from None
     if "X" not in arrays or arrays["X"].ndim != 2:

@@ -43,8 +43,6 @@ import hashlib
 import json
 import os
 import re
-import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,7 +53,7 @@ from deepmetric._checks import check_int
 from deepmetric._io import atomic_path, write_json
 from deepmetric.data.audio import log_mel, pad_or_crop, read_wav
 from deepmetric.data.datasets import (
-    ArrayDataset, _builtin, _require_builtin, data_root, load, sha256_file,
+    ArrayDataset, _builtin, _require_builtin, data_root, load, read_npz, sha256_file,
 )
 from deepmetric.data.video import clips as _clips
 from deepmetric.data.video import split_shots
@@ -448,10 +446,11 @@ def _read_cache(path: Path, n: int, length: int, n_mels: int) -> dict[str, np.nd
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in ("audio", "mask", "digit", "speaker", "index")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        arrays = read_npz(path)
+    except ValueError:
         return None  # unreadable or partial: recompute and overwrite
+    if any(k not in arrays for k in ("audio", "mask", "digit", "speaker", "index")):
+        return None
     if arrays["audio"].shape != (n, length, n_mels) or arrays["mask"].shape != (n, length):
         return None
     return arrays

@@ -304,12 +304,15 @@ def _from_arrays(path: Path, x, y, ids=None, groups=None, name: str = "") -> Arr
         raise type(err)(f"{path}: {err}") from None
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an npz archive, never unpickling; a truncated or corrupt file is a ValueError
-    naming it."""
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, never unpickling; a truncated or corrupt file, or a single .npy
+    array, is a ValueError naming it."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an archive of named arrays")
+        with archive as f:
+            return {k: f[k] for k in f.files}  # read here: a corrupt member fails on access
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path}: cannot read as npz without pickles (truncated or corrupt?): {err}") from None
 
@@ -318,7 +321,7 @@ def load_npz(path: str | os.PathLike) -> ArrayDataset:
     """A feature file: ``X`` (N, D) numeric (stored as float32), ``y`` (N,) or (N, L) integer or
     (N, C) bool labels, optional ``ids`` and ``groups`` (N,) integer. Never unpickles."""
     path = _require(Path(path), "npz")
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     for key in ("X", "y"):
         if key not in arrays:
             raise ValueError(f"{path}: expected arrays 'X' and 'y' (optional 'ids', 'groups'), "
@@ -497,7 +500,7 @@ def _load_omniglot(root: Path, size: int | None = 28, hierarchical: bool = False
     label_offset, char_offset = 0, 1  # character id = label + 1 (background), label + 965 (evaluation)
     for part in ("background", "evaluation"):
         path = _require_builtin(root, f"omniglot/images_{part}.npz", "omniglot")
-        arrays = _read_npz(path)
+        arrays = read_npz(path)
         if "images" not in arrays or "labels" not in arrays:
             raise ValueError(f"{path}: expected arrays 'images' and 'labels', got {sorted(arrays)}")
         images, labels = arrays["images"], arrays["labels"]
