@@ -1,21 +1,31 @@
-"""README code blocks are run, so the documented API cannot drift from the code."""
+"""The Python blocks of the README and of docs/evaluation.md are run, so the documented API cannot drift
+from the code; the worked examples of docs/evaluation.md assert values computed by hand."""
 import re
 from pathlib import Path
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+import pytest
+
+ROOT = Path(__file__).parents[1]
 
 
-def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+@pytest.mark.parametrize("doc", ["README.md", "docs/evaluation.md"])
+def test_python_blocks_run(doc):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
     assert blocks
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, doc, "exec"), {})
 
 
 def test_losses_doc_has_a_row_for_every_registered_loss_and_miner():
     import deepmetric as dm
-    doc = (Path(__file__).parents[1] / "docs" / "losses.md").read_text()
+    doc = (ROOT / "docs" / "losses.md").read_text()
     losses_part, miners_part = doc.split("## Miners")
     row_names = lambda text: set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.M))  # noqa: E731
     assert row_names(losses_part) == set(dm.losses.names())
     assert row_names(miners_part) == set(dm.mining.names())
+
+
+def test_evaluation_doc_has_a_row_for_every_index_backend():
+    import deepmetric as dm
+    doc = (ROOT / "docs" / "evaluation.md").read_text().split("## Indexes")[1]
+    assert set(re.findall(r"^\| `([a-z-]+)` \|", doc, flags=re.M)) == set(dm.index.names())
