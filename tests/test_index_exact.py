@@ -1,10 +1,14 @@
 """Exact k-NN search: hand-worked cases, ties in gallery order, exclusions, padding, chunked merging."""
+import itertools
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 from deepmetric.distances import DISTANCES, as_ascending, pairwise
+import deepmetric as dm
+import deepmetric.index as dmi
 from deepmetric.index import exact, knn
 
 CHUNKINGS = [dict(), dict(chunk_size=1, gallery_chunk_size=1), dict(chunk_size=3, gallery_chunk_size=4),
@@ -286,6 +290,42 @@ def test_cosine_parallel_vectors_of_different_norms_tie_in_gallery_order(chunks)
     for q in range(24):
         assert i[q].tolist() == [j for j in (which == which[q]).nonzero().flatten().tolist() if j != q]
         assert bool((d[q] == d[q, 0]).all())
+
+
+def _exact_minus_cosine(a, b):
+    """``-cos(a, b)`` of integer vectors as an exact order key: ``-sign(a.b) (a.b)^2 / (|a|^2 |b|^2)``."""
+    ab, aa, bb = sum(i * j for i, j in zip(a, b)), sum(i * i for i in a), sum(j * j for j in b)
+    return -Fraction(ab * abs(ab), aa * bb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cosine_ties_of_different_directions_keep_gallery_order(dtype):
+    # every non-zero vector of {-2, ..., 2}^3: many pairs of *different* directions have exactly equal
+    # cosines to a query (cos((1, 1, 1), (1, 1, 0)) = cos((1, 1, 1), (1, 0, 1))), which normalised float
+    # products score differently in the last bit; the results must follow (exact cosine, gallery index)
+    points = [p for p in itertools.product(range(-2, 3), repeat=3) if any(p)]
+    x, n = torch.tensor(points, dtype=dtype), len(points)
+
+    def expected(r, exclude):
+        others = [j for j in range(n) if not (exclude and j == r)]
+        return sorted(others, key=lambda j: (_exact_minus_cosine(points[r], points[j]), j))
+
+    index = dmi.create("exact", distance="cosine")
+    index.add(x)
+    results = [(knn(x, x, n, "cosine")[1], False), (knn(x, x, n - 1, "cosine", exclude_self=True)[1], True),
+               (exact.self_knn(x, n - 1, "cosine")[1], True), (index.search(x, n)[1], False)]
+    for ids, exclude in results:
+        assert [expected(r, exclude) for r in range(n)] == ids.tolist()
+    # cut at k = 10: the distances of the first 10, in order, and ties among them in gallery order (an
+    # item tied with the 10th beyond the cut may stand in for a smaller index: exact.py's docstring)
+    d, ids = knn(x, x, 10, "cosine")
+    for r in range(n):
+        keys = [(_exact_minus_cosine(points[r], points[j]), j) for j in ids[r].tolist()]
+        assert keys == sorted(keys)
+        assert [key for key, _ in keys] == [_exact_minus_cosine(points[r], points[j]) for j in expected(r, False)[:10]]
+    # the review's case: (1, 1, 1) is as close to (1, -1, 1) as to (-1, 1, 1); the first in gallery order wins
+    y = torch.tensor([[1, -1, 1], [-1, 1, 1], [1, 1, 1]], dtype=dtype)
+    assert dm.evaluate(y, torch.tensor([0, 1, 1]), distance="cosine", nmi=False)["precision_at_1"] == 0.5
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "dot"])

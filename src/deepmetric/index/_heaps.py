@@ -158,12 +158,23 @@ def order_tied_runs(values, ids):
 SQUARED, DOT, COSINE = 0, 1, 2
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+#: floating-point liberties of :func:`pair_distances`: reassociation lets its sums vectorise; no
+#: assumption of finite values, so that the checks of the cosine's squared form stay in place
+_PAIR_FASTMATH = {"reassoc", "nsz", "contract"}
+
+
+@njit(parallel=True, cache=True, fastmath=_PAIR_FASTMATH)
 def pair_distances(queries, gallery, positions, kind, out):
     """``out[r, m]`` for ``j = positions[r, m]`` (``+inf`` where ``j < 0``): ``||q - x||^2`` (``SQUARED``),
-    ``-q.x`` (``DOT``) or, for rows prepared as unit vectors, ``1 - cos = ||q - x||^2 / 2`` (``COSINE``;
-    ``1 - q.x`` when a row is not of unit norm, i.e. a zero row). Every pair is computed by the same
-    loop, so identical vectors get identical values wherever they sit (unlike a blocked matrix product)."""
+    ``-q.x`` (``DOT``) or ``1 - cos(q, x)`` (``COSINE``, on the vectors as given, not normalised; a zero
+    vector has cosine 0 to everything). Every pair is computed by the same loop, so identical vectors
+    get identical values wherever they sit (unlike a blocked matrix product).
+
+    The cosine is read from its square, ``cos = sign(q.x) sqrt((q.x)^2 / (|q|^2 |x|^2))``, with the sums
+    in float64: when they are exact (vectors of small integers, e.g. counts or binary attributes),
+    equal cosines of different vectors come out identical, since a correctly rounded quotient and root
+    of equal values are equal (``q.x / (|q| |x|)`` rounds each root on its own, and normalised rows
+    round every component). Where the square under- or overflows, ``q.x / |q| / |x|`` is used."""
     d = queries.shape[1]
     for r in prange(positions.shape[0]):
         for m in range(positions.shape[1]):
@@ -171,7 +182,7 @@ def pair_distances(queries, gallery, positions, kind, out):
             if j < 0:
                 out[r, m] = np.inf
                 continue
-            sq, qx, qq, xx = 0.0, 0.0, 0.0, 0.0
+            sq, qx = 0.0, 0.0
             if kind == SQUARED:
                 for t in range(d):
                     sq += (queries[r, t] - gallery[j, t]) * (queries[r, t] - gallery[j, t])
@@ -181,10 +192,54 @@ def pair_distances(queries, gallery, positions, kind, out):
                     qx += queries[r, t] * gallery[j, t]
                 out[r, m] = -qx
             else:
-                for t in range(d):
-                    q, x = queries[r, t], gallery[j, t]
-                    sq += (q - x) * (q - x)
-                    qx += q * x
-                    qq += q * q
-                    xx += x * x
-                out[r, m] = 0.5 * sq if abs(qq - 1.0) <= 1e-5 and abs(xx - 1.0) <= 1e-5 else 1.0 - qx
+                out[r, m] = _cosine_distance(queries[r], gallery[j])
+
+
+#: squared norms below this are raised to it, as :func:`deepmetric.distances.l2_normalize` divides by
+#: ``max(|x|, 1e-12)``: a zero vector has cosine 0 to everything, a tiny one keeps its small cosines
+_TINY_SQUARED_NORM = 1e-24
+
+
+@njit(inline="always")
+def _cosine_distance(q, x):
+    """``1 - cos(q, x)`` from the square of the cosine, sums in float64 (see :func:`pair_distances`),
+    norms clamped as the library's, the cosine clipped to ``[-1, 1]``."""
+    qx, qq, xx = 0.0, 0.0, 0.0
+    for t in range(q.shape[0]):
+        a, b = np.float64(q[t]), np.float64(x[t])
+        qx += a * b
+        qq += a * a
+        xx += b * b
+    qq, xx = max(qq, _TINY_SQUARED_NORM), max(xx, _TINY_SQUARED_NORM)
+    num, den = qx * qx, qq * xx
+    if den < np.inf and num < np.inf and (num > 0.0 or qx == 0.0):
+        c = np.sqrt(num / den)
+        c = c if qx >= 0.0 else -c
+    else:
+        c = qx / np.sqrt(qq) / np.sqrt(xx)
+    return 1.0 - min(1.0, max(-1.0, c))
+
+
+@njit(parallel=True, cache=True, fastmath=_PAIR_FASTMATH)
+def rerank_cosine_runs(values, ids, queries, gallery, tol):
+    """In rows of cosine distances sorted ascending (``ids`` ``-1`` for empty slots), every run of
+    neighbours at most ``tol`` apart gets its distances recomputed by :func:`pair_distances`' formula
+    (query ``queries[r]``, items ``gallery[ids]``) and is put in (distance, id) order, in place."""
+    k = values.shape[1]
+    for r in prange(values.shape[0]):
+        start = 0
+        while start < k:
+            end = start + 1
+            while end < k and ids[r, end] >= 0 and values[r, end] - values[r, end - 1] <= tol:
+                end += 1
+            if end - start > 1:
+                for m in range(start, end):
+                    values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
+                for m in range(start + 1, end):  # insertion sort of a short run by (value, id)
+                    v, j = values[r, m], ids[r, m]
+                    p = m - 1
+                    while p >= start and (values[r, p] > v or (values[r, p] == v and ids[r, p] > j)):
+                        values[r, p + 1], ids[r, p + 1] = values[r, p], ids[r, p]
+                        p -= 1
+                    values[r, p + 1], ids[r, p + 1] = v, j
+            start = end

@@ -154,14 +154,32 @@ def _products_consistent(x: torch.Tensor) -> bool:
     return _ONEDNN_LINEAR is not None and x.dtype == torch.float32 and x.device.type == "cpu"
 
 
+def _rerank_cosine_ties(queries: torch.Tensor, gallery: torch.Tensor, distances: torch.Tensor, ids: torch.Tensor):
+    """Cosine results ranked by product scores, with every run of distances closer than the scores'
+    rounding ranked again by the distances recomputed pair by pair (in place; CPU tensors).
+
+    A cosine score is the product of rows normalised one by one, so different vectors at equal cosines
+    (``(1, 1, 0)`` and ``(1, 0, 1)`` from ``(1, 1, 1)``) can score differently in the last bits and
+    come back in rounding order instead of gallery order. Each score is within ``(D + 2) u`` of the
+    true ``-cos`` (``D`` terms of unit vectors, ``u`` the unit roundoff), so results whose distances
+    differ by more than ``(D + 2) eps = 2 (D + 2) u`` are already in their true order; runs of closer
+    ones are recomputed by :func:`deepmetric.index._heaps.rerank_cosine_runs` (exact ties of integer
+    vectors stay exact) and put in (distance, id) order."""
+    tol = (queries.shape[1] + 2) * torch.finfo(distances.dtype).eps
+    with _numba_threads():
+        _heaps.rerank_cosine_runs(distances.numpy(), ids.numpy(), queries.contiguous().numpy(),
+                                  gallery.contiguous().numpy(), tol)
+
+
 def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positions: torch.Tensor):
     """``(distances, positions)`` of candidates with their distances recomputed pair by pair, each row
     sorted by (distance, position); ``positions`` ``-1`` (no candidate) stay last at ``+inf``.
 
-    Queries and gallery as prepared for the search (centred for euclidean, unit rows for cosine):
-    ``||q - x||`` (squared), ``||q - x||^2 / 2 = 1 - cos`` for cosine, ``-q.x`` for dot. Identical
-    vectors get identical distances (exact zeros between duplicates, as in faiss' flat index), and
-    near-duplicates are ordered without the cancellation of ``|x|^2 + |q|^2 - 2 q.x``.
+    Queries and gallery as prepared for the search (centred for euclidean), but not normalised for
+    cosine: ``||q - x||`` (squared), ``1 - cos`` for cosine (from its square in float64, so that equal
+    cosines of integer vectors tie exactly: :func:`deepmetric.index._heaps.pair_distances`), ``-q.x`` for
+    dot. Identical vectors get identical distances (exact zeros between duplicates, as in faiss' flat
+    index), and near-duplicates are ordered without the cancellation of ``|x|^2 + |q|^2 - 2 q.x``.
     """
     if queries.device.type != "cpu":  # a compiled kernel; on the CPU _sort_rows puts tied ids in order
         d, p = _refine(queries.cpu(), gallery.cpu(), distance, positions.cpu())
@@ -302,6 +320,7 @@ class _Searcher:
         self.distance = distance
         self.block = gallery_chunk_size
         self.refine = not _products_consistent(gallery) if refine is None else refine
+        self.raw = gallery.contiguous() if distance == "cosine" else None  # cosine is re-ranked on these
         if distance == "cosine":
             gallery = unit_rows(gallery)
         self.center = _search_center(gallery, distance)
@@ -370,12 +389,17 @@ class _Searcher:
             best_i = torch.cat([best_i, best_i.new_full((n_q, pad), -1)], dim=1)
         best_i.masked_fill_(torch.isinf(best_s), -1)  # only excluded items score +inf
         if self.refine:
-            distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
+            if self.raw is not None:
+                distances, best_i = _refine(queries, self.raw, self.distance, best_i)
+            else:
+                distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
             return distances[:, :k], best_i[:, :k]
         distances = self._distances(best_s, queries)
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
             best_i.masked_fill_(torch.isinf(distances), -1)  # pads sort last: keep them -1
+        if self.raw is not None and distances.device.type == "cpu":
+            _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return distances, best_i
 
     def _distances(self, scores, queries):
@@ -425,7 +449,8 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     item whose estimate proved too low (fewer than k items below it) is searched again by the
     per-query search, so the result is always exact. When the product may score identical vectors
     differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
-    again by :func:`_refine`, so that ties keep gallery order. Runs on the CPU (other devices: copied there and
+    again by :func:`_refine`, so that ties keep gallery order; cosine results otherwise go through
+    :func:`_rerank_cosine_ties`. Runs on the CPU (other devices: copied there and
     back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
     if x.device.type != "cpu":
@@ -476,7 +501,6 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
                     _heaps.screen_columns(s.numpy(), i0, j0, *heaps)
                 del s  # freed before the next block is allocated: the allocator reuses its memory
     values, ids = _sorted_heaps(heaps)
-    unit = a if refine and distance == "cosine" else None  # the unit rows _refine ranks by
     a = b = heaps = None  # free the factors and the int32 heap ids before the results are assembled
     ids.masked_fill_(torch.isinf(values), -1)
     distances = _score_distances(values, distance)
@@ -489,9 +513,10 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
     if refine:
-        prepared = unit if distance == "cosine" else x
-        distances, ids = _refine(prepared, prepared, distance, ids)
+        distances, ids = _refine(x, x, distance, ids)
         distances, ids = distances[:, :final_k], ids[:, :final_k]
+    elif distance == "cosine":
+        _rerank_cosine_ties(x, x, distances, ids)
     return distances, ids
 
 
