@@ -18,10 +18,13 @@ so that ranking needs no further pass over the block:
 A running top-k of scores is kept block by block: bounded per-query heaps filled by the compiled
 kernels of :mod:`deepmetric.index._heaps` while k is small against the gallery (``HEAP_RATIO``;
 always for query-in-gallery), else a merge of sorted blocks. Ties are broken by gallery index on the
-score and again on the returned distance, so identical vectors always come back in gallery order.
-The k are chosen by score: distinct scores that round to one distance (e.g. near-duplicates under
-``cosine`` in float32) are put in gallery order among the k returned, but an item beyond the k best
-scores is not brought in for tying with the k-th distance. Making that cut exact would search again
+score and again on the returned distance, so identical vectors always come back in gallery order;
+cosine results closer together than the product's rounding are ranked again by their cosines
+recomputed pair by pair (:func:`_rerank_cosine_ties`), so that different directions at equal
+cosines (integer vectors) also keep gallery order. The k are chosen by score: distinct scores that
+round to one distance (e.g. near-duplicates under ``cosine`` in float32) are put in gallery order
+among the k returned, but an item beyond the k best scores is not brought in for tying with the k-th
+distance. Making that cut exact would search again
 every row whose (k+1)-th distance equals its k-th, which is most rows on data with many duplicates.
 """
 from __future__ import annotations
