@@ -1,6 +1,7 @@
 """Index backends: hand-worked searches, faiss flat against exact, recall of approximate indexes,
 binary top-k and radius search against brute force, ids (int64 and strings), remove, save/load with
 a verified manifest (byte flips, truncation, crashes during save), training and bad input."""
+import hashlib
 import json
 import math
 import os
@@ -621,10 +622,14 @@ def test_fastscan_search_parameters_and_remove(tmp_path):
         assert (refine.k_factor, ivf.nprobe, ivf.pq.M, each.factory) == (2.5, 3, 2, "IVF4,PQ2x4fs,RFlat")
     with pytest.raises(NotImplementedError, match="cannot remove vectors"):
         index.remove(torch.tensor([0]))
-    unrefined = dmi.create("ivf-fastscan", nlist=4, nprobe=4, refine=0)
-    unrefined.add(randn(300, 8))
-    assert unrefined.remove(torch.tensor([0, 5])) == 2 and len(unrefined) == 298
-    assert not torch.isin(unrefined.search(randn(5, 8), 298)[1], torch.tensor([0, 5])).any()
+    # faiss' remove_ids on fast-scan codes corrupts later adds (a re-added vector was not its own nearest
+    # neighbour for three rows in four): refused, and the index is left as it was
+    for name, options in (("ivf-fastscan", dict(nlist=4, nprobe=4, refine=0)), ("faiss", dict(factory="PQ4x4fs"))):
+        unrefined = dmi.create(name, **options)
+        unrefined.add(randn(300, 8))
+        with pytest.raises(NotImplementedError, match="remove_ids leaves fast-scan codes inconsistent"):
+            unrefined.remove(torch.tensor([0, 5]))
+        assert len(unrefined) == 300
 
 
 def test_bad_options_are_clear():
@@ -999,3 +1004,65 @@ def test_an_id_type_not_fixed_yet_survives_save_and_load(tmp_path):
     loaded = dmi.load(index.save(tmp_path / "idx"))
     loaded.add(torch.randn(2, 4), ids=["a", "b"])
     assert loaded.names(loaded.search(torch.zeros(1, 4), 2)[1])[0] in (["a", "b"], ["b", "a"])
+
+
+@pytest.mark.parametrize("kind", ["int", "string"])
+def test_ids_stay_findable_across_many_small_adds_and_removes(kind):
+    # the sorted copy of the ids is merged at each add (not sorted again): every id must stay findable,
+    # clashes must be caught after merges, longer strings must not be cut to the first ones' width, and
+    # a removal (which moves positions) must be followed correctly; ties come back in insertion order
+    rng = np.random.default_rng(0)
+    index = dmi.create("flat")
+    held = []
+    for step in range(40):
+        n = int(rng.integers(1, 4))
+        if kind == "int":
+            ids = [int(v) for v in rng.choice(10**12, n, replace=False)]
+        else:
+            ids = ["x" * int(rng.integers(1, 30)) + str(step) + "-" + str(i) for i in range(n)]
+        index.add(torch.ones(n, 4), ids=ids)  # identical vectors: every search is one long tie
+        held += ids
+        with pytest.raises(ValueError, match="ids: already in the index"):
+            index.add(torch.ones(1, 4), ids=[held[int(rng.integers(len(held)))]])
+        if step % 7 == 6:
+            gone = held[1::3]
+            assert index.remove(gone) == len(gone)
+            held = [h for h in held if h not in gone]
+    assert len(index) == len(held)
+    assert index.names(index.search(torch.ones(1, 4), len(held))[1])[0] == held  # insertion order
+
+
+@pytest.mark.parametrize("name", ["flat", "exact"])
+def test_duplicate_saved_ids_and_a_missing_backend_file_are_refused_on_load(tmp_path, name):
+    from deepmetric.index.base import _manifest_checksum
+
+    def resign(directory, manifest):
+        manifest["checksum"] = _manifest_checksum(manifest)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    directory = built(name, n=4).save(tmp_path / "idx")
+    np.save(directory / "ids.npy", np.array([0, 1, 1, 3]))  # a hand edit, manifest signed again
+    manifest = json.loads((directory / "manifest.json").read_text())
+    data = (directory / "ids.npy").read_bytes()
+    manifest["files"]["ids.npy"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    resign(directory, manifest)
+    with pytest.raises(ValueError, match=r"ids.npy: ids: expected unique ids, got duplicates: \[1\]"):
+        dmi.load(directory)
+    own = {"flat": "index.faiss", "exact": "vectors.npy"}[name]
+    del manifest["files"][own]
+    resign(directory, manifest)
+    with pytest.raises(ValueError, match=f"expected '{own}' among the checked files of a '{name}' index"):
+        dmi.load(directory)
+
+
+def test_a_faiss_index_of_another_metric_is_refused_on_load(tmp_path):
+    # the manifest's distance edited from euclidean to cosine: L2 scores would be read as inner products
+    from deepmetric.index.base import _manifest_checksum
+    directory = built("flat", n=4).save(tmp_path / "idx")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["distance"] = "cosine"
+    manifest["checksum"] = _manifest_checksum(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="index.faiss: holds a faiss index of the L2 metric, but the manifest's "
+                                         "distance cosine needs inner product"):
+        dmi.load(directory)

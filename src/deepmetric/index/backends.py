@@ -28,9 +28,9 @@ from deepmetric._checks import check_embeddings, check_int
 from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
-from deepmetric.index.base import INDEXES, Index, _lookup, read_npy
-from deepmetric.index.exact import (_check_items_overflow, _search_center, _Searcher, search_chunks,
-                                   unit_rows)
+from deepmetric.index.base import INDEXES, Index, read_npy
+from deepmetric.index.exact import (_check_items_overflow, _numba_threads, _search_center, _Searcher,
+                                   search_chunks, unit_rows)
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -69,6 +69,7 @@ class ExactIndex(Index):
     """
 
     backend = "exact"
+    _file = "vectors.npy"
 
     def __init__(self, distance: str = "euclidean"):
         super().__init__(check_distance(distance))
@@ -106,13 +107,13 @@ class ExactIndex(Index):
         self._searcher = None
 
     def _write(self, directory):
-        with open(directory / "vectors.npy", "wb") as f:
+        with open(directory / self._file, "wb") as f:
             np.save(f, self._vectors.cpu().numpy(), allow_pickle=False)
-        return ["vectors.npy"]
+        return [self._file]
 
     def _read(self, directory, manifest):
         shape = (manifest["count"], manifest["dimension"])
-        self._vectors = torch.from_numpy(read_npy(directory / "vectors.npy", shape, [np.float32, np.float64]))
+        self._vectors = torch.from_numpy(read_npy(directory / self._file, shape, [np.float32, np.float64]))
         self._searcher = None
 
 
@@ -126,6 +127,13 @@ class ExactIndex(Index):
 
 #: queries per faiss search call: faiss is slower on one call of very many queries
 SEARCH_CHUNK = 4096
+
+
+def _innermost(index):
+    """The index inside faiss' wrappers (vector transforms, id maps), downcast."""
+    while isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def _unwrap(index):
@@ -202,9 +210,7 @@ class FaissIndex(Index):
         except RuntimeError as err:
             raise ValueError(f"factory: faiss cannot build {self.factory!r} for dimension {d} and distance "
                              f"{self.distance}: {_faiss_message(err)}") from None
-        inner = index
-        while isinstance(inner, (faiss.IndexPreTransform, faiss.IndexIDMap, faiss.IndexIDMap2)):
-            inner = faiss.downcast_index(inner.index)
+        inner = _innermost(index)
         if isinstance(inner, faiss.IndexLSH):
             raise ValueError(f"factory: {self.factory!r} ranks by the Hamming distance of its own bit codes, not "
                              f"by {self.distance}; for binary codes use deepmetric.codes and the 'binary' index")
@@ -305,24 +311,24 @@ class FaissIndex(Index):
             np.negative(d, out=d)
 
     def _order_ties(self, d: np.ndarray, ids: np.ndarray) -> None:
-        """Put equal distances in insertion order, in place (one pass per row, compiled). Ids added in
-        increasing order (the default ``0, 1, ...``) are ordered as they are; others are mapped to
-        their insertion positions and back, in the rows that hold a tie."""
-        labels = self._labels
-        if labels.size < 2 or bool((np.diff(labels) > 0).all()):
-            order_tied_runs(d, ids)
-            return
+        """Put equal distances in insertion order, in place, in the rows that hold a tie (one pass per
+        row, compiled): their ids are mapped to insertion positions, ordered, and mapped back."""
         rows = np.flatnonzero((d[:, 1:] == d[:, :-1]).any(axis=1))
         if not rows.size:
             return
         sub_ids = ids[rows]
         positions = np.full(sub_ids.shape, -1, dtype=np.int64)  # -1 slots (+inf) stay together
         found = sub_ids >= 0
-        positions[found] = _lookup(labels, sub_ids[found], "ids")
-        order_tied_runs(np.ascontiguousarray(d[rows]), positions)
-        ids[rows] = np.where(positions >= 0, labels[positions.clip(min=0)], -1)
+        positions[found] = self._labels_keys().find(sub_ids[found], "ids")
+        with _numba_threads():
+            order_tied_runs(np.ascontiguousarray(d[rows]), positions)
+        ids[rows] = np.where(positions >= 0, self._labels[positions.clip(min=0)], -1)
 
     def _remove(self, labels, positions, keep):
+        if isinstance(_innermost(self._index), (faiss.IndexIVFFastScan, faiss.IndexFastScan)):
+            raise NotImplementedError(f"remove: the {self.backend} index ({self.factory}) cannot remove vectors: "
+                                      "faiss' remove_ids leaves fast-scan codes inconsistent, so vectors added "
+                                      "afterwards get wrong distances; build a new index without them")
         try:
             removed = self._index.remove_ids(np.ascontiguousarray(labels, dtype=np.int64))
         except RuntimeError as err:
@@ -344,6 +350,12 @@ class FaissIndex(Index):
         if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
             raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
                              f"{manifest['count']} of dimension {manifest['dimension']}")
+        if _innermost(index).metric_type != self._metric:
+            names = {faiss.METRIC_L2: "L2", faiss.METRIC_INNER_PRODUCT: "inner product"}
+            raise ValueError(f"{path}: holds a faiss index of the {names.get(_innermost(index).metric_type, '?')} "
+                             f"metric, but the manifest's distance {self.distance} needs "
+                             f"{names[self._metric]} (saved by an earlier deepmetric, or the manifest was edited); "
+                             "rebuild it")
         self._configure(_unwrap(index))
         self._index = index
 
@@ -425,7 +437,8 @@ class IVFFastScanIndex(FaissIndex):
     faster than ``ivf-flat``'s float vectors, and re-ranking makes the returned order exact among the
     candidates. The cells are trained on up to ``TRAIN_PER_LIST`` vectors per list (all of them for
     ``n <= TRAIN_PER_LIST * nlist``); ``m`` must divide the dimension (default: half of it).
-    Supports :meth:`remove` only with ``refine=0`` (faiss' re-ranking stage cannot remove).
+    Cannot :meth:`remove`: faiss' re-ranking stage cannot, and its removal from fast-scan codes
+    leaves them inconsistent (vectors added afterwards get wrong distances; faiss 1.15).
 
     Distances: ``euclidean``, ``squared_euclidean`` and ``cosine``, the last as the euclidean ranking
     of unit vectors (``1 - cos = ||x - y||^2 / 2``; zero vectors, which have no direction, are
@@ -480,9 +493,6 @@ class IVFFastScanIndex(FaissIndex):
     def _read(self, directory, manifest):
         self.factory = self._template.format(m=self.m or manifest["dimension"] // 2)
         super()._read(directory, manifest)
-        if _unwrap(self._index).metric_type != faiss.METRIC_L2:
-            raise ValueError(f"{directory / self._file}: an inner-product ivf-fastscan index (saved by an "
-                             "earlier deepmetric); rebuild it")
 
 
 # --------------------------------------------------------------------------------------------------

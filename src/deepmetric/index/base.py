@@ -106,15 +106,43 @@ def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray
     return ids, False
 
 
-def _lookup(values: np.ndarray, keys: np.ndarray, name: str) -> np.ndarray:
-    """Positions of ``keys`` in the array of distinct ``values`` (ValueError naming missing keys)."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    where = np.searchsorted(ordered, keys).clip(max=max(len(values) - 1, 0))
-    found = ordered[where] == keys if len(values) else np.zeros(len(keys), bool)
-    if not found.all():
-        raise ValueError(f"{name}: not in the index: {keys[~found][:5].tolist()}")
-    return order[where]
+class KeyIndex:
+    """Positions of distinct keys (int64 labels or string ids) found by binary search in a sorted copy.
+
+    Built once (a sort), then kept in order as keys are appended (a merge: copying, no new sort), so
+    that adding a few items to a large index costs O(n) copying rather than an O(n log n) sort or a
+    scan per key. A removal moves positions, so the owner builds a new one after it."""
+
+    def __init__(self, keys: np.ndarray, name: str):
+        order = np.argsort(keys, kind="stable")
+        self.sorted, self.positions = keys[order], order
+        repeated = self.sorted[1:][self.sorted[1:] == self.sorted[:-1]]
+        if repeated.size:
+            raise ValueError(f"{name}: expected unique ids, got duplicates: {np.unique(repeated)[:5].tolist()}")
+
+    def _where(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        where = np.searchsorted(self.sorted, keys).clip(max=max(len(self.sorted) - 1, 0))
+        found = self.sorted[where] == keys if len(self.sorted) else np.zeros(len(keys), bool)
+        return where, found
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Bool mask of the keys present."""
+        return self._where(keys)[1]
+
+    def find(self, keys: np.ndarray, name: str) -> np.ndarray:
+        """Positions of ``keys`` (ValueError naming the missing ones)."""
+        where, found = self._where(keys)
+        if not found.all():
+            raise ValueError(f"{name}: not in the index: {keys[~found][:5].tolist()}")
+        return self.positions[where]
+
+    def append(self, keys: np.ndarray, start: int) -> None:
+        """Merge in new keys (absent so far) held at positions ``start, start + 1, ...``."""
+        order = np.argsort(keys, kind="stable")
+        at = np.searchsorted(self.sorted, keys[order])
+        merged = self.sorted.astype(np.result_type(self.sorted, keys))  # longer strings are not cut
+        self.sorted = np.insert(merged, at, keys[order])
+        self.positions = np.insert(self.positions, at, start + order)
 
 
 def read_npy(path: Path, shape: tuple, dtypes) -> np.ndarray:
@@ -246,6 +274,7 @@ class Index:
     """
 
     backend = ""
+    _file = ""  # the backend's own file in a saved index
 
     def __init__(self, distance: str):
         self.distance = distance
@@ -255,6 +284,8 @@ class Index:
         self._names: np.ndarray | None = None  # string ids aligned with _labels
         self._string_ids: bool | None = None  # fixed by the first add of items (or of an empty str array)
         self._next_id = 0  # one past the largest label ever held: the next default id
+        self._label_index: KeyIndex | None = None  # built when first needed, dropped by a removal
+        self._name_index: KeyIndex | None = None
 
     def __len__(self) -> int:
         return int(self._labels.shape[0])
@@ -267,6 +298,18 @@ class Index:
     def dim(self) -> int | None:
         """Dimension of the vectors (bits for binary codes); None until the first add."""
         return self._dim
+
+    def _labels_keys(self) -> KeyIndex:
+        """The :class:`KeyIndex` of the int64 labels (positions in insertion order)."""
+        if self._label_index is None:
+            self._label_index = KeyIndex(self._labels, "ids")
+        return self._label_index
+
+    def _names_keys(self) -> KeyIndex:
+        """The :class:`KeyIndex` of the string ids."""
+        if self._name_index is None:
+            self._name_index = KeyIndex(self._names if self._names is not None else np.empty(0, dtype=str), "ids")
+        return self._name_index
 
     def _check_dim(self, d: int, name: str) -> None:
         if self._dim is not None and d != self._dim:
@@ -289,11 +332,9 @@ class Index:
         unique, counts = np.unique(ids, return_counts=True)
         if unique.shape[0] != n:
             raise ValueError(f"ids: expected unique ids, got duplicates: {unique[counts > 1][:5].tolist()}")
-        known = self._names if is_string else self._labels
-        if known is not None:
-            clash = np.isin(ids, known)
-            if clash.any():
-                raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
+        clash = (self._names_keys() if is_string else self._labels_keys()).contains(ids)
+        if clash.any():
+            raise ValueError(f"ids: already in the index: {ids[clash][:5].tolist()}")
         if not is_string:
             return ids, None
         return self._default_labels(n), ids
@@ -312,10 +353,9 @@ class Index:
         out = np.full(labels.shape, None, dtype=object)
         valid = labels >= 0
         values = labels[valid]
+        positions = self._labels_keys().find(values, "ids")
         if self._string_ids:
-            values = self._names[_lookup(self._labels, values, "ids")]
-        else:
-            _lookup(self._labels, values, "ids")
+            values = self._names[positions]
         out[valid] = values.tolist()
         return out.tolist()
 
@@ -330,7 +370,12 @@ class Index:
         labels, names = self._new_labels(ids, int(vectors.shape[0]))
         self._add(vectors, labels)
         self._dim = d
+        start = len(self)
         self._labels = np.concatenate([self._labels, labels])
+        if self._label_index is not None:
+            self._label_index.append(labels, start)
+        if names is not None and self._name_index is not None:
+            self._name_index.append(names, start)
         if labels.size:
             self._next_id = max(self._next_id, int(labels.max()) + 1)
         if self._string_ids is None and (labels.size or names is not None):  # fixed by what is added
@@ -359,14 +404,14 @@ class Index:
             return 0
         if self._string_ids is not None and is_string != self._string_ids:
             raise TypeError(f"ids: this index has {'string' if self._string_ids else 'int64'} ids")
-        known = (self._names if self._names is not None else np.empty(0, dtype=str)) if is_string else self._labels
-        positions = _lookup(known, np.unique(ids), "ids")
+        positions = (self._names_keys() if is_string else self._labels_keys()).find(np.unique(ids), "ids")
         keep = np.ones(len(self), dtype=bool)
         keep[positions] = False
         self._remove(self._labels[positions], positions, keep)
         self._labels = self._labels[keep]
         if self._names is not None:
             self._names = self._names[keep]
+        self._label_index = self._name_index = None  # positions have moved
         return int(positions.shape[0])
 
     # ---------------------------------------------------------------------------- save/load
@@ -419,11 +464,18 @@ class Index:
         if klass.backend != manifest["backend"]:
             raise ValueError(f"{directory}: holds a {manifest['backend']!r} index, not {cls.backend!r}; "
                              f"use deepmetric.index.load")
+        if klass._file not in manifest["files"]:
+            raise ValueError(f"{directory / MANIFEST}: expected {klass._file!r} among the checked files of a "
+                             f"{klass.backend!r} index, got {sorted(manifest['files'])}")
         index = klass(distance=manifest["distance"], **manifest["options"])
         count = manifest["count"]
         index._dim = manifest["dimension"]
         index._read(directory, manifest)
         index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
+        try:
+            index._labels_keys()
+        except ValueError as err:
+            raise ValueError(f"{directory / 'ids.npy'}: {err}") from None
         index._string_ids = {kind: string for string, kind in _ID_TYPES.items()}[manifest["ids"]]
         largest = int(index._labels.max()) if count else -1
         index._next_id = manifest.get("next_id", largest + 1)  # saved before next_id: one past the largest
@@ -435,6 +487,10 @@ class Index:
             if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):
                 raise ValueError(f"{directory / 'ids.json'}: expected a list of {count} strings")
             index._names = np.array(names, dtype=str)
+            try:
+                index._names_keys()
+            except ValueError as err:
+                raise ValueError(f"{directory / 'ids.json'}: {err}") from None
         return index
 
     # ------------------------------------------------------------------------ backend hooks
