@@ -204,8 +204,12 @@ def test_empty_adds(name):
     index = dmi.create(name)
     index.add(torch.zeros(0, 4))  # fixes the dimension, holds nothing
     assert index.dim == 4 and len(index) == 0
-    with pytest.raises(ValueError, match="the index is empty"):
-        index.search(randn(1, 4), 1)
+    d, ids = index.search(randn(2, 4), 3)  # nothing to find: every slot empty, as for k beyond the items
+    assert ids.tolist() == [[-1] * 3] * 2 and bool(torch.isinf(d).all())
+    with pytest.raises(ValueError, match="expected dimension 4 like the index, got 5"):
+        index.search(randn(1, 5), 1)
+    with pytest.raises(ValueError, match="the index has no vectors and no dimension yet"):
+        dmi.create(name).search(randn(1, 4), 1)
     index.add(torch.zeros(0, 4), ids=[])
     index.add(randn(1, 4), ids=["a"])  # adding nothing fixed no id type
     index.add(torch.zeros(0, 4))  # nothing to name: no string ids needed
@@ -1066,3 +1070,25 @@ def test_a_faiss_index_of_another_metric_is_refused_on_load(tmp_path):
     with pytest.raises(ValueError, match="index.faiss: holds a faiss index of the L2 metric, but the manifest's "
                                          "distance cosine needs inner product"):
         dmi.load(directory)
+
+
+def test_an_index_emptied_by_removals_returns_empty_slots():
+    for index in (built("flat", n=3), built("binary", n=3)):
+        index.remove(torch.tensor([0, 1, 2]))
+        queries = torch.ones(2, index.dim)
+        d, ids = index.search(queries, 2)
+        assert ids.tolist() == [[-1, -1]] * 2 and bool(torch.isinf(d).all())
+    distances, ids = index.radius_search(torch.ones(2, index.dim), 3)
+    assert [len(i) for i in ids] == [0, 0] and [len(x) for x in distances] == [0, 0]
+
+
+@pytest.mark.parametrize("name", ["flat", "hnsw"])
+def test_float64_values_beyond_float32_are_refused_under_cosine(name):
+    # faiss holds float32: 1e39 became inf, then NaN after normalisation, and was stored silently
+    index = dmi.create(name, distance="cosine")
+    big = torch.tensor([[1e39, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="vectors: values beyond the range of float32"):
+        index.add(big)
+    index.add(big[1:])
+    with pytest.raises(ValueError, match="queries: values beyond the range of float32"):
+        index.search(big[:1], 1)

@@ -224,6 +224,9 @@ class FaissIndex(Index):
         x = _float_vectors(vectors, name)
         self._check_dim(x.shape[1], name)
         x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: values beyond the range of float32, in which faiss holds vectors; "
+                             "scale the embeddings down")
         if self.distance == "cosine":
             x = unit_rows(x)
         _check_items_overflow(x, self.distance, name)  # scores are bounded by (2 max(|x|, |y|))^2
@@ -583,9 +586,11 @@ class BinaryIndex(Index):
             in ascending order (ties in insertion order) and the matching int64 ids.
         """
         radius = check_int(radius, "radius", 0, why=" (bits)")
-        if len(self) == 0:
-            raise ValueError("radius_search: the index is empty; add codes first")
+        if self._dim is None:
+            raise ValueError("radius_search: the index has no codes and no length yet; add codes first")
         packed, _ = self._prepare(queries, "queries")
+        if len(self) == 0:
+            return [torch.empty(0)] * packed.shape[0], [torch.empty(0, dtype=torch.long)] * packed.shape[0]
         if packed.shape[0] == 0:
             return [], []
         # faiss keeps distances < threshold: radius + 1 keeps those <= radius. Hashing for a radius

@@ -387,10 +387,13 @@ class Index:
         """``(distances, ids)``, both ``(Q, k)``: float32 distances in ascending order and int64 ids
         (labels for string ids; see :meth:`names`). Empty slots hold id -1 and distance +inf."""
         k = check_int(k, "k", 1)
-        if len(self) == 0:
-            raise ValueError("search: the index is empty; add vectors first")
+        if self._dim is None:
+            raise ValueError("search: the index has no vectors and no dimension yet; add vectors first")
         queries, _ = self._prepare(queries, "queries")
-        distances, ids = self._search(queries, min(k, len(self)))  # no backend searches beyond its items
+        if len(self):
+            distances, ids = self._search(queries, min(k, len(self)))  # no backend searches beyond its items
+        else:  # emptied by removals, or by adds of nothing: every slot is empty
+            distances, ids = torch.empty((queries.shape[0], 0)), torch.empty((queries.shape[0], 0), dtype=torch.long)
         if k > len(self):
             shape = (distances.shape[0], k - len(self))
             distances = torch.cat([distances, distances.new_full(shape, math.inf)], dim=1)
