@@ -123,7 +123,7 @@ def test_exact_index_add_search_ids():
 
 def test_exact_index_errors():
     index = ExactIndex("cosine")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="the index has no vectors and no dimension yet"):
         index.search(torch.zeros(1, 2), 1)
     index.add(torch.randn(3, 2), ids=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="already in the index"):
@@ -392,7 +392,7 @@ def test_binary_errors():
     with pytest.raises(ValueError, match="unknown name 'hamming'"):
         dmi.create("flat", distance="hamming")
     index = BinaryIndex()
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="the index has no codes and no length yet"):
         index.radius_search(random_codes(1, 8, 0), 1)
     index.add(random_codes(10, 16, 0))
     with pytest.raises(ValueError, match="vectors: expected dimension 16 like the index, got 24"):
@@ -1092,3 +1092,37 @@ def test_float64_values_beyond_float32_are_refused_under_cosine(name):
     index.add(big[1:])
     with pytest.raises(ValueError, match="queries: values beyond the range of float32"):
         index.search(big[:1], 1)
+
+
+def test_search_options_change_after_build_and_load(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    x, q = torch.randn(400, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    exact = dmi.knn(q, x, 10)[1]
+    index = dmi.create("ivf-flat", nlist=8, nprobe=1)
+    index.add(x)
+    assert not torch.equal(index.search(q, 10)[1], exact)
+    index.set_search_options(nprobe=8)  # every list
+    assert torch.equal(index.search(q, 10)[1], exact) and index.options["nprobe"] == 8
+    loaded = dmi.load(index.save(tmp_path / "idx"))  # saved with the new value
+    assert torch.equal(loaded.search(q, 10)[1], exact)
+    loaded.set_search_options(nprobe=1)
+    assert not torch.equal(loaded.search(q, 10)[1], exact)
+    with pytest.raises(ValueError, match="ef_search: does not apply to the faiss index 'IVF8,Flat'"):
+        loaded.set_search_options(nprobe=8, ef_search=32)
+    assert loaded.options["nprobe"] == 1 and not torch.equal(loaded.search(q, 10)[1], exact)  # unchanged
+    with pytest.raises(ValueError, match="nprobe: expected an integer >= 1"):
+        loaded.set_search_options(nprobe=0)
+    graph = dmi.create("hnsw", M=8, ef_search=1)
+    graph.set_search_options(ef_search=400)  # before the first add: applied when built
+    graph.add(x)
+    assert torch.equal(graph.search(q, 10)[1], exact) and graph.options["ef_search"] == 400
+
+
+def test_index_docstring_examples_run():
+    import doctest
+
+    import deepmetric.index.backends
+    import deepmetric.index.exact
+    for module in (dmi, deepmetric.index.backends, deepmetric.index.exact):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

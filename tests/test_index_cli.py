@@ -149,3 +149,22 @@ def test_stored_distance_forms_and_big_endian_vectors(tmp_path):
     bad = write(tmp_path / "bad.npz", x, distance=np.array(["dot", "cosine"]))
     result = run("index", "build", bad, "--out", tmp_path / "idx2")
     assert result.exit_code != 0 and "expected 'distance' to be one string" in result.output
+
+
+def test_search_time_options_on_the_command_line(tmp_path):
+    # nprobe 1 of 8 lists misses neighbours that the exact search finds; --nprobe 8 scans every list
+    gen = torch.Generator().manual_seed(3)
+    x, q = torch.randn(400, 8, generator=gen), torch.randn(20, 8, generator=gen)
+    emb = save_npz(tmp_path / "emb.npz", x.numpy(), np.zeros(400, dtype=np.int64))
+    queries = write(tmp_path / "q.npz", q.numpy())
+    assert run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "ivf-flat",
+               "--option", "nlist=8", "--option", "nprobe=1").exit_code == 0
+    exact = dmi.knn(q, x, 10)[1].tolist()
+    ids = {n: json.loads(run("index", "search", tmp_path / "idx", queries, "-k", 10, "--json", *extra).output)["ids"]
+           for n, extra in ((1, []), (8, ["--nprobe", 8]))}
+    assert ids[8] == exact and ids[1] != exact
+    result = run("index", "search", tmp_path / "idx", queries, "--ef-search", 16)
+    assert result.exit_code != 0 and "ef_search: does not apply to the faiss index 'IVF8,Flat'" in result.output
+    assert run("index", "build", emb, "--out", tmp_path / "exact").exit_code == 0
+    result = run("index", "search", tmp_path / "exact", queries, "--nprobe", 2)
+    assert result.exit_code != 0 and "the exact index has no search-time options" in result.output

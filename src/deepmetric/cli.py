@@ -278,7 +278,11 @@ _MAX_RESULTS = 100_000_000
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="Neighbours per query (slots beyond the indexed items are null).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON {ids, distances} (Q x k lists) on stdout.")
-def index_search(index_dir, queries, k, as_json):
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="Inverted lists visited per query (IVF indexes; default: the saved value).")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None,
+              help="Candidates kept while searching (HNSW indexes; default: the saved value).")
+def index_search(index_dir, queries, k, as_json, nprobe, ef_search):
     """Search the saved index INDEX_DIR for the vectors X of QUERIES (.npz); empty slots (beyond the
     indexed items, or left by an approximate index) are null."""
     import math
@@ -286,6 +290,10 @@ def index_search(index_dir, queries, k, as_json):
     import torch
     from deepmetric import index as dmi
     index = dmi.load(index_dir)
+    if nprobe is not None or ef_search is not None:
+        if not hasattr(index, "set_search_options"):
+            raise ValueError(f"--nprobe/--ef-search: the {index.backend} index has no search-time options")
+        index.set_search_options(nprobe=nprobe, ef_search=ef_search)
     x = _read_vectors(queries)["X"]
     if x.shape[0] * k > _MAX_RESULTS:
         raise ValueError(f"-k: {x.shape[0]} queries x {k} neighbours are more than {_MAX_RESULTS:,} results "

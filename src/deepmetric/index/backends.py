@@ -129,6 +129,12 @@ class ExactIndex(Index):
 SEARCH_CHUNK = 4096
 
 
+def _search_parameters(nprobe, ef_search) -> dict:
+    """faiss' names of the given search-time options, checked: ``{"nprobe": ..., "efSearch": ...}``."""
+    return {name: check_int(value, option, 1) for name, option, value in
+            (("nprobe", "nprobe", nprobe), ("efSearch", "ef_search", ef_search)) if value is not None}
+
+
 def _innermost(index):
     """The index inside faiss' wrappers (vector transforms, id maps), downcast."""
     while isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap, faiss.IndexIDMap2)):
@@ -180,9 +186,7 @@ class FaissIndex(Index):
             raise ValueError(f"factory: expected a faiss index factory string such as 'IVF64,PQ16', got {factory!r}")
         super().__init__(check_distance(distance))
         self.factory = factory
-        self._parameters = {name: check_int(value, option, 1) for name, option, value in
-                            (("nprobe", "nprobe", nprobe), ("efSearch", "ef_search", ef_search))
-                            if value is not None}
+        self._parameters = _search_parameters(nprobe, ef_search)
         self._ef_construction: int | None = None
         self._index = None
         self.options = {"factory": factory, "nprobe": self._parameters.get("nprobe"),
@@ -191,6 +195,34 @@ class FaissIndex(Index):
     @property
     def _metric(self):
         return faiss.METRIC_L2 if self.distance in ("euclidean", "squared_euclidean") else faiss.METRIC_INNER_PRODUCT
+
+    def set_search_options(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the search-time parameters, as faiss users set ``index.nprobe`` or
+        ``index.hnsw.efSearch``: e.g. per request, or after :func:`deepmetric.index.load`. They apply
+        to the following searches and are saved with the index; one that does not apply to this index
+        (``nprobe`` of an HNSW graph) is refused and nothing changes.
+
+        >>> index = IVFFlatIndex(nlist=4, nprobe=1)
+        >>> index.add(torch.randn(200, 8))
+        >>> index.set_search_options(nprobe=4)  # every list: the exact neighbours
+        >>> index.options["nprobe"]
+        4
+        """
+        new = _search_parameters(nprobe, ef_search)
+        if self._index is not None:
+            old = self._parameters
+            self._parameters = {**old, **new}
+            try:
+                self._configure(_unwrap(self._index))
+            except ValueError:
+                self._parameters = old
+                self._configure(_unwrap(self._index))
+                raise
+        else:  # checked when the index is built
+            self._parameters = {**self._parameters, **new}
+        for name, option in (("nprobe", "nprobe"), ("efSearch", "ef_search")):
+            if name in new and option in self.options:
+                self.options[option] = new[name]
 
     def _configure(self, index) -> None:
         """Apply search-time parameters (and HNSW's efConstruction) to the unwrapped index."""
