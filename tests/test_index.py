@@ -651,7 +651,8 @@ def test_bad_options_are_clear():
         dmi.create("ivf-fastscan", m=4).add(randn(300, 10))
     with pytest.raises(ValueError, match=r"refine: expected 0 \(no re-ranking\) or a factor >= 1, got 0.5"):
         dmi.create("ivf-fastscan", refine=0.5)
-    with pytest.raises(TypeError, match="index 'hnsw': bad arguments"):
+    with pytest.raises(TypeError, match=r"index 'hnsw': unknown arguments \['nlist'\]; it takes \['M', 'distance', "
+                                        r"'ef_construction', 'ef_search'\]"):
         dmi.create("hnsw", nlist=3)
     # Hamming distances of faiss' own codes, not the distance asked for
     for factory in ("LSH", "PCA8,LSH", "IDMap,LSH", "IDMap2,PCA8,LSH"):
@@ -1126,3 +1127,33 @@ def test_index_docstring_examples_run():
     for module in (dmi, deepmetric.index.backends, deepmetric.index.exact):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_id_lists_beyond_int64_and_object_arrays_get_clear_answers():
+    index = dmi.create("flat")
+    with pytest.raises(ValueError, match=r"ids: expected ids that fit in int64, got \[9223372036854775808\]"):
+        index.add(randn(2, 4), ids=[2**63, 1])  # numpy made the list float64: "got dtype float64"
+    with pytest.raises(TypeError, match="ids: expected all strings or all integers, got bool True"):
+        index.add(randn(2, 4), ids=[True, False])
+    index.add(randn(2, 4), ids=np.array(["a", "b"], dtype=object))  # a pandas column's values
+    assert index.names(index.search(randn(1, 4), 2)[1])[0] in (["a", "b"], ["b", "a"])
+
+
+def test_faiss_add_errors_name_the_factory():
+    index = dmi.create("faiss", factory="NSG16,Flat")
+    index.add(randn(200, 4))
+    with pytest.raises(ValueError, match="vectors: faiss cannot add 10 vectors to 'NSG16,Flat' holding 200: "
+                                         ".*NSG does not support incremental addition"):
+        index.add(randn(10, 4))
+    assert len(index) == 200
+
+
+def test_saving_over_the_current_directory_is_refused(tmp_path, monkeypatch):
+    # the swap renames the directory away and puts a new one in its place: the process would be left
+    # in a deleted directory (and "." itself cannot be renamed: a bare OSError before)
+    monkeypatch.chdir(tmp_path)
+    index = built("flat", n=3)
+    for path in (".", "..", "sub/.."):
+        with pytest.raises(ValueError, match="is the current directory or holds it"):
+            index.save(path)
+    assert os.listdir(tmp_path) == [] and len(dmi.load(index.save("idx"))) == 3

@@ -1,6 +1,7 @@
 """One registry per kind of component: ``create(name, **kwargs)`` and ``names()`` (timm's style)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 
@@ -43,6 +44,11 @@ class Registry:
         try:
             return cls(**kwargs)
         except TypeError as err:
+            params = inspect.signature(cls).parameters
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise TypeError(f"{self.kind} {name!r}: unknown arguments {unknown}; it takes "
+                                f"{sorted(k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)}") from None
             raise TypeError(f"{self.kind} {name!r}: bad arguments {sorted(kwargs)}: {err}") from None
 
     def __contains__(self, name: str) -> bool:

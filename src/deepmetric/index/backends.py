@@ -288,7 +288,11 @@ class FaissIndex(Index):
             if first:
                 self._build(x.shape[1])
             self._train(x)
-            self._index.add_with_ids(x, labels)
+            try:
+                self._index.add_with_ids(x, labels)
+            except RuntimeError as err:  # e.g. NSG builds its graph on the first add only, from > 100 vectors
+                raise ValueError(f"vectors: faiss cannot add {x.shape[0]} vectors to {self.factory!r} "
+                                 f"holding {len(self)}: {_faiss_message(err)}") from None
         except BaseException:
             if first:  # no index for a dimension that was never added: the next add may bring another
                 self._index = None

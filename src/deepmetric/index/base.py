@@ -77,7 +77,9 @@ def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray
     """
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
-    elif isinstance(ids, (list, tuple)):
+    elif isinstance(ids, np.ndarray) and ids.dtype == object and ids.ndim == 1:  # e.g. a pandas column
+        ids = ids.tolist()
+    if isinstance(ids, (list, tuple)):
         if len(ids) and all(isinstance(i, str) for i in ids):
             if any("\0" in i for i in ids):  # numpy's str arrays drop trailing NULs: "a\0" would become "a"
                 raise ValueError(f"{name}: expected strings without NUL characters, got "
@@ -86,7 +88,14 @@ def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray
         elif any(isinstance(i, str) for i in ids):
             raise TypeError(f"{name}: expected all strings or all integers, got a mix")
         else:
-            ids = np.array(ids, dtype=np.int64) if len(ids) == 0 else np.asarray(ids)
+            wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+            if wrong:
+                raise TypeError(f"{name}: expected all strings or all integers, got {type(wrong[0]).__name__} "
+                                f"{wrong[0]!r}")
+            big = [int(i) for i in ids if not -2**63 <= int(i) < 2**63]
+            if big:
+                raise ValueError(f"{name}: expected ids that fit in int64, got {big[:5]}")
+            ids = np.array(ids, dtype=np.int64)
     if not isinstance(ids, np.ndarray):
         raise TypeError(f"{name}: expected int64 ids (tensor, array or list) or a list of strings, "
                         f"got {type(ids).__name__}")
@@ -425,7 +434,11 @@ class Index:
 
         if self._dim is None:
             raise ValueError("save: the index has no dimension yet; add vectors first")
-        target = Path(directory)
+        target = Path(os.path.abspath(directory))
+        cwd = Path(os.getcwd())
+        if target == cwd or target in cwd.parents:  # the swap would leave this process in a deleted directory
+            raise ValueError(f"save: {directory!r} is the current directory or holds it; an index directory is "
+                             "replaced as a whole, so save it to a path of its own (e.g. 'index')")
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
