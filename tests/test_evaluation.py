@@ -336,12 +336,15 @@ def test_hand_worked_hierarchy_levels_graded_ndcg_and_within_parent():
     assert scores["order_preservation"] == pytest.approx(0.25, abs=0.005)
     # Top level = finest, over q0, q1, q2, q4 (q3 has no item of its own child class):
     # P@2 (1/2)/4 = 1/8, mAP@2 (1/2)/4 = 1/8; mAP@4 = MRR = (1/2 + 1/4 + 1/3 + 1/3)/4 = 17/48
-    # graded NDCG: q0 DCG@2 = 3 C3, DCG@4 = 3 C3 + (2^1 - 1)/2, IDCG = 3 + C3 at 2 and 4;
-    #   q1 DCG@4 = 3 E5, IDCG = 3; q2 DCG@2 = C3, DCG@4 = C3 + 3/2, IDCG 3 + C3; q4 DCG@4 = 3/2, IDCG 3
-    top = {"precision_at_1": 0.0, "recall_at_1": 0.0, "map_at_1": 0.0, "ndcg_at_1": 0.0,
-           "recall_at_2": 1 / 4, "precision_at_2": 1 / 8, "map_at_2": 1 / 8, "ndcg_at_2": C3 / (3 + C3),
+    # graded NDCG, over all five queries (q3 shares its parent with items, gain 1 each):
+    #   q0 DCG@2 = 3 C3, DCG@4 = 3 C3 + (2^1 - 1)/2, IDCG = 3 + C3 at 2 and 4;
+    #   q1 DCG@4 = 3 E5, IDCG = 3; q2 DCG@2 = C3, DCG@4 = C3 + 3/2, IDCG 3 + C3; q4 DCG@4 = 3/2, IDCG 3;
+    #   q3 as at level 0: NDCG@1 1, NDCG@2 1/(1+C3), NDCG@4 3/2/(1+C3)
+    top = {"precision_at_1": 0.0, "recall_at_1": 0.0, "map_at_1": 0.0, "ndcg_at_1": 1 / 5,
+           "recall_at_2": 1 / 4, "precision_at_2": 1 / 8, "map_at_2": 1 / 8,
+           "ndcg_at_2": (4 * C3 / (3 + C3) + 1 / (1 + C3)) / 5,
            "recall_at_4": 1.0, "precision_at_4": 1 / 4, "map_at_4": 17 / 48,
-           "ndcg_at_4": ((4 * C3 + 2) / (3 + C3) + E5 + 1 / 2) / 4,
+           "ndcg_at_4": ((4 * C3 + 2) / (3 + C3) + E5 + 1 / 2 + 3 / 2 / (1 + C3)) / 5,
            "r_precision": 0.0, "map_at_r": 0.0, "mrr": 17 / 48, "num_queries": 5, "queries_without_relevant": 1}
     assert {key: scores[key] for key in top} == pytest.approx(top)
     # level 0 (same parent), all five queries:
@@ -357,7 +360,8 @@ def test_hand_worked_hierarchy_levels_graded_ndcg_and_within_parent():
         "ndcg_at_4": ((2 * C3 + 2.5) / (1 + C3) + E5 + 1 / 2) / 5,
         "r_precision": 3 / 10, "map_at_r": 1 / 5, "mrr": 31 / 60, "num_queries": 5, "queries_without_relevant": 0})
     # level 1 = the finest level with binary NDCG: NDCG@2 C3/4 (q0), NDCG@4 (C3 + E5 + 1/2 + 1/2)/4
-    assert scores["level_1"] == pytest.approx({**top, "ndcg_at_2": C3 / 4, "ndcg_at_4": (C3 + E5 + 1) / 4})
+    assert scores["level_1"] == pytest.approx({**top, "ndcg_at_1": 0.0, "ndcg_at_2": C3 / 4,
+                                               "ndcg_at_4": (C3 + E5 + 1) / 4})
     # level 1 within the parent: parent 0 = items 0, 2, 3 and parent 1 = items 1, 4
     # q0: 2 (T), 3 (F); q1: 4 (T); q2: 3 (F), 0 (T); q4: 1 (T); q3 excluded; slots beyond are padding
     # P@1 3/4, P@2 1/2, P@4 1/4, mAP@2 = mAP@4 = MRR = (1 + 1 + 1/2 + 1)/4 = 7/8, NDCG@2 = NDCG@4 = (3 + C3)/4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
 import pytest
@@ -90,3 +91,24 @@ def test_evaluate_reports_it_only_for_hierarchies_without_groups():
     assert scores["order_preservation"] == order_preservation(x, y)
     assert "order_preservation" not in dm.evaluate(x, y[:, 1], nmi=False)
     assert "order_preservation" not in dm.evaluate(x, y, groups=torch.arange(len(y)), nmi=False)
+
+
+def test_graded_ndcg_scores_queries_that_share_only_a_parent():
+    # every finest class a single item: no query has a relevant item at the finest level, yet each
+    # shares its parent with one other item. Points 0, 5, 6, 11; labels (0,0) (0,1) (1,2) (1,3); gains
+    # are shared levels (1 for the parent's other item). Query 5 ranks 6 (gain 0) before 0 (gain 1):
+    # NDCG@2 = (1 / log2 3) / 1; likewise query 6. Queries 0 and 11 find their parent-mate first.
+    x = torch.tensor([[0.0], [5.0], [6.0], [11.0]])
+    y = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
+    s = dm.evaluate(x, y, ks=(1, 2), nmi=False)
+    g = 1 / math.log2(3)
+    assert s["ndcg_at_1"] == pytest.approx(0.5) and s["ndcg_at_2"] == pytest.approx((1 + g + g + 1) / 4)
+    assert "map_at_r" not in s and s["queries_without_relevant"] == 4
+    # mixed: points 0, 1, 6, 10 with labels (0,0) (0,0) (0,1) (1,2). Queries 0 and 1 rank their
+    # class-mate (gain 2) then 6 (gain 1): NDCG 1. Query 6 has no class-mate but two parent-mates, and
+    # ranks 10 (gain 0) first: NDCG@2 = (1/log2 3) / (1 + 1/log2 3). Query 10 shares nothing: excluded.
+    x = torch.tensor([[0.0], [1.0], [6.0], [10.0]])
+    y = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2]])
+    s = dm.evaluate(x, y, ks=(1, 2), nmi=False)
+    assert s["ndcg_at_2"] == pytest.approx((1 + 1 + g / (1 + g)) / 3)
+    assert s["ndcg_at_1"] == pytest.approx(2 / 3) and s["map_at_r"] == 1.0

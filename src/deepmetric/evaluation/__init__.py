@@ -293,7 +293,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     Labels (DESIGN.md): flat ``(N,)`` int (relevant = same class); multi-label ``(N, C)`` bool
     (relevant = at least one label shared); hierarchical ``(N, L)`` int, column 0 the coarsest: the
     top-level keys are at the finest level (relevant = all columns equal) except ``ndcg_at_{k}``,
-    which is graded (gain = number of shared leading levels), and ``level_{l}`` holds every metric at
+    which is graded (gain = number of shared leading levels) and averaged over every query that shares
+    at least the top level with some item, and ``level_{l}`` holds every metric at
     level ``l`` (relevant = equal at columns ``0..l``, binary NDCG); for ``l >= 1``,
     ``level_{l}_within_parent`` ranks for each query only the gallery items of its own parent (equal at
     columns ``0..l-1``); query-in-gallery without groups, ``order_preservation`` is the fraction of a seeded sample of
@@ -386,6 +387,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         views = [_View(counts[:, -1], counts, lambda shared: (shared == levels, shared))]
         views += [_View(counts[:, level], counts[:, level:level + 1],
                         lambda shared, level=level: _binary(shared > level)) for level in range(levels)]
+        # graded NDCG is defined for every query that shares a level with some item, not only for
+        # those with an item of their own finest class
+        views.append(_View(counts[:, 0], counts, lambda shared: (shared > 0, shared)))
 
         def base_fn(indices, rows):
             return ranking.graded_relevance(indices, q_labels[rows], g_labels)
@@ -416,6 +420,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     values = _scores(searcher, queries, base_fn, views, **options)
 
     results = _means(values[0], views[0].n_relevant)
+    if levels:
+        graded = values.pop()
+        results.update({key: v for key, v in _means(graded, counts[:, 0]).items() if key.startswith("ndcg_at_")})
     clusters = nmi and not is_multilabel(q_labels)
     if clusters:
         results.update(clustering.clustering_scores(queries, q_labels, seed=seed, backend=kmeans))
