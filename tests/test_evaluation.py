@@ -866,3 +866,16 @@ def test_empty_dimensions_and_galleries_are_named():
         dm.evaluate(x, y, gallery=torch.zeros(0, 3), gallery_labels=torch.zeros(0, dtype=torch.long), nmi=False)
     with pytest.raises(TypeError, match=r"ks: expected a sequence of integers, e.g. \(1, 5, 10\), got 10"):
         dm.evaluate(x, y, ks=10, nmi=False)
+
+
+@pytest.mark.parametrize("k", [10, 10**9])
+def test_k_far_beyond_the_gallery_reads_the_whole_ranking_once(k):
+    # the search stops at the gallery (6 items); slots beyond are not relevant. Relevance in ranked
+    # order 1 0 1 0 0 1 (R = 3): P@k = 3/k, Recall@k 1, mAP@k = (1 + 2/3 + 3/6) / min(k, 3) = 13/18,
+    # NDCG@k = (1 + 1/log2 4 + 1/log2 7) / (1 + 1/log2 3 + 1/log2 4). k = 1e9 used to allocate (Q, k).
+    q, ql = torch.tensor([[0.0]]), torch.tensor([0])
+    g, gl = torch.arange(1.0, 7.0).unsqueeze(1), torch.tensor([0, 1, 0, 1, 1, 0])
+    s = dm.evaluate(q, ql, gallery=g, gallery_labels=gl, ks=(1,), k=k, nmi=False)
+    assert s[f"precision_at_{k}"] == pytest.approx(3 / k) and s[f"recall_at_{k}"] == 1.0
+    assert s[f"map_at_{k}"] == pytest.approx(13 / 18)
+    assert s[f"ndcg_at_{k}"] == pytest.approx((1.5 + 1 / math.log2(7)) / (1.5 + 1 / math.log2(3)))

@@ -77,18 +77,25 @@ def _nans(n: int, device) -> torch.Tensor:
 
 
 def _chunk_metrics(rel, gains, n_relevant, ideal_counts, report_ks, full_map) -> dict:
-    """Per-query metrics of queries that all have ``n_relevant > 0``."""
+    """Per-query metrics of queries that all have ``n_relevant > 0``.
+
+    ``rel`` holds every result a query can get when a reported k goes beyond its columns (the search
+    stops at the gallery's size): the slots beyond are not relevant, so the metrics at k are those at
+    the last column, with precision divided by k (mAP@k divides by ``min(k, R) = R`` and IDCG@k has
+    no gain beyond R either)."""
     if full_map:  # the whole ranking for mAP and MRR; the other metrics read no deeper than R or k
         full = {"mrr": ranking.reciprocal_rank(rel), "map": ranking.average_precision(rel, n_relevant)}
         depth = max(max(report_ks, default=1), int(n_relevant.max()) if n_relevant.numel() else 0)
         rel, gains = rel[:, :depth], gains[:, :depth]
     scores = {"precision_at_1": ranking.precision_at_1(rel)}
-    ideal = ranking.ideal_gains(ideal_counts, report_ks[-1]) if report_ks else None
+    cols = rel.shape[1]
+    ideal = ranking.ideal_gains(ideal_counts, min(report_ks[-1], cols)) if report_ks else None
     for v in report_ks:
-        scores[f"recall_at_{v}"] = ranking.recall_at_k(rel, v)
-        scores[f"precision_at_{v}"] = ranking.precision_at_k(rel, v)
-        scores[f"map_at_{v}"] = ranking.map_at_k(rel, v, n_relevant)
-        scores[f"ndcg_at_{v}"] = ranking.ndcg_at_k(gains, v, ideal)
+        c = min(v, cols)
+        scores[f"recall_at_{v}"] = ranking.recall_at_k(rel, c)
+        scores[f"precision_at_{v}"] = ranking.precision_at_k(rel, c) * (c / v)
+        scores[f"map_at_{v}"] = ranking.map_at_k(rel, c, n_relevant)
+        scores[f"ndcg_at_{v}"] = ranking.ndcg_at_k(gains, c, ideal)
     scores["r_precision"] = ranking.r_precision(rel, n_relevant)
     scores["map_at_r"] = ranking.map_at_r(rel, n_relevant)
     if full_map:
@@ -112,7 +119,7 @@ def _scores(searcher, queries, base_fn, views, self_mode, q_groups, g_groups, re
     retrievable = n_g - int(self_mode)
     n_rel = torch.stack([view.n_relevant for view in views], dim=1)
     active = (n_rel > 0).any(dim=1).nonzero().flatten()
-    floor = max(max(report_ks, default=1), n_g if full_map else 1)
+    floor = n_g if full_map else min(max(report_ks, default=1), n_g)  # no result lies beyond the gallery
     out = [{} for _ in views]
     unfound = torch.zeros_like(n_rel, dtype=torch.bool)  # scored, first relevant item not reached yet
 
