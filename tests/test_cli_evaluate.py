@@ -13,6 +13,7 @@ from deepmetric.data import load_npz, load_split
 from deepmetric.training import embed, load_run
 
 DIGITS = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
+FEATURES = str(Path(__file__).parents[1] / "configs" / "features.yaml")
 
 
 def run(*args):
@@ -132,3 +133,29 @@ def test_evaluate_excludes_groups_and_uses_faiss_kmeans(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     _, test = load_split("digits", split="zero-shot")
     assert json.loads(out.read_text()) == expected_metrics(run_dir, test.x, test.y, kmeans="faiss")
+
+
+def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_path, monkeypatch):
+    # items in pairs of near-duplicates (one group each); the run validated with eval.exclude_groups,
+    # so evaluate must too unless told otherwise (it used to report the inflated P@1 silently)
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    base = g.normal(size=(200, 8)).astype(np.float32)
+    x = np.repeat(base, 2, axis=0) + 0.01 * g.normal(size=(400, 8)).astype(np.float32)
+    np.savez("g.npz", X=x, y=np.repeat(np.arange(40), 10), groups=np.arange(400) // 2)
+    result = run("train", FEATURES, "--set", "data=npz:g.npz", "--set", "epochs=1", "--set", "eval.nmi=false",
+                 "--set", "sampler.m=4", "--set", "batch_size=16", "--set", "eval.val_classes=0.3",
+                 "--set", "eval.exclude_groups=true", "--out", "run", "--no-progress")
+    assert result.exit_code == 0, result.output
+    test = json.loads(Path("run/metrics.json").read_text())["test"]
+    assert run("evaluate", "run", "--json", "same.json").exit_code == 0
+    assert json.loads(Path("same.json").read_text())["precision_at_1"] == test["precision_at_1"]
+    assert run("evaluate", "run", "--include-groups", "--json", "all.json").exit_code == 0
+    assert json.loads(Path("all.json").read_text())["precision_at_1"] > test["precision_at_1"]
+    # the relative npz:g.npz read from another directory is another file: refused, not evaluated
+    Path("other").mkdir()
+    np.savez("other/g.npz", X=x[::-1].copy(), y=np.repeat(np.arange(40), 10), groups=np.arange(400) // 2)
+    monkeypatch.chdir(tmp_path / "other")
+    result = run("evaluate", tmp_path / "run")
+    assert result.exit_code != 0 and f"data: {tmp_path / 'other' / 'g.npz'} is not a file the run" in result.output
+    assert run("evaluate", tmp_path / "run", "--data", "npz:g.npz").exit_code == 0  # on purpose: allowed

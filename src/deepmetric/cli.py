@@ -106,6 +106,20 @@ def train(ctx, config_file, overrides, out, no_progress):
     click.echo(f"run written to {out}")
 
 
+def _check_run_data(files: dict, recorded: dict, run_dir) -> None:
+    """The run's own data must be the files it was trained on (by checksum: a relative ``npz:`` path
+    read from another directory, or a file changed since, would be evaluated silently otherwise)."""
+    if not recorded:  # runs written before the checksums were kept
+        return
+    known = set(recorded.values())
+    for path, sha in files.items():
+        if sha not in known:
+            raise click.ClickException(
+                f"data: {path} is not a file the run {run_dir} was trained on (sha256 {sha[:12]}...; the run "
+                f"recorded {', '.join(f'{p} ({h[:12]}...)' for p, h in recorded.items())}); run from the "
+                "directory it was trained in, or pass --data to evaluate other data on purpose")
+
+
 def _run_embeddings(ctx, run_dir, data, split):
     """Embeddings of the test part of ``data`` (default: the run's data) under the run's model."""
     from deepmetric.training import load_run
@@ -116,6 +130,8 @@ def _run_embeddings(ctx, run_dir, data, split):
     overrides = ([f"data={data}"] if data else []) + ([f"split={split}"] if split else [])
     config = _config_with_data_dir(resolve(config, overrides), ctx)
     _, test = load_data(config)
+    if not data:
+        _check_run_data(test.files, state.get("data_files") or {}, run_dir)
     if list(test.x.shape[1:]) != list(state["in_shape"]):
         raise click.ClickException(f"--data: the model takes inputs of shape {tuple(state['in_shape'])}, "
                                    f"the data {test.name!r} has {tuple(test.x.shape[1:])}")
@@ -137,8 +153,9 @@ def _run_embeddings(ctx, run_dir, data, split):
               help="Also report mAP over the full ranking (every query ranks the whole gallery).")
 @click.option("--per-class", is_flag=True,
               help="Also report every metric per class and the unweighted mean over classes.")
-@click.option("--exclude-groups", is_flag=True,
-              help="A query never retrieves items of its own group (e.g. frames of one video).")
+@click.option("--exclude-groups/--include-groups", default=None,
+              help="A query never retrieves items of its own group (e.g. frames of one video); default: as "
+                   "the run was validated (eval.exclude_groups).")
 @click.option("--kmeans", type=click.Choice(["sklearn", "faiss"]), default="sklearn", show_default=True,
               help="k-means for NMI/AMI/F1 (faiss is much faster with many classes).")
 @click.pass_context
@@ -152,6 +169,8 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
     if exclude_groups and test.groups is None:
         raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
+    if exclude_groups is None:
+        exclude_groups = bool(state["config"]["eval"].get("exclude_groups")) and test.groups is not None
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
                                   per_class=per_class, groups=test.groups if exclude_groups else None,
                                   kmeans=kmeans)
