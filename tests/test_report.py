@@ -56,4 +56,24 @@ def test_write_evaluation_report(tmp_path):
                                    inputs=torch.rand(30, 3, 5, 5, generator=gen), title="test <set>")
     text = path.read_text()
     assert text.count("data:image/png;base64,") == 3 and "<td>recall_at_1</td><td>0.2500</td>" in text
-    assert "deepmetric test &lt;set&gt;" in text and "num_queries" not in text  # floats only, escaped
+    assert "deepmetric test &lt;set&gt;" in text and "<td>num_queries</td><td>30</td>" in text
+
+
+def test_report_shows_every_level_and_class(tmp_path):
+    # nested results (hierarchy levels, within the parent, the class mean, per class) used to be left
+    # out: with single-item finest classes the table held only NDCG and the recall plot was empty
+    emb, y = torch.randn(12, 3, generator=torch.Generator().manual_seed(2)), torch.arange(12) % 3
+    metrics = {"ndcg_at_1": 0.5, "num_queries": 12, "queries_without_relevant": 12,
+               "level_0": {"recall_at_1": 0.75, "recall_at_2": 1.0, "map_at_r": 0.625},
+               "level_1_within_parent": {"map_at_r": 0.125}, "class_mean": {"map_at_r": 0.375},
+               "per_class": {"0/1": {"map_at_r": 0.25, "num_queries": 4}, "2/5": {"num_queries": 1}}}
+    text = write_evaluation_report(tmp_path / "r.html", metrics, emb, y, "euclidean").read_text()
+    header = "<tr><th></th><th>test</th><th>level_0</th><th>level_1_within_parent</th><th>class_mean</th></tr>"
+    assert header in text
+    assert "<tr><td>map_at_r</td><td>-</td><td>0.6250</td><td>0.1250</td><td>0.3750</td></tr>" in text
+    assert "<tr><td>ndcg_at_1</td><td>0.5000</td><td>-</td><td>-</td><td>-</td></tr>" in text
+    assert "<h2>Per class</h2><table><tr><th></th><th>map_at_r</th><th>num_queries</th></tr>" in text
+    assert "<tr><td>2/5</td><td>-</td><td>1</td></tr>" in text
+    assert text.count("data:image/png;base64,") == 2  # the recall curve of level_0, the embeddings
+    flat = write_evaluation_report(tmp_path / "f.html", {"map_at_r": 0.5}, emb, y, "euclidean").read_text()
+    assert flat.count("data:image/png;base64,") == 1  # no recall keys: no empty recall plot

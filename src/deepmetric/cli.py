@@ -174,10 +174,8 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
                                   per_class=per_class, groups=test.groups if exclude_groups else None,
                                   kmeans=kmeans)
-    columns = {"test": {name: v for name, v in metrics.items() if not isinstance(v, dict)}}
-    columns.update((name, v) for name, v in metrics.items() if name.startswith("level_"))
-    if per_class:
-        columns["class_mean"] = metrics["class_mean"]
+    from deepmetric.report import metric_columns
+    columns = metric_columns(metrics)
     names = dict.fromkeys(name for column in columns.values() for name in column)
     click.echo(format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
                             keys=list(columns)))

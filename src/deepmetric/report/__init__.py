@@ -66,14 +66,34 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
     return figures
 
 
-def recall_figure(metrics: dict) -> tuple[str, str]:
-    """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``."""
+def metric_columns(metrics: dict, top: str = "test") -> dict:
+    """``{column: {metric: value}}`` of :func:`deepmetric.evaluate`'s result: the top-level values
+    (named ``top``), then each nested result (hierarchy levels, within the parent, the class mean);
+    ``per_class`` is left to its own table."""
+    columns = {top: {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+    columns.update((k, v) for k, v in metrics.items() if isinstance(v, dict) and k != "per_class")
+    return columns
+
+
+def recall_figure(metrics: dict) -> tuple[str, str] | None:
+    """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``: one line for the
+    top level and one per nested result (hierarchy levels); None when there are none."""
     plt = _pyplot()
-    ks = sorted(int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("recall_at_"))
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(ks, [metrics[f"recall_at_{k}"] for k in ks], marker="o")
+    all_ks = set()
+    for name, column in metric_columns(metrics).items():
+        ks = sorted(int(k.rsplit("_", 1)[1]) for k in column if k.startswith("recall_at_"))
+        if ks:
+            ax.plot(ks, [column[f"recall_at_{k}"] for k in ks], marker="o", label=name)
+            all_ks.update(ks)
+    if not all_ks:
+        plt.close(fig)
+        return None
+    ks = sorted(all_ks)
     ax.set(xscale="log", xlabel="K", ylabel="Recall@K (hit rate)", ylim=(0, 1.02), title="Test recall curve")
     ax.set_xticks(ks, [str(k) for k in ks])
+    if len(ax.lines) > 1:
+        ax.legend(fontsize=7)
     figure = ("Test recall@K", _png(fig))
     plt.close(fig)
     return figure
@@ -172,13 +192,31 @@ def evaluation_figures(metrics: dict, embeddings: torch.Tensor, labels: torch.Te
     return [f for f in figures if f is not None]
 
 
+def _html_table(rows: dict, columns: list) -> str:
+    """``rows`` ``{name: {column: value}}`` as an HTML table (floats to 4 decimals, ``-`` where missing)."""
+    def cell(v):
+        return "-" if v is None else html.escape(str(v)) if isinstance(v, (int, str)) else f"{v:.4f}"
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
+    body = "".join(f"<tr><td>{html.escape(str(name))}</td>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns)
+                   + "</tr>" for name, row in rows.items())
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list[tuple[str, str]]) -> Path:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
-                   for k, v in metrics.items() if isinstance(v, float))
+    """The metrics as a table (one column per hierarchy level, as ``deepmetric evaluate`` prints them),
+    the per-class results if any, then the figures."""
+    columns = metric_columns(metrics)
+    names = dict.fromkeys(name for column in columns.values() for name in column)
+    tables = "<h2>Test metrics</h2>" + _html_table(
+        {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
+    if metrics.get("per_class"):
+        per_class = metrics["per_class"]
+        keys = list(dict.fromkeys(key for row in per_class.values() for key in row))
+        tables += "<h2>Per class</h2>" + _html_table(per_class, keys)
     images = "".join(f"<h2>{html.escape(name)}</h2><img src='data:image/png;base64,{data}'>" for name, data in figures)
     write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                     f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
-                     f"<h2>Test metrics</h2><table>{rows}</table>{images}")
+                     f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{tables}{images}")
     return path
 
 
@@ -192,7 +230,7 @@ def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = No
         inputs, embeddings, labels, groups = test
         figures += evaluation_figures(metrics["test"], embeddings, labels, metrics["distance"], inputs, groups)
     elif metrics.get("test"):
-        figures.append(recall_figure(metrics["test"]))
+        figures += [f for f in [recall_figure(metrics["test"])] if f is not None]
     return _write_html(Path(run_dir) / "report.html", f"deepmetric run: {Path(run_dir).name}",
                        f"distance: {metrics['distance']}, best epoch {metrics['best_epoch']}",
                        metrics.get("test") or {}, figures)
