@@ -159,3 +159,21 @@ def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_pa
     result = run("evaluate", tmp_path / "run")
     assert result.exit_code != 0 and f"data: {tmp_path / 'other' / 'g.npz'} is not a file the run" in result.output
     assert run("evaluate", tmp_path / "run", "--data", "npz:g.npz").exit_code == 0  # on purpose: allowed
+
+
+def test_foreign_checkpoints_specs_and_output_directories_are_named(run_dir, tmp_path):
+    import torch
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    torch.save({"weights": torch.zeros(2)}, fake / "best.pt")  # a torch file, not a run: was "KeyError: config"
+    result = run("evaluate", fake)
+    assert result.exit_code != 0 and "is not a deepmetric run checkpoint (missing ['config', 'model'" in result.output
+    torch.save({"config": Path("x")}, fake / "best.pt")  # a pickled object: torch advised weights_only=False
+    result = run("evaluate", fake)
+    assert result.exit_code != 0 and "not a deepmetric checkpoint (corrupt, or holding objects other" in result.output
+    assert "weights_only" not in result.output
+    result = run("evaluate", run_dir, "--data", "npz:")  # was read as the YAML mapping {npz: null}
+    assert result.exit_code != 0 and "data spec 'npz:': expected a path after 'npz:'" in result.output
+    result = run("embed", run_dir, "--out", tmp_path / "missing" / "e.npz")  # created the directory before
+    assert result.exit_code != 0 and f"--out: no directory {tmp_path / 'missing'}" in result.output
+    assert not (tmp_path / "missing").exists()

@@ -127,8 +127,9 @@ def _run_embeddings(ctx, run_dir, data, split):
     from deepmetric.training.trainer import embed, load_data
     model, state = load_run(run_dir)
     config = dict(state["config"])
-    overrides = ([f"data={data}"] if data else []) + ([f"split={split}"] if split else [])
-    config = _config_with_data_dir(resolve(config, overrides), ctx)
+    if data:  # the SPEC as given (not read as YAML, where "npz:" would be a mapping)
+        config["data"] = data
+    config = _config_with_data_dir(resolve(config, [f"split={split}"] if split else []), ctx)
     _, test = load_data(config)
     if not data:
         _check_run_data(test.files, state.get("data_files") or {}, run_dir)
@@ -206,6 +207,8 @@ def embed(ctx, run_dir, data, split, out):
     out = Path(out)
     if out.suffix != ".npz":
         raise click.ClickException(f"--out: expected a .npz file name, got {out}")
+    if not out.resolve().parent.is_dir():
+        raise click.ClickException(f"--out: no directory {out.resolve().parent} to write {out} in")
     emb, test, state = _run_embeddings(ctx, run_dir, data, split)
     save_npz(out, emb.numpy(), test.y.numpy(), ids=test.ids, groups=test.groups, distance=state["distance"])
     click.echo(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, ``weights_only=True`` loads, and the random state needed to resume."""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -42,4 +43,7 @@ def load(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file
+        if isinstance(err, pickle.UnpicklingError):  # torch's message advises weights_only=False: running its code
+            raise ValueError(f"checkpoint {path} could not be read: not a deepmetric checkpoint (corrupt, or "
+                             "holding objects other than tensors and plain values, never unpickled)") from None
         raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from None

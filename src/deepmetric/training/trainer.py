@@ -369,6 +369,10 @@ def load_run(run_dir: str | Path, which: str = "best"):
     if not path.exists():
         raise FileNotFoundError(f"run: no checkpoint {path} (is {run} a deepmetric run directory?)")
     state = ckpt.load(path)
+    missing = [key for key in ("config", "model", "in_shape", "distance")
+               if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"run: {path} is not a deepmetric run checkpoint (missing {missing})")
     config = state["config"]
     model = models_mod.create(config["model"], in_shape=tuple(state["in_shape"]))
     model.load_state_dict(state["model"])
