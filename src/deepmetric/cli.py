@@ -153,7 +153,8 @@ def _run_embeddings(ctx, run_dir, data, split):
 @click.option("--full-map", is_flag=True,
               help="Also report mAP over the full ranking (every query ranks the whole gallery).")
 @click.option("--per-class", is_flag=True,
-              help="Also report every metric per class and the unweighted mean over classes.")
+              help="Also report every metric per class and the unweighted mean over classes (the printed "
+                   "table shows the main metrics per class; --json and --report hold them all).")
 @click.option("--exclude-groups/--include-groups", default=None,
               help="A query never retrieves items of its own group (e.g. frames of one video); default: as "
                    "the run was validated (eval.exclude_groups).")
