@@ -1114,9 +1114,18 @@ def test_search_options_change_after_build_and_load(tmp_path):
     with pytest.raises(ValueError, match="nprobe: expected an integer >= 1"):
         loaded.set_search_options(nprobe=0)
     graph = dmi.create("hnsw", M=8, ef_search=1)
-    graph.set_search_options(ef_search=400)  # before the first add: applied when built
+    with pytest.raises(ValueError, match="set_search_options: the index is not built yet"):
+        graph.set_search_options(nprobe=4)  # accepted before, then every add failed
     graph.add(x)
+    graph.set_search_options(ef_search=400)
     assert torch.equal(graph.search(q, 10)[1], exact) and graph.options["ef_search"] == 400
+    # two options of which the second does not apply: faiss had already taken the first (nprobe 3),
+    # and kept it through save and load while the options said otherwise
+    both = dmi.create("faiss", factory="IVF4,Flat")
+    both.add(x)
+    with pytest.raises(ValueError, match="ef_search: does not apply to the faiss index 'IVF4,Flat'"):
+        both.set_search_options(nprobe=3, ef_search=5)
+    assert faiss.extract_index_ivf(both._index).nprobe == 1 and both.options["nprobe"] is None
 
 
 def test_index_docstring_examples_run():
@@ -1153,7 +1162,13 @@ def test_saving_over_the_current_directory_is_refused(tmp_path, monkeypatch):
     # in a deleted directory (and "." itself cannot be renamed: a bare OSError before)
     monkeypatch.chdir(tmp_path)
     index = built("flat", n=3)
-    for path in (".", "..", "sub/.."):
+    (tmp_path / "real" / "idx").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "real" / "idx")
+    for path in (".", "..", "sub/..", tmp_path / "link" / "idx"):  # the last through a symbolic link
         with pytest.raises(ValueError, match="is the current directory or holds it"):
             index.save(path)
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(tmp_path / "real")
+    (tmp_path / "link").unlink()
     assert os.listdir(tmp_path) == [] and len(dmi.load(index.save("idx"))) == 3

@@ -328,6 +328,26 @@ def test_cosine_ties_of_different_directions_keep_gallery_order(dtype):
     assert dm.evaluate(y, torch.tensor([0, 1, 1]), distance="cosine", nmi=False)["precision_at_1"] == 0.5
 
 
+def test_cosine_of_near_duplicates_and_of_huge_vectors():
+    # a row of near-duplicates is one long run of close distances (re-ranked by a sort, not the
+    # quadratic insertion of short runs); it must come back sorted by (distance, index)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 16, generator=gen) + 1e-4 * torch.randn(300, 16, generator=gen)
+    x[10], x[250] = x[3], x[3]  # exact duplicates inside the run
+    d, ids = knn(x, x, 299, "cosine", exclude_self=True)
+    assert bool((d[:, 1:] >= d[:, :-1]).all())
+    ties = (d[:, 1:] == d[:, :-1])
+    assert bool((ids[:, 1:][ties] > ids[:, :-1][ties]).all())
+    # |x|^2 beyond float64: the same ranking as the vectors scaled down (the norms overflowed to inf:
+    # unit rows of zeros, and the pair formula's fallback gave NaN, read as cosine -1)
+    y = torch.randn(40, 8, dtype=torch.float64, generator=gen)
+    small, huge = knn(y[:5], y, 6, "cosine"), knn(y[:5] * 1e170, y * 1e170, 6, "cosine")
+    assert torch.equal(small[1], huge[1]) and torch.allclose(small[0], huge[0], atol=1e-12)
+    scaled = y * 1e170
+    exact.unit_rows(scaled)
+    assert torch.equal(scaled, y * 1e170)  # the caller's float64 rows are not written
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "dot"])
 def test_float64_duplicates_come_back_in_gallery_order(distance):
     # MKL's float64 product scores identical gallery columns differently by their position; ties must

@@ -174,7 +174,8 @@ def pair_distances(queries, gallery, positions, kind, out):
     in float64: when they are exact (vectors of small integers, e.g. counts or binary attributes),
     equal cosines of different vectors come out identical, since a correctly rounded quotient and root
     of equal values are equal (``q.x / (|q| |x|)`` rounds each root on its own, and normalised rows
-    round every component). Where the square under- or overflows, ``q.x / |q| / |x|`` is used."""
+    round every component). Where the square under- or overflows, ``q.x / |q| / |x|`` is used, on the
+    vectors divided by their largest entries where the sums themselves overflow."""
     d = queries.shape[1]
     for r in prange(positions.shape[0]):
         for m in range(positions.shape[1]):
@@ -215,7 +216,16 @@ def _cosine_distance(q, x):
     if den < np.inf and num < np.inf and (num > 0.0 or qx == 0.0):
         c = np.sqrt(num / den)
         c = c if qx >= 0.0 else -c
-    else:
+    elif qq < np.inf and xx < np.inf:  # the square under- or overflowed, not the sums
+        c = qx / np.sqrt(qq) / np.sqrt(xx)
+    else:  # the sums overflowed: the same on the vectors divided by their largest entries
+        mq, mx = np.max(np.abs(q)), np.max(np.abs(x))
+        qx, qq, xx = 0.0, 0.0, 0.0
+        for t in range(q.shape[0]):
+            a, b = np.float64(q[t]) / mq, np.float64(x[t]) / mx
+            qx += a * b
+            qq += a * a
+            xx += b * b
         c = qx / np.sqrt(qq) / np.sqrt(xx)
     return 1.0 - min(1.0, max(-1.0, c))
 
@@ -232,7 +242,14 @@ def rerank_cosine_runs(values, ids, queries, gallery, tol):
             end = start + 1
             while end < k and ids[r, end] >= 0 and values[r, end] - values[r, end - 1] <= tol:
                 end += 1
-            if end - start > 1:
+            if end - start > _SHORT_RUN:  # e.g. a row of near-duplicates: sorted by id, then stably by value
+                for m in range(start, end):
+                    values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
+                by_id = np.argsort(ids[r, start:end], kind="mergesort")
+                run_values, run_ids = values[r, start:end][by_id], ids[r, start:end][by_id]
+                order = np.argsort(run_values, kind="mergesort")
+                values[r, start:end], ids[r, start:end] = run_values[order], run_ids[order]
+            elif end - start > 1:
                 for m in range(start, end):
                     values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
                 for m in range(start + 1, end):  # insertion sort of a short run by (value, id)

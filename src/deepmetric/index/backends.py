@@ -129,10 +129,23 @@ class ExactIndex(Index):
 SEARCH_CHUNK = 4096
 
 
+#: faiss' names of the search-time options
+_FAISS_PARAMETERS = {"nprobe": "nprobe", "ef_search": "efSearch"}
+
+
 def _search_parameters(nprobe, ef_search) -> dict:
-    """faiss' names of the given search-time options, checked: ``{"nprobe": ..., "efSearch": ...}``."""
-    return {name: check_int(value, option, 1) for name, option, value in
-            (("nprobe", "nprobe", nprobe), ("efSearch", "ef_search", ef_search)) if value is not None}
+    """The given search-time options, checked: ``{"nprobe": ..., "ef_search": ...}``."""
+    return {option: check_int(value, option, 1) for option, value in (("nprobe", nprobe), ("ef_search", ef_search))
+            if value is not None}
+
+
+def _set_parameters(index, parameters: dict, factory: str) -> None:
+    """Apply search-time options to a faiss index (ValueError naming one that does not apply)."""
+    for option, value in parameters.items():
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, _FAISS_PARAMETERS[option], value)
+        except RuntimeError as err:
+            raise ValueError(f"{option}: does not apply to the faiss index {factory!r}: {_faiss_message(err)}") from None
 
 
 def _innermost(index):
@@ -190,7 +203,7 @@ class FaissIndex(Index):
         self._ef_construction: int | None = None
         self._index = None
         self.options = {"factory": factory, "nprobe": self._parameters.get("nprobe"),
-                        "ef_search": self._parameters.get("efSearch")}  # checked ints: saved as JSON
+                        "ef_search": self._parameters.get("ef_search")}  # checked ints: saved as JSON
 
     @property
     def _metric(self):
@@ -200,7 +213,8 @@ class FaissIndex(Index):
         """Change the search-time parameters, as faiss users set ``index.nprobe`` or
         ``index.hnsw.efSearch``: e.g. per request, or after :func:`deepmetric.index.load`. They apply
         to the following searches and are saved with the index; one that does not apply to this index
-        (``nprobe`` of an HNSW graph) is refused and nothing changes.
+        (``nprobe`` of an HNSW graph) is refused and nothing changes. Before the first add, give the
+        options to :func:`deepmetric.index.create` instead.
 
         >>> index = IVFFlatIndex(nlist=4, nprobe=1)
         >>> index.add(torch.randn(200, 8))
@@ -209,30 +223,18 @@ class FaissIndex(Index):
         4
         """
         new = _search_parameters(nprobe, ef_search)
-        if self._index is not None:
-            old = self._parameters
-            self._parameters = {**old, **new}
-            try:
-                self._configure(_unwrap(self._index))
-            except ValueError:
-                self._parameters = old
-                self._configure(_unwrap(self._index))
-                raise
-        else:  # checked when the index is built
-            self._parameters = {**self._parameters, **new}
-        for name, option in (("nprobe", "nprobe"), ("efSearch", "ef_search")):
-            if name in new and option in self.options:
-                self.options[option] = new[name]
+        if self._index is None:
+            raise ValueError("set_search_options: the index is not built yet; give the options to create(), "
+                             "or set them after the first add")
+        # a dry run on an empty index of the same factory, so that a refused option changes nothing
+        _set_parameters(faiss.index_factory(self._dim, self.factory, self._metric), new, self.factory)
+        _set_parameters(_unwrap(self._index), new, self.factory)
+        self._parameters = {**self._parameters, **new}
+        self.options.update(new)
 
     def _configure(self, index) -> None:
         """Apply search-time parameters (and HNSW's efConstruction) to the unwrapped index."""
-        for name, value in self._parameters.items():
-            try:
-                faiss.ParameterSpace().set_index_parameter(index, name, value)
-            except RuntimeError as err:
-                option = {"nprobe": "nprobe", "efSearch": "ef_search"}[name]
-                raise ValueError(f"{option}: does not apply to the faiss index {self.factory!r}: "
-                                 f"{_faiss_message(err)}") from None
+        _set_parameters(index, self._parameters, self.factory)
         if self._ef_construction is not None:
             index.hnsw.efConstruction = self._ef_construction
 

@@ -88,14 +88,15 @@ def _parse_ids(ids, n: int | None = None, name: str = "ids") -> tuple[np.ndarray
         elif any(isinstance(i, str) for i in ids):
             raise TypeError(f"{name}: expected all strings or all integers, got a mix")
         else:
-            wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
-            if wrong:
-                raise TypeError(f"{name}: expected all strings or all integers, got {type(wrong[0]).__name__} "
-                                f"{wrong[0]!r}")
-            big = [int(i) for i in ids if not -2**63 <= int(i) < 2**63]
-            if big:
-                raise ValueError(f"{name}: expected ids that fit in int64, got {big[:5]}")
-            ids = np.array(ids, dtype=np.int64)
+            array = np.asarray(ids) if len(ids) else np.empty(0, dtype=np.int64)
+            if array.dtype.kind not in "iu":  # bools, floats, or ints beyond int64 (which numpy holds as objects)
+                wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+                if wrong:
+                    raise TypeError(f"{name}: expected all strings or all integers, got {type(wrong[0]).__name__} "
+                                    f"{wrong[0]!r}")
+                raise ValueError(f"{name}: expected ids that fit in int64, got "
+                                 f"{[int(i) for i in ids if not -2**63 <= int(i) < 2**63][:5]}")
+            ids = array
     if not isinstance(ids, np.ndarray):
         raise TypeError(f"{name}: expected int64 ids (tensor, array or list) or a list of strings, "
                         f"got {type(ids).__name__}")
@@ -435,8 +436,8 @@ class Index:
         if self._dim is None:
             raise ValueError("save: the index has no dimension yet; add vectors first")
         target = Path(os.path.abspath(directory))
-        cwd = Path(os.getcwd())
-        if target == cwd or target in cwd.parents:  # the swap would leave this process in a deleted directory
+        cwd, resolved = Path.cwd().resolve(), target.resolve()
+        if resolved == cwd or resolved in cwd.parents:  # the swap would leave this process in a deleted directory
             raise ValueError(f"save: {directory!r} is the current directory or holds it; an index directory is "
                              "replaced as a whole, so save it to a path of its own (e.g. 'index')")
         _check_replaceable(target)

@@ -163,12 +163,13 @@ def _rerank_cosine_ties(queries: torch.Tensor, gallery: torch.Tensor, distances:
 
     A cosine score is the product of rows normalised one by one, so different vectors at equal cosines
     (``(1, 1, 0)`` and ``(1, 0, 1)`` from ``(1, 1, 1)``) can score differently in the last bits and
-    come back in rounding order instead of gallery order. Each score is within ``(D + 2) u`` of the
-    true ``-cos`` (``D`` terms of unit vectors, ``u`` the unit roundoff), so results whose distances
-    differ by more than ``(D + 2) eps = 2 (D + 2) u`` are already in their true order; runs of closer
+    come back in rounding order instead of gallery order. Each distance is within ``(D + 3) u`` of the
+    true ``1 - cos`` (``D`` terms of unit vectors, their normalisation, and ``1 + s``; ``u`` the unit
+    roundoff), so results whose distances differ by more than ``(D + 3) eps = 2 (D + 3) u`` are already
+    in their true order; runs of closer
     ones are recomputed by :func:`deepmetric.index._heaps.rerank_cosine_runs` (exact ties of integer
     vectors stay exact) and put in (distance, id) order."""
-    tol = (queries.shape[1] + 2) * torch.finfo(distances.dtype).eps
+    tol = (queries.shape[1] + 3) * torch.finfo(distances.dtype).eps
     with _numba_threads():
         _heaps.rerank_cosine_runs(distances.numpy(), ids.numpy(), queries.contiguous().numpy(),
                                   gallery.contiguous().numpy(), tol)
@@ -276,8 +277,13 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     cosine distances tie exactly (dividing in float32 can differ in the last bit)."""
     out = torch.empty_like(x)
     for rows, chunk in zip(out.split(_ROWS), x.split(_ROWS)):
-        chunk = chunk.double()
-        rows.copy_(chunk / chunk.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        chunk = chunk.double()  # for float64 input, the caller's own rows: never written
+        norms = chunk.norm(dim=1, keepdim=True)
+        huge = torch.isinf(norms)
+        if bool(huge.any()):  # |x|^2 beyond float64: the same direction from the row over its largest entry
+            chunk = torch.where(huge, chunk / chunk.abs().amax(dim=1, keepdim=True), chunk)
+            norms = chunk.norm(dim=1, keepdim=True)
+        rows.copy_(chunk / norms.clamp_min(1e-12))
     return out
 
 
@@ -401,7 +407,7 @@ class _Searcher:
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
             best_i.masked_fill_(torch.isinf(distances), -1)  # pads sort last: keep them -1
-        if self.raw is not None and distances.device.type == "cpu":
+        if self.raw is not None:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return distances, best_i
 
