@@ -145,7 +145,8 @@ def _set_parameters(index, parameters: dict, factory: str) -> None:
         try:
             faiss.ParameterSpace().set_index_parameter(index, _FAISS_PARAMETERS[option], value)
         except RuntimeError as err:
-            raise ValueError(f"{option}: does not apply to the faiss index {factory!r}: {_faiss_message(err)}") from None
+            raise ValueError(f"{option}: does not apply to the faiss index {factory!r}: "
+                             f"{_faiss_message(err)}") from None
 
 
 def _innermost(index):
