@@ -1172,3 +1172,12 @@ def test_saving_over_the_current_directory_is_refused(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "real")
     (tmp_path / "link").unlink()
     assert os.listdir(tmp_path) == [] and len(dmi.load(index.save("idx"))) == 3
+
+
+def test_names_of_uint64_labels_above_two_to_the_53():
+    # numpy compared uint64 with int64 labels as float64: 2^60 + 1 was "not in the index"
+    index = dmi.create("flat")
+    index.add(randn(2, 4), ids=np.array([2**60 + 1, 3]))
+    assert index.names(np.array([[2**60 + 1, 3]], dtype=np.uint64)) == [[2**60 + 1, 3]]
+    with pytest.raises(ValueError, match=r"ids: not in the index: \[9223372036854775813\]"):
+        index.names(np.array([2**63 + 5], dtype=np.uint64))
