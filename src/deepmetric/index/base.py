@@ -363,11 +363,6 @@ class Index:
         out = np.full(labels.shape, None, dtype=object)
         valid = labels >= 0
         values = labels[valid]
-        if values.dtype == np.uint64:  # compared with int64 labels, numpy would round both to float64
-            beyond = values[values > np.iinfo(np.int64).max]
-            if beyond.size:
-                raise ValueError(f"ids: not in the index: {beyond[:5].tolist()}")
-            values = values.astype(np.int64)
         positions = self._labels_keys().find(values, "ids")
         if self._string_ids:
             values = self._names[positions]
