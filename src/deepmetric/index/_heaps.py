@@ -202,15 +202,22 @@ _TINY_SQUARED_NORM = 1e-24
 
 
 @njit(inline="always")
-def _cosine_distance(q, x):
-    """``1 - cos(q, x)`` from the square of the cosine, sums in float64 (see :func:`pair_distances`),
-    norms clamped as the library's, the cosine clipped to ``[-1, 1]``."""
+def _cosine_sums(q, x, q_scale, x_scale):
+    """``(q.x, |q|^2, |x|^2)`` in float64 of the vectors divided by ``q_scale`` and ``x_scale``."""
     qx, qq, xx = 0.0, 0.0, 0.0
     for t in range(q.shape[0]):
-        a, b = np.float64(q[t]), np.float64(x[t])
+        a, b = np.float64(q[t]) / q_scale, np.float64(x[t]) / x_scale
         qx += a * b
         qq += a * a
         xx += b * b
+    return qx, qq, xx
+
+
+@njit(inline="always")
+def _cosine_distance(q, x):
+    """``1 - cos(q, x)`` from the square of the cosine, sums in float64 (see :func:`pair_distances`),
+    norms clamped as the library's, the cosine clipped to ``[-1, 1]``."""
+    qx, qq, xx = _cosine_sums(q, x, 1.0, 1.0)
     qq, xx = max(qq, _TINY_SQUARED_NORM), max(xx, _TINY_SQUARED_NORM)
     num, den = qx * qx, qq * xx
     if den < np.inf and num < np.inf and (num > 0.0 or qx == 0.0):
@@ -219,13 +226,7 @@ def _cosine_distance(q, x):
     elif qq < np.inf and xx < np.inf:  # the square under- or overflowed, not the sums
         c = qx / np.sqrt(qq) / np.sqrt(xx)
     else:  # the sums overflowed: the same on the vectors divided by their largest entries
-        mq, mx = np.max(np.abs(q)), np.max(np.abs(x))
-        qx, qq, xx = 0.0, 0.0, 0.0
-        for t in range(q.shape[0]):
-            a, b = np.float64(q[t]) / mq, np.float64(x[t]) / mx
-            qx += a * b
-            qq += a * a
-            xx += b * b
+        qx, qq, xx = _cosine_sums(q, x, np.float64(np.max(np.abs(q))), np.float64(np.max(np.abs(x))))
         c = qx / np.sqrt(qq) / np.sqrt(xx)
     return 1.0 - min(1.0, max(-1.0, c))
 
@@ -242,16 +243,15 @@ def rerank_cosine_runs(values, ids, queries, gallery, tol):
             end = start + 1
             while end < k and ids[r, end] >= 0 and values[r, end] - values[r, end - 1] <= tol:
                 end += 1
-            if end - start > _SHORT_RUN:  # e.g. a row of near-duplicates: sorted by id, then stably by value
+            if end - start > 1:
                 for m in range(start, end):
                     values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
+            if end - start > _SHORT_RUN:  # e.g. a row of near-duplicates: sorted by id, then stably by value
                 by_id = np.argsort(ids[r, start:end], kind="mergesort")
                 run_values, run_ids = values[r, start:end][by_id], ids[r, start:end][by_id]
                 order = np.argsort(run_values, kind="mergesort")
                 values[r, start:end], ids[r, start:end] = run_values[order], run_ids[order]
             elif end - start > 1:
-                for m in range(start, end):
-                    values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
                 for m in range(start + 1, end):  # insertion sort of a short run by (value, id)
                     v, j = values[r, m], ids[r, m]
                     p = m - 1

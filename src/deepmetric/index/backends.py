@@ -392,9 +392,10 @@ class FaissIndex(Index):
         if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
             raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
                              f"{manifest['count']} of dimension {manifest['dimension']}")
-        if _innermost(index).metric_type != self._metric:
+        metric = _innermost(index).metric_type
+        if metric != self._metric:
             names = {faiss.METRIC_L2: "L2", faiss.METRIC_INNER_PRODUCT: "inner product"}
-            raise ValueError(f"{path}: holds a faiss index of the {names.get(_innermost(index).metric_type, '?')} "
+            raise ValueError(f"{path}: holds a faiss index of the {names.get(metric, '?')} "
                              f"metric, but the manifest's distance {self.distance} needs "
                              f"{names[self._metric]} (saved by an earlier deepmetric, or the manifest was edited); "
                              "rebuild it")

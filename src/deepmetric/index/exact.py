@@ -24,8 +24,8 @@ recomputed pair by pair (:func:`_rerank_cosine_ties`), so that different directi
 cosines (integer vectors) also keep gallery order. The k are chosen by score: distinct scores that
 round to one distance (e.g. near-duplicates under ``cosine`` in float32) are put in gallery order
 among the k returned, but an item beyond the k best scores is not brought in for tying with the k-th
-distance. Making that cut exact would search again
-every row whose (k+1)-th distance equals its k-th, which is most rows on data with many duplicates.
+distance. Making that cut exact would search again every row whose (k+1)-th distance equals its k-th,
+which is most rows on data with many duplicates.
 """
 from __future__ import annotations
 
@@ -166,9 +166,9 @@ def _rerank_cosine_ties(queries: torch.Tensor, gallery: torch.Tensor, distances:
     come back in rounding order instead of gallery order. Each distance is within ``(D + 3) u`` of the
     true ``1 - cos`` (``D`` terms of unit vectors, their normalisation, and ``1 + s``; ``u`` the unit
     roundoff), so results whose distances differ by more than ``(D + 3) eps = 2 (D + 3) u`` are already
-    in their true order; runs of closer
-    ones are recomputed by :func:`deepmetric.index._heaps.rerank_cosine_runs` (exact ties of integer
-    vectors stay exact) and put in (distance, id) order."""
+    in their true order; runs of closer ones are recomputed by
+    :func:`deepmetric.index._heaps.rerank_cosine_runs` (exact ties of integer vectors stay exact) and
+    put in (distance, id) order."""
     tol = (queries.shape[1] + 3) * torch.finfo(distances.dtype).eps
     with _numba_threads():
         _heaps.rerank_cosine_runs(distances.numpy(), ids.numpy(), queries.contiguous().numpy(),
