@@ -1,5 +1,6 @@
 """`deepmetric evaluate RUN_DIR`: every applicable metric in a table and in --json, with --k,
 --full-map and --per-class passed through, hierarchy levels as columns, clear errors."""
+import html
 import json
 from pathlib import Path
 
@@ -46,13 +47,19 @@ def test_evaluate_prints_and_writes_every_metric(run_dir, tmp_path):
     _, test = load_split("digits", split="zero-shot")
     expected = expected_metrics(run_dir, test.x, test.y, k=5, full_map=True, per_class=True)
     written = json.loads(out.read_text())
+    # what was evaluated is recorded beside the metrics
+    assert written.pop("evaluated") == {
+        "run": str(run_dir), "checkpoint": "best", "data": test.name, "split": "zero-shot",
+        "data_files": test.files, "distance": "euclidean", "exclude_groups": False}
     assert written == expected
     for key in ("precision_at_5", "map_at_5", "ndcg_at_5", "map", "mrr", "nmi", "ami"):
         assert key in written
     assert set(written["per_class"]) == {"5", "6", "7", "8", "9"}
     # the table: one row per metric, columns "test" and "class_mean"; then one row per class
-    header = result.stdout.splitlines()[0].split()
-    assert header == ["test", "class_mean"]
+    about, header = result.stdout.splitlines()[:2]
+    assert about == (f"{run_dir} (best checkpoint) on {test.name}, split zero-shot (its test part), "
+                     f"{len(test.y)} items, euclidean distance, only the query itself excluded")
+    assert header.split() == ["test", "class_mean"]
     assert table_row(result.stdout, "map_at_r") == [
         "map_at_r", f"{expected['map_at_r']:.4f}", f"{expected['class_mean']['map_at_r']:.4f}"]
     assert table_row(result.stdout, "num_queries") == ["num_queries", str(len(test.y)), "-"]
@@ -64,7 +71,7 @@ def test_evaluate_prints_and_writes_every_metric(run_dir, tmp_path):
 def test_evaluate_without_options_reports_the_defaults(run_dir, tmp_path):
     result = run("evaluate", run_dir)
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+    rows = {line.split()[0] for line in result.stdout.splitlines()[2:] if line.strip()}
     assert {"precision_at_1", "recall_at_100", "map_at_100", "ndcg_at_8", "r_precision", "map_at_r",
             "mrr", "nmi", "ami"} <= rows
     assert "map" not in rows and "per class:" not in result.stdout
@@ -80,8 +87,12 @@ def test_evaluate_hierarchical_labels_shows_every_level(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     data = load_npz(tmp_path / "tree.npz")
     expected = expected_metrics(run_dir, data.x, data.y)
-    assert json.loads(out.read_text()) == expected
-    assert result.stdout.splitlines()[0].split() == ["test", "level_0", "level_1", "level_1_within_parent"]
+    written = json.loads(out.read_text())
+    assert written.pop("evaluated")["split"] == "all"
+    assert written == expected
+    # --split all evaluates every item: the first column says so
+    assert "split all (all items)" in result.stdout.splitlines()[0]
+    assert result.stdout.splitlines()[1].split() == ["all", "level_0", "level_1", "level_1_within_parent"]
     assert table_row(result.stdout, "precision_at_1") == ["precision_at_1"] + [
         f"{column['precision_at_1']:.4f}" for column in (
             expected, expected["level_0"], expected["level_1"], expected["level_1_within_parent"])]
@@ -108,6 +119,7 @@ def test_evaluate_writes_a_report_with_plots(run_dir, tmp_path):
     text = (tmp_path / "r.html").read_text()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert f"<td>map_at_r</td><td>{metrics['map_at_r']:.4f}</td>" in text
+    assert f"<p>{html.escape(result.stdout.splitlines()[0])}</p>" in text  # what was evaluated
     # digits are 64 features, not images: recall curve and embeddings, no neighbour grid
     assert text.count("data:image/png;base64,") == 2 and "Test embeddings" in text and "Nearest" not in text
     result = run("evaluate", run_dir, "--report", tmp_path / "missing" / "r.html")
@@ -132,7 +144,9 @@ def test_evaluate_excludes_groups_and_uses_faiss_kmeans(run_dir, tmp_path):
     result = run("evaluate", run_dir, "--kmeans", "faiss", "--json", out)
     assert result.exit_code == 0, result.output
     _, test = load_split("digits", split="zero-shot")
-    assert json.loads(out.read_text()) == expected_metrics(run_dir, test.x, test.y, kmeans="faiss")
+    written = json.loads(out.read_text())
+    assert written.pop("evaluated")["exclude_groups"] is False
+    assert written == expected_metrics(run_dir, test.x, test.y, kmeans="faiss")
 
 
 def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_path, monkeypatch):
@@ -149,9 +163,11 @@ def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_pa
     assert result.exit_code == 0, result.output
     test = json.loads(Path("run/metrics.json").read_text())["test"]
     assert run("evaluate", "run", "--json", "same.json").exit_code == 0
-    assert json.loads(Path("same.json").read_text())["precision_at_1"] == test["precision_at_1"]
+    same = json.loads(Path("same.json").read_text())
+    assert same["precision_at_1"] == test["precision_at_1"] and same["evaluated"]["exclude_groups"] is True
     assert run("evaluate", "run", "--include-groups", "--json", "all.json").exit_code == 0
-    assert json.loads(Path("all.json").read_text())["precision_at_1"] > test["precision_at_1"]
+    every = json.loads(Path("all.json").read_text())
+    assert every["precision_at_1"] > test["precision_at_1"] and every["evaluated"]["exclude_groups"] is False
     # the relative npz:g.npz read from another directory is another file: refused, not evaluated
     Path("other").mkdir()
     np.savez("other/g.npz", X=x[::-1].copy(), y=np.repeat(np.arange(40), 10), groups=np.arange(400) // 2)

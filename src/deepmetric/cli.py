@@ -136,7 +136,7 @@ def _run_embeddings(ctx, run_dir, data, split):
     if list(test.x.shape[1:]) != list(state["in_shape"]):
         raise click.ClickException(f"--data: the model takes inputs of shape {tuple(state['in_shape'])}, "
                                    f"the data {test.name!r} has {tuple(test.x.shape[1:])}")
-    return embed(model, test.x, progress=True), test, state
+    return embed(model, test.x, progress=True), test, state, config["split"]
 
 
 @main.command()
@@ -168,7 +168,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     for option, file in (("--json", json_file), ("--report", report_file)):  # fail before the work, not after
         if file and not Path(file).resolve().parent.is_dir():
             raise click.ClickException(f"{option}: no directory {Path(file).resolve().parent} to write {file} in")
-    emb, test, state = _run_embeddings(ctx, run_dir, data, split)
+    emb, test, state, split = _run_embeddings(ctx, run_dir, data, split)
     if exclude_groups and test.groups is None:
         raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
     if exclude_groups is None:
@@ -176,8 +176,15 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
                                   per_class=per_class, groups=test.groups if exclude_groups else None,
                                   kmeans=kmeans)
+    evaluated = {"run": str(run_dir), "checkpoint": "best", "data": test.name, "split": split,
+                 "data_files": test.files, "distance": state["distance"], "exclude_groups": exclude_groups}
+    about = (f"{run_dir} (best checkpoint) on {test.name}, split {split} "
+             f"({'all items' if split == 'all' else 'its test part'}), {test.y.shape[0]} items, "
+             f"{state['distance']} distance, {'own group' if exclude_groups else 'only the query itself'} excluded")
+    top = "all" if split == "all" else "test"
+    click.echo(about)
     from deepmetric.report import metric_columns
-    columns = metric_columns(metrics)
+    columns = metric_columns(metrics, top)
     names = dict.fromkeys(name for column in columns.values() for name in column)
     click.echo(format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
                             keys=list(columns)))
@@ -186,13 +193,13 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
         click.echo(format_table({f"class {c}": m for c, m in metrics["per_class"].items()},
                                 keys=TABLE_KEYS + ("num_queries", "queries_without_relevant")))
     if json_file:
-        write_json(json_file, metrics)
+        write_json(json_file, {**metrics, "evaluated": evaluated})
         click.echo(f"metrics written to {json_file}")
     if report_file:
         from deepmetric.report import write_evaluation_report
         write_evaluation_report(report_file, metrics, emb, test.y, state["distance"], test.x,
                                 groups=test.groups if exclude_groups else None,
-                                title=f"evaluation of {Path(run_dir).name} on {test.name}")
+                                title=f"evaluation of {Path(run_dir).name} on {test.name}", about=about, top=top)
         click.echo(f"report written to {report_file}")
 
 
@@ -210,7 +217,7 @@ def embed(ctx, run_dir, data, split, out):
         raise click.ClickException(f"--out: expected a .npz file name, got {out}")
     if not out.resolve().parent.is_dir():
         raise click.ClickException(f"--out: no directory {out.resolve().parent} to write {out} in")
-    emb, test, state = _run_embeddings(ctx, run_dir, data, split)
+    emb, test, state, _ = _run_embeddings(ctx, run_dir, data, split)
     save_npz(out, emb.numpy(), test.y.numpy(), ids=test.ids, groups=test.groups, distance=state["distance"])
     click.echo(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
 

@@ -203,12 +203,13 @@ def _html_table(rows: dict, columns: list) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list[tuple[str, str]]) -> Path:
-    """The metrics as a table (one column per hierarchy level, as ``deepmetric evaluate`` prints them),
-    the per-class results if any, then the figures."""
-    columns = metric_columns(metrics)
+def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list[tuple[str, str]],
+                top: str = "test") -> Path:
+    """The metrics as a table (one column per hierarchy level, as ``deepmetric evaluate`` prints them,
+    the first named ``top``), the per-class results if any, then the figures."""
+    columns = metric_columns(metrics, top)
     names = dict.fromkeys(name for column in columns.values() for name in column)
-    tables = "<h2>Test metrics</h2>" + _html_table(
+    tables = "<h2>Metrics</h2>" + _html_table(
         {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
     if metrics.get("per_class"):
         per_class = metrics["per_class"]
@@ -238,8 +239,10 @@ def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = No
 
 def write_evaluation_report(path: str | Path, metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor,
                             distance: str, inputs: torch.Tensor | None = None, groups: torch.Tensor | None = None,
-                            title: str = "evaluation") -> Path:
+                            title: str = "evaluation", about: str = "", top: str = "test") -> Path:
     """Write an HTML report of ``metrics`` (as :func:`deepmetric.evaluate` returns them) with the
-    plots of :func:`evaluation_figures` to ``path`` and return it."""
-    return _write_html(Path(path), f"deepmetric {title}", f"distance: {distance}, {embeddings.shape[0]} items",
-                       metrics, evaluation_figures(metrics, embeddings, labels, distance, inputs, groups))
+    plots of :func:`evaluation_figures` to ``path`` and return it; ``about`` says what was evaluated,
+    ``top`` names the column of the top-level metrics."""
+    return _write_html(Path(path), f"deepmetric {title}",
+                       about or f"distance: {distance}, {embeddings.shape[0]} items", metrics,
+                       evaluation_figures(metrics, embeddings, labels, distance, inputs, groups), top)
