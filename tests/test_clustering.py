@@ -122,3 +122,8 @@ def test_nmi_and_f1_hand_worked(backend):
     assert scores["nmi"] == pytest.approx(mutual / ((h_class + h_cluster) / 2), abs=1e-12)
     assert scores["nmi"] == pytest.approx(0.3437, abs=1e-4)
     assert scores["f1"] == pytest.approx(0.4, abs=1e-12)
+
+
+def test_pairwise_f1_of_nothing_is_refused():
+    with pytest.raises(ValueError, match="classes: expected at least one item"):
+        clustering.pairwise_f1([], [])

@@ -782,6 +782,8 @@ def test_bad_input_raises_clear_errors():
         dm.evaluate(x.tolist(), y)
     with pytest.raises(ValueError, match="gallery and gallery_labels"):
         dm.evaluate(x, y, gallery=x)
+    with pytest.raises(ValueError, match="kmeans: unknown k-means backend 'nope'"):
+        dm.evaluate(x, y, nmi=False, kmeans="nope")  # named even when no k-means runs
     with pytest.raises(ValueError, match="gallery: expected dimension 3"):
         dm.evaluate(x, y, torch.randn(4, 2), y[:4])
     with pytest.raises(ValueError, match="gallery_labels: expected the same label form"):

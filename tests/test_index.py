@@ -7,6 +7,8 @@ import math
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -1183,3 +1185,24 @@ def test_names_of_uint64_labels_above_two_to_the_53():
     for absent in (2**60 + 2, 2**63 + 5):
         with pytest.raises(ValueError, match=f"ids: not in the index: \\[{absent}\\]"):
             index.names(np.array([absent], dtype=np.uint64))
+
+
+_THREADS_SCRIPT = """
+import faiss, torch
+import deepmetric.index as dmi
+print(torch.get_num_threads(), faiss.omp_get_max_threads())
+for backend in ("exact", "flat"):
+    index = dmi.create(backend)
+    index.add(torch.cat([torch.zeros(100, 8), torch.randn(2000, 8)]))  # ties among the zeros
+    index.search(torch.zeros(2, 8), 5)
+    index.search(torch.randn(300, 8), 50)
+    print(backend, torch.get_num_threads(), faiss.omp_get_max_threads())
+"""
+
+
+def test_searches_keep_the_callers_thread_count():
+    # the compiled kernels run on torch's threads; numba's OpenMP pool, started on first use, set the
+    # process' OpenMP threads (torch's and faiss') to every core. A fresh process: the pool starts once.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split("\n")[:3] == ["1 1", "exact 1 1", "flat 1 1"]

@@ -312,3 +312,47 @@ def test_bad_input():
         pair_distances(torch.zeros(3, 2), torch.zeros(3, 2), "hamming")
     with pytest.raises(ValueError, match="a: contains NaN"):
         pair_distances(torch.tensor([[float("nan")]]), torch.zeros(1, 1))
+
+
+def test_half_precision_embeddings_are_measured_in_float32():
+    # float16 arithmetic rounds distances of nearby pairs together (ties that move TAR@FAR), overflows
+    # the squares of norm-200 vectors, and makes a zero vector's cosine NaN instead of 0
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(2000, 64, generator=g), dim=1).half()
+    b = torch.nn.functional.normalize(a.float() + 0.3 * torch.randn(2000, 64, generator=g), dim=1).half()
+    for distance in DISTANCES:
+        got = pair_distances(a, b, distance)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, pair_distances(a.float(), b.float(), distance))
+    assert pair_distances(a, b).unique().numel() > 1900  # float16 arithmetic gave about 250 values
+    big = torch.full((1, 4), 100.0, dtype=torch.float16)
+    assert pair_distances(big, -big, "squared_euclidean").item() == 160000.0
+    zero = torch.zeros(1, 4, dtype=torch.bfloat16)
+    assert pair_distances(zero, torch.ones(1, 4, dtype=torch.bfloat16), "cosine").item() == 1.0
+
+
+def test_fars_are_checked():
+    a, b, s = torch.zeros(4, 2), torch.tensor([[0.0, 1], [0, 2], [0, 3], [0, 4]]), torch.tensor([1, 0, 1, 0])
+    with pytest.raises(TypeError, match=r"fars: expected a sequence of FARs in \[0, 1\].*got 0.001"):
+        verification_scores(a, b, s, fars=0.001, n_folds=2)
+    with pytest.raises(TypeError, match="fars: expected numbers in"):
+        verification_scores(a, b, s, fars=["0.1"], n_folds=2)
+    # two values that print alike would share the key tar_at_far_0.001, one overwriting the other
+    with pytest.raises(ValueError, match="fars: .* share a key"):
+        verification_scores(a, b, s, fars=(1e-3, 1.0000001e-3), n_folds=2)
+    assert set(verification_scores(a, b, s, fars=np.array([0.5, 1.0]), n_folds=2)) >= {
+        "tar_at_far_0.5", "tar_at_far_1"}
+
+
+def test_folds_of_one_kind_are_warned_about():
+    # 60 pairs, half same, sorted: folds of 15 of one kind, chance 2 * 0.5^15 < 0.001 each
+    d, sorted_same = np.arange(60) / 60.0, np.repeat([1, 0], 30)
+    with pytest.warns(UserWarning, match=r"is_same: folds \[0, 1, 2, 3\] of the 4 contiguous folds hold only"):
+        kfold_accuracy(d, sorted_same, n_folds=4)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfold_accuracy(d, np.tile([1, 0], 30), n_folds=4)  # each fold holds both
+        kfold_accuracy(d[:8], np.repeat([1, 0], 4), n_folds=2)  # folds of 4: chance 2 * 0.5^4, not unlikely
+        kfold_accuracy(d, np.ones(60, dtype=bool), n_folds=4)  # one kind overall: nothing to reorder
+        kfold_accuracy(d, sorted_same, folds=np.repeat([0, 1], 30))  # the caller's own folds

@@ -357,6 +357,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     chunk_size = check_int(chunk_size, "chunk_size", 1)
     full_map, per_class = _check_flag(full_map, "full_map"), _check_flag(per_class, "per_class")
     nmi, seed = _check_flag(nmi, "nmi"), check_seed(seed)
+    if kmeans not in clustering.KMEANS_BACKENDS:  # also with nmi=False: a typo is named, not ignored
+        raise ValueError(f"kmeans: unknown k-means backend {kmeans!r}; expected one of "
+                         f"{', '.join(clustering.KMEANS_BACKENDS)}")
     if relevance_fn is not None and not callable(relevance_fn):
         raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
                         f"got {type(relevance_fn).__name__}")

@@ -88,6 +88,8 @@ def pairwise_f1(classes, clusters) -> float:
         raise ValueError(f"classes: expected a 1-D array (one class per item), got shape {classes.shape}")
     if clusters.shape != classes.shape:
         raise ValueError(f"clusters: expected shape {classes.shape} to match classes, got {clusters.shape}")
+    if classes.size == 0:
+        raise ValueError("classes: expected at least one item, got none")
     from sklearn.metrics.cluster import contingency_matrix
 
     tp = _n_pairs(contingency_matrix(classes, clusters, sparse=True).data)

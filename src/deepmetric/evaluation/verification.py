@@ -16,6 +16,7 @@ tenth.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -170,7 +171,8 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
     ``acc_k = ACC(t_k)`` on the pairs of fold ``k``. Folds are ``n_folds`` contiguous blocks of the
     pairs in their order (as in LFW's ``pairs.txt``; sizes differ by at most one), unless ``folds``
     gives a fold id per pair (then ``n_folds`` is ignored and folds come in the order of their
-    sorted ids).
+    sorted ids). Contiguous folds that hold only one kind of pair where a random order of the pairs
+    would almost never give that (pairs sorted by ``is_same``) are warned about.
 
     Returns ``{"accuracy": mean_k acc_k, "accuracy_std": std_k acc_k (population, ddof=0, as most
     face-verification code prints it), "accuracy_se": the standard error of the mean that LFW's
@@ -193,6 +195,17 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
         _, fold_ids = torch.unique(fold_ids.cpu(), return_inverse=True)
         if int(fold_ids.max()) < 1:
             raise ValueError("folds: expected at least two distinct fold ids, got one")
+    if folds is None:  # folds of one kind that random order would almost never give: sorted pairs
+        counts = torch.zeros(n_folds, 2, dtype=torch.float64).index_put_(
+            (fold_ids, is_same.long()), torch.ones(n, dtype=torch.float64), accumulate=True)
+        p = float(is_same.double().mean())
+        chance = torch.where(counts.count_nonzero(1) < 2, p ** counts.sum(1) + (1 - p) ** counts.sum(1), 1.0)
+        if float(chance.min()) < 1e-3:
+            warnings.warn(f"is_same: folds {(chance < 1e-3).nonzero().flatten().tolist()} of the {n_folds} "
+                          "contiguous folds hold only same or only different pairs, which a random order gives "
+                          "with probability below 0.001 (are the pairs sorted by is_same?); each threshold is "
+                          "then chosen on a skewed mix. LFW's folds hold both kinds: shuffle the pairs or pass "
+                          "folds=", stacklevel=2)
     thresholds, accuracies = [], []
     for k in range(int(fold_ids.max()) + 1):
         test = fold_ids == k
@@ -212,6 +225,8 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean"
     The definitions of :mod:`deepmetric.distances`: ``euclidean`` ``||a_i - b_i||``,
     ``squared_euclidean`` ``||a_i - b_i||^2``, ``cosine`` ``1 - cos(a_i, b_i)`` (a zero vector has
     cosine 0), and ``dot`` as its negative ``-a_i.b_i`` (DESIGN.md: dot ranks as its negative).
+    Computed in at least float32: half-precision arithmetic would round the distances into a few
+    hundred distinct values (ties that move TAR@FAR) and overflow the squares.
 
     >>> pair_distances(torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 4.0]]))
     tensor([5.])
@@ -220,6 +235,8 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean"
     if b.shape != a.shape:
         raise ValueError(f"b: expected shape {tuple(a.shape)} to match a (one row per pair), got {tuple(b.shape)}")
     distance = check_distance(distance)
+    dtype = torch.promote_types(a.dtype, torch.promote_types(b.dtype, torch.float32))
+    a, b = a.to(dtype), b.to(dtype)
     if distance == "euclidean":
         return (a - b).norm(dim=1)
     if distance == "squared_euclidean":
@@ -239,11 +256,20 @@ def verification_scores(a: torch.Tensor, b: torch.Tensor, is_same, distance: str
     (:func:`kfold_accuracy` with ``n_folds`` contiguous folds) and ``threshold``
     (:func:`best_threshold` over all pairs, the threshold to deploy).
     """
+    if isinstance(fars, (str, bytes)) or not hasattr(fars, "__iter__"):
+        raise TypeError(f"fars: expected a sequence of FARs in [0, 1], e.g. (1e-3, 1e-2), got {fars!r}")
+    fars = list(fars)
+    for value in fars:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"fars: expected numbers in [0, 1], got {value!r}")
+    keys = [f"tar_at_far_{value:g}" for value in fars]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"fars: {fars} holds values that share a key ({', '.join(keys)}); give each FAR once")
     distances = pair_distances(a, b, distance)
     distances, is_same = _check_pairs(distances, is_same)
     scores = {"roc_auc": roc_auc(distances, is_same), "eer": eer(distances, is_same)}
-    for value in fars:
-        scores[f"tar_at_far_{value:g}"] = tar_at_far(distances, is_same, value)
+    for key, value in zip(keys, fars):
+        scores[key] = tar_at_far(distances, is_same, value)
     folds = kfold_accuracy(distances, is_same, n_folds=n_folds)
     for key in ("accuracy", "accuracy_std", "accuracy_se"):
         scores[key] = folds[key]

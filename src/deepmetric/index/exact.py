@@ -236,13 +236,16 @@ def _sorted_heaps(heaps):
 
 @contextlib.contextmanager
 def _numba_threads():
-    """Run the compiled kernels on as many threads as torch uses (``torch.set_num_threads``)."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    """Run the compiled kernels on as many threads as torch uses (``torch.set_num_threads``).
+
+    Starting numba's OpenMP pool (on first use) sets the process' OpenMP thread count to every core,
+    torch's and faiss' included; the caller's count is put back. numba's own earlier count is not
+    restored: it is numba's default, every core, never the caller's."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    yield
 
 
 #: rows per chunk of the float64 statistics of a gallery (its centre and largest norm)
