@@ -14,8 +14,9 @@ Radius: every code within Hamming distance 2 of each query, by multi-index hashi
 (``BinaryIndex.radius_search``, faiss IndexBinaryMultiHash) against brute force (faiss
 IndexBinaryFlat.range_search over the same codes). The queries are database codes with 0, 1 or 2
 random bits flipped, so every query has at least one result. Ratio: brute-force time / multi-index
-time (the hash tables' one-off build time printed apart), and whether both return the same items
-at the same distances. Target: >= 10x faster at equal results.
+time (the hash tables' one-off build time and memory printed apart), and whether both return the
+same items at the same distances. Target: >= 10x faster at equal results. Then, for each radius of
+--sweep, hashing and scanning timed once, with the method ``radius_search(method="auto")`` picks.
 
 Prints ratios; asserts nothing about timings.
 """
@@ -45,6 +46,12 @@ def timed(fn, repeats: int):
     return statistics.median(times), result
 
 
+def resident_mb() -> float:
+    """The process' resident memory now (Linux VmRSS), in MB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def saved_bytes(index) -> int:
     """Bytes of the saved index files (index file(s) and ids; the manifest is left out)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +79,8 @@ def main():
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--dim", type=int, default=128, help="dimension of the float vectors")
     parser.add_argument("--radius", type=int, default=2)
+    parser.add_argument("--sweep", type=int, nargs="*", default=[0, 2, 4, 6, 8, 10, 12],
+                        help="radii timed by hashing and by scanning, once each")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -85,6 +94,10 @@ def main():
     binary = dmi.create("binary")
     binary.add(torch.from_numpy(codes))
     t_binary_build = time.perf_counter() - t0
+    # the radius search's hash tables, built first so that their memory is new pages, not freed ones
+    rss, t0 = resident_mb(), time.perf_counter()
+    binary.radius_search(query_codes[:1], args.radius, method="hash")
+    t_tables, tables_mb = time.perf_counter() - t0, resident_mb() - rss
 
     vectors = torch.from_numpy(rng.standard_normal((args.n, args.dim), dtype=np.float32))
     query_vectors = torch.from_numpy(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
@@ -109,10 +122,8 @@ def main():
     brute = faiss.IndexBinaryFlat(8 * -(-args.bits // 8))
     brute.add(pack_bits(codes))
     packed_queries = pack_bits(query_codes)
-    t0 = time.perf_counter()
-    binary.radius_search(query_codes[:1], args.radius)  # builds the hash tables once
-    t_tables = time.perf_counter() - t0
-    t_mih, (mih_d, mih_ids) = timed(lambda: binary.radius_search(query_codes, args.radius), args.repeats)
+    t_mih, (mih_d, mih_ids) = timed(lambda: binary.radius_search(query_codes, args.radius, method="hash"),
+                                    args.repeats)
     t_brute, (lims, brute_d, brute_i) = timed(lambda: brute.range_search(packed_queries, args.radius + 1),
                                               args.repeats)
     # same items at the same distances: sort brute force by (query, distance, position) like radius_search
@@ -124,8 +135,17 @@ def main():
     print(f"\nradius-{args.radius} search          multi-index   brute force    ratio (brute / multi-index)")
     print(f"  search (s)            {t_mih:10.4f}    {t_brute:10.4f}     {t_brute / t_mih:6.1f}x faster "
           f"(target >= 10x)")
-    print(f"  hash tables built once in {t_tables:.3f} s; {int(lims[-1]):,} results "
+    print(f"  hash tables built once in {t_tables:.3f} s, {tables_mb:.0f} MB more resident memory "
+          f"({tables_mb * 2**20 / args.n:.0f} bytes a code); {int(lims[-1]):,} results "
           f"({lims[-1] / args.queries:.2f} per query); results equal: {equal}")
+
+    # which radii hashing pays for (one run each; method="auto" picks by its cost estimate)
+    print("\nradius   hash (s)   scan (s)   auto picks")
+    for radius in args.sweep:
+        t_hash, _ = timed(lambda: binary.radius_search(query_codes, radius, method="hash"), 1)
+        t_scan, _ = timed(lambda: binary.radius_search(query_codes, radius, method="scan"), 1)
+        pick = "hash" if binary._hash_plan(radius)[2] else "scan"
+        print(f"{radius:6d} {t_hash:10.4f} {t_scan:10.4f}   {pick}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Distances, always returned in ascending order (DESIGN.md):
 """
 from __future__ import annotations
 
+import math
 import re
 
 import faiss
@@ -559,7 +560,7 @@ class BinaryIndex(Index):
     :meth:`add` and :meth:`search` take ``(N, b)`` codes in any form :func:`deepmetric.codes.to_bits`
     accepts (``{-1, +1}`` or real values binarised by sign, ``{0, 1}``, bool); ``dim`` is ``b``.
     Results are ordered by distance, ties in insertion order. :meth:`radius_search` finds every
-    code within a Hamming radius by multi-index hashing.
+    code within a Hamming radius, by multi-index hashing where that is faster than a scan.
 
     >>> index = BinaryIndex()
     >>> index.add(torch.tensor([[1, 1, 1, 1], [1, -1, -1, 1]]), ids=["a", "b"])
@@ -576,7 +577,7 @@ class BinaryIndex(Index):
             raise ValueError(f"distance: the binary index measures Hamming distance ('hamming'), got {distance!r}")
         super().__init__(distance)
         self._index = None
-        self._multi_hash: dict[tuple[int, int, int], object] = {}
+        self._multi_hash = None  # faiss IndexBinaryMultiHash of radius_search, built on first use
 
     def _prepare(self, codes, name):
         bits = to_bits(codes, name)
@@ -587,7 +588,8 @@ class BinaryIndex(Index):
         if self._index is None:
             self._index = faiss.IndexBinaryFlat(8 * packed.shape[1])
         self._index.add(packed)
-        self._multi_hash.clear()
+        if self._multi_hash is not None:  # positions continue in both
+            self._multi_hash.add(_padded(packed))
 
     def _search(self, packed, k):
         distances, positions = self._index.search(packed, k)
@@ -599,33 +601,44 @@ class BinaryIndex(Index):
         ids = np.where(positions >= 0, self._labels[positions.clip(min=0)], -1)
         return torch.from_numpy(distances), torch.from_numpy(ids)
 
-    def _multi_hash_index(self, radius: int):
-        """``IndexBinaryMultiHash`` exact for ``radius``: the ``d`` bits are cut into ``m`` substrings
-        of ``s = floor(d / m)`` bits; two codes within ``r`` bits differ in at most ``floor(r / m)`` bits
-        in one substring (pigeonhole, Norouzi et al. 2012), so probing every substring hash with up
-        to ``floor(r / m)`` flipped bits finds them all. ``m = r + 1`` (exact-match probes) unless the
-        substrings would exceed 56 bits, the width faiss reads at once."""
-        d = self._index.d
-        nhash = min(max(radius + 1, -(-d // 56)), d)
-        key = (nhash, d // nhash, radius // nhash)
-        if key not in self._multi_hash:
-            multi_hash = faiss.IndexBinaryMultiHash(d, key[0], key[1])
-            multi_hash.nflip = key[2]
-            multi_hash.add(_padded(self._index.reconstruct_n(0, self._index.ntotal)))
-            self._multi_hash = {key: multi_hash}
-        return self._multi_hash[key]
+    def _hash_plan(self, radius: int) -> tuple[int, int, bool]:
+        """``(m, nflip, faster)`` of multi-index hashing for ``radius`` (Norouzi, Punjani & Fleet 2012).
 
-    def radius_search(self, queries, radius: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Every stored code within Hamming distance ``radius`` (inclusive) of each query.
+        The ``d`` bits are cut into ``m`` substrings of ``s = floor(d / m)`` bits, ``s`` about
+        ``log2 N`` (their choice; at most 56, the width faiss reads at once). Two codes within ``r``
+        bits differ in at most ``floor(r / m)`` bits in one substring (pigeonhole), so probing each
+        substring's table with up to ``nflip = floor(r / m)`` flipped bits finds them all. ``faster``:
+        the estimated cost of the ``m sum_{i <= nflip} C(s, i)`` probes and of checking the
+        ``N / 2^s`` codes each returns (about 250 and 300 ns, uniform codes) is below a brute-force
+        scan (about 0.5 ns a code); both measured on this project's machine (docs/results.md)."""
+        d, n = self._index.d, self._index.ntotal
+        if self._multi_hash is not None:
+            m = self._multi_hash.nhash
+        else:
+            m = min(d, max(-(-d // 56), round(d / math.log2(max(n, 2)))))
+        bits, nflip = d // m, radius // m
+        probes = m * sum(math.comb(bits, i) for i in range(min(nflip, bits) + 1))
+        return m, nflip, 250 * probes + 300 * probes * n / 2 ** bits < 0.5 * n
 
-        Multi-index hashing (Norouzi, Punjani & Fleet 2012, "Fast search in Hamming space with
-        multi-index hashing") with faiss ``IndexBinaryMultiHash``, exact (see ``_multi_hash_index``).
+    def radius_search(self, queries, radius: int,
+                      method: str = "auto") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every stored code within Hamming distance ``radius`` (inclusive) of each query, exactly.
+
+        ``method="hash"``: multi-index hashing (Norouzi, Punjani & Fleet 2012, "Fast search in Hamming
+        space with multi-index hashing", see ``_hash_plan``) with faiss ``IndexBinaryMultiHash``. Its
+        tables take about 250 bytes a code and a few seconds per million codes; they are built on the
+        first such search, grown by :meth:`add`, and rebuilt after :meth:`remove` or :meth:`load`.
+        ``"scan"``: a brute-force range search over every code. ``"auto"`` hashes when the estimated
+        cost is below the scan's: small radii on large sets (64-bit codes, 1,000,000 of them: up to
+        radius 8; 100,000: up to 4).
 
         Returns:
             ``(distances, ids)``: two lists with one 1-D tensor per query, float32 Hamming distances
             in ascending order (ties in insertion order) and the matching int64 ids.
         """
         radius = check_int(radius, "radius", 0, why=" (bits)")
+        if method not in ("auto", "hash", "scan"):
+            raise ValueError(f"method: expected 'auto', 'hash' or 'scan', got {method!r}")
         if self._dim is None:
             raise ValueError("radius_search: the index has no codes and no length yet; add codes first")
         packed, _ = self._prepare(queries, "queries")
@@ -636,8 +649,15 @@ class BinaryIndex(Index):
         # faiss keeps distances < threshold: radius + 1 keeps those <= radius. Hashing for a radius
         # beyond the code length d (everything) would enumerate ever more bit flips: hash for d.
         radius = min(int(radius), self._index.d)
-        multi_hash = self._multi_hash_index(radius)
-        lims, distances, positions = multi_hash.range_search(_padded(packed), radius + 1)
+        m, nflip, faster = self._hash_plan(radius)
+        if method == "hash" or (method == "auto" and faster):
+            if self._multi_hash is None:
+                self._multi_hash = faiss.IndexBinaryMultiHash(self._index.d, m, self._index.d // m)
+                self._multi_hash.add(_padded(self._index.reconstruct_n(0, self._index.ntotal)))
+            self._multi_hash.nflip = nflip
+            lims, distances, positions = self._multi_hash.range_search(_padded(packed), radius + 1)
+        else:
+            lims, distances, positions = self._index.range_search(packed, radius + 1)
         counts = np.diff(lims.astype(np.int64))
         query = np.repeat(np.arange(packed.shape[0]), counts)
         order = np.lexsort((positions, distances, query))
@@ -648,7 +668,7 @@ class BinaryIndex(Index):
 
     def _remove(self, labels, positions, keep):
         self._index.remove_ids(np.ascontiguousarray(positions, dtype=np.int64))  # keeps insertion order
-        self._multi_hash.clear()
+        self._multi_hash = None
 
     def _write(self, directory):
         faiss.write_index_binary(self._index, str(directory / self._file))
