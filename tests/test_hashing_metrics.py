@@ -54,8 +54,7 @@ def loop_scores(qc, ql, dc, dl, top_k, ns, radius, q_real=None, d_real=None):
             found_k = sum(ranked[:top_k])
             scores[f"map_at_{top_k}"] = ap_k / found_k if found_k else 0.0
         for n in ns:
-            if n <= len(db):
-                scores[f"precision_at_{n}"] = sum(ranked[:n]) / n
+            scores[f"precision_at_{n}"] = sum(ranked[:n]) / n
         within = [j for j in range(len(db)) if ham[j] <= radius]
         hits = sum(rel[j] for j in within)
         scores[f"precision_within_radius_{radius}"] = hits / len(within) if within else 0.0
@@ -115,10 +114,11 @@ def test_hand_worked_flat_labels():
     #   P@1 0, P@2 1/2, P@5 2/5; radius 1 holds db2 only (not relevant): precision 0, recall 0
     # means: mAP (5/9 + 7/15) / 2 = 23/45, mAP@3 (7/12 + 1/2) / 2 = 13/24, P@2 1/2, P@5 2/5,
     #        precision within 1 (1/2 + 0) / 2 = 1/4, recall within 1 (2/3 + 0) / 2 = 1/3
-    # precision_at_100 is skipped: the database holds 6 items
+    # P@100 on a database of 6: both queries rank all 3 relevant items, 3/100 (the missing ranks not relevant)
     scores = hashing_scores(Q[:2], Q_Y[:2], DB, DB_Y, top_k=3, precision_ns=(1, 2, 5, 100), radius=1)
     assert scores == pytest.approx({
         "map": 23 / 45, "map_at_3": 13 / 24, "precision_at_1": 0.0, "precision_at_2": 0.5, "precision_at_5": 0.4,
+        "precision_at_100": 0.03,
         "precision_within_radius_1": 0.25, "recall_within_radius_1": 1 / 3,
         "num_queries": 2, "queries_without_relevant": 0})
 
@@ -172,6 +172,9 @@ def test_rerank_orders_near_duplicate_float32_real_codes():
     scores = hashing_scores(q_real, torch.tensor([1]), db_real, torch.tensor([0, 1]), precision_ns=(1,),
                             radius=None, query_real=q_real, db_real=db_real)
     assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0
+    # numpy real codes, as codes and labels may be
+    assert hashing_scores(q_real, np.array([1]), db_real, np.array([0, 1]), precision_ns=(1,), radius=None,
+                          query_real=q_real.numpy(), db_real=db_real.numpy())["map"] == 1.0
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
@@ -308,3 +311,21 @@ def test_bad_input():
         hashing_scores(Q, torch.tensor([7, 8, 9]), DB, DB_Y)
     with pytest.raises(ValueError, match="query_codes: contains NaN"):
         hashing_scores(torch.full((3, 4), float("nan")), Q_Y, DB, DB_Y)
+
+
+def test_multi_hot_integer_labels_are_warned_about():
+    # DeepHash-pytorch keeps NUS-WIDE / MS-COCO labels as int 0/1 matrices; as integers they are a
+    # hierarchy (relevant only when the whole label set is equal), so the trap is named
+    multi_hot = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]])
+    codes = torch.tensor([[1, 1], [1, -1], [-1, -1]])
+    with pytest.warns(UserWarning, match=r"query_labels: integer labels of shape \(3, 3\) are read as a 3-level "
+                                         r"hierarchy .* pass them as bool"):
+        as_hierarchy = hashing_scores(codes, multi_hot, codes, multi_hot, precision_ns=(1,), radius=None)
+    as_sets = hashing_scores(codes, multi_hot.astype(bool), codes, multi_hot.astype(bool), precision_ns=(1,),
+                             radius=None)
+    assert "level_0" in as_hierarchy and "level_0" not in as_sets
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hashing_scores(codes, np.array([[0, 1], [0, 2], [1, 3]]), codes, np.array([[0, 1], [0, 2], [1, 3]]),
+                       precision_ns=(1,), radius=None)  # a hierarchy with other values: no warning

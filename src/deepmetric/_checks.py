@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -75,7 +76,8 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
     """Validate labels for ``n`` items and return them as int64 (flat/hierarchical) or bool (multi-label).
 
     Accepted: ``(n,)`` integer, ``(n, L)`` integer (hierarchy, column 0 coarsest) or ``(n, C)`` bool
-    (multi-label). Integer dtypes other than int64 are converted; float labels are an error.
+    (multi-label). Integer dtypes other than int64 are converted; float labels are an error. An
+    integer hierarchy of 0s and 1s only is warned about: it looks like a multi-hot matrix meant as bool.
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(labels).__name__}")
@@ -92,6 +94,11 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
         if labels.dim() != 2:
             raise ValueError(f"{name}: bool labels are multi-label and must be (B, C), got {tuple(labels.shape)}")
         return labels
+    if labels.dim() == 2 and labels.shape[1] > 1 and labels.numel() and not ((labels != 0) & (labels != 1)).any():
+        warnings.warn(f"{name}: integer labels of shape {tuple(labels.shape)} are read as a {labels.shape[1]}-level "
+                      "hierarchy (column 0 coarsest: relevant when every column is equal), but hold only 0 and 1, "
+                      "like a multi-hot matrix; for multi-label relevance (at least one shared label) pass them "
+                      "as bool (labels.bool())", stacklevel=3)
     return labels.long()
 
 

@@ -63,7 +63,8 @@ def pack_bits(codes, name: str = "codes") -> np.ndarray:
 
     Bit ``j`` of a code is bit ``7 - j % 8`` (big-endian order) of byte ``j // 8``; the last byte is
     zero-padded. Hamming distances do not depend on the bit order, so faiss' binary indexes take
-    these bytes as they are.
+    these bytes as they are. faiss' own packer (``faiss.real_to_binary``) is little-endian within a
+    byte: bytes from it are not for :func:`unpack_bits`.
 
     >>> pack_bits(torch.tensor([[1, 0, 0, 0, 0, 0, 0, 1, 1]]))
     array([[129, 128]], dtype=uint8)

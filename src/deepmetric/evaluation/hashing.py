@@ -83,7 +83,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     * ``map_at_{K}`` for ``top_k = K``: the deep-hashing mAP@K, AP over the top K divided by the
       number of relevant items found in the top K; a query with none found scores 0, as in DPSH's
       ``CalcTopMap`` (a ``K`` larger than the database ranks all of it);
-    * ``precision_at_{n}`` for each ``n`` in ``precision_ns`` up to the database size;
+    * ``precision_at_{n}`` for each ``n`` in ``precision_ns``; an ``n`` beyond the database counts
+      the missing ranks as not relevant (as :func:`deepmetric.evaluate` and DeepHash-pytorch do);
     * ``precision_within_radius_{r}`` and ``recall_within_radius_{r}`` for ``radius = r`` (skipped
       with ``radius=None``); an empty radius counts as precision 0;
     * ``num_queries`` and ``queries_without_relevant`` (queries excluded from every mean; when no
@@ -113,8 +114,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     if (query_real is None) != (db_real is None):
         raise ValueError("query_real and db_real must be given together")
     if query_real is not None:
-        query_real = check_embeddings(query_real, "query_real")
-        db_real = check_embeddings(db_real, "db_real")
+        query_real = check_embeddings(as_tensor(query_real, "query_real"), "query_real")
+        db_real = check_embeddings(as_tensor(db_real, "db_real"), "db_real")
         if query_real.shape[0] != n_q or db_real.shape[0] != n_db or db_real.shape[1] != query_real.shape[1]:
             raise ValueError(f"query_real/db_real: expected shapes ({n_q}, D) and ({n_db}, D), got "
                              f"{tuple(query_real.shape)} and {tuple(db_real.shape)}")
@@ -126,7 +127,6 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
             query_real, db_real = query_real - center, db_real - center
     top_k = None if top_k is None else check_int(top_k, "top_k", 1)
     ns = sorted(set(check_ints(precision_ns, "precision_ns", 1, "(100, 1000)")))
-    ns = [n for n in ns if n <= n_db]
     radius = None if radius is None else check_int(radius, "radius", 0)
     step = check_int(chunk_size, "chunk_size", 1) if chunk_size is not None else max(1, _BLOCK // n_db)
 
