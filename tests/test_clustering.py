@@ -127,3 +127,8 @@ def test_nmi_and_f1_hand_worked(backend):
 def test_pairwise_f1_of_nothing_is_refused():
     with pytest.raises(ValueError, match="classes: expected at least one item"):
         clustering.pairwise_f1([], [])
+
+
+def test_numpy_input_is_accepted():
+    x = np.array([[0.0], [0.1], [5.0], [5.1]])
+    assert clustering.clustering_scores(x, np.array([0, 0, 1, 1])) == {"nmi": 1.0, "ami": 1.0, "f1": 1.0}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings, check_labels, check_seed
+from deepmetric._checks import as_tensor, check_embeddings, check_labels, check_seed
 from deepmetric.labels import is_multilabel, item_classes
 
 KMEANS_BACKENDS = ("sklearn", "faiss")
@@ -106,8 +106,8 @@ def clustering_scores(embeddings: torch.Tensor, labels: torch.Tensor, seed: int 
     >>> clustering_scores(x, torch.tensor([0, 0, 1, 1]))["nmi"]
     1.0
     """
-    embeddings = check_embeddings(embeddings, "embeddings")
-    classes = class_ids(check_labels(labels, embeddings.shape[0], "labels"))
+    embeddings = check_embeddings(as_tensor(embeddings, "embeddings"), "embeddings")
+    classes = class_ids(check_labels(as_tensor(labels, "labels"), embeddings.shape[0], "labels"))
     clusters = kmeans(embeddings, int(classes.max()) + 1 if classes.size else 0, seed=seed, n_init=n_init,
                       backend=backend)
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
