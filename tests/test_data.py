@@ -594,3 +594,16 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     (tmp_path / "bad.gz").write_bytes(raw[:20] + bytes(range(200)) + raw[220:])
     with pytest.raises(ValueError, match="bad.gz: cannot read as gzip IDX"):
         dsmod.read_idx(tmp_path / "bad.gz")
+
+
+def test_feature_files_with_nan_or_overflow_are_refused_naming_the_rows(tmp_path):
+    # they used to train, then fail at the test evaluation as "embeddings" rows of the derived split
+    x = np.ones((100, 3))
+    x[95, 1], x[40, 0] = np.nan, 1e39  # 1e39 overflows float32 to inf
+    np.savez(tmp_path / "f.npz", X=x, y=np.arange(100) % 5)
+    with pytest.raises(ValueError, match=r"f.npz: X: 2 row\(s\) hold NaN or infinite.*first bad rows of the file: "
+                                         r"\[40, 95\]"):
+        load_npz(tmp_path / "f.npz")
+    _write_csv(tmp_path / "f.csv", ["label", "a"], [[0, 1.0], [1, "nan"]])
+    with pytest.raises(ValueError, match=r"f.csv: X: 1 row\(s\) hold NaN.*\[1\]"):
+        load_csv(tmp_path / "f.csv")

@@ -274,3 +274,35 @@ def test_a_run_saved_before_a_section_key_existed_still_resumes(tmp_path):
     ckpt.save(tmp_path / "last.pt", state)
     result = train(resolve({}, FAST), tmp_path, progress=False, log=quiet)
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+
+
+def test_a_level_metric_can_be_selected_and_undefined_selections_fail_before_training(tmp_path):
+    # 12 super-classes of 3 sub-classes; each sub-class is one group (a face track of one actor):
+    # excluding groups, no query has a relevant item at the finest level, so map_at_r is undefined
+    g = np.random.default_rng(0)
+    y = np.array([[s, 3 * s + c] for s in range(12) for c in range(3) for _ in range(6)])
+    centres = 3 * g.normal(size=(12, 8))[y[:, 0]] + g.normal(size=(36, 8))[y[:, 1]]
+    np.savez(tmp_path / "h.npz", X=(centres + 0.3 * g.normal(size=centres.shape)).astype(np.float32), y=y,
+             groups=y[:, 1])
+    base = [f"data=npz:{tmp_path / 'h.npz'}", "eval.nmi=false", "sampler.m=2", "batch_size=12",
+            "eval.val_classes=0.34", "eval.exclude_groups=true"]
+    with pytest.raises(ValueError, match=r"eval.select: 'map_at_r' is not among the validation metrics \(.*"
+                                         r"level_0.map_at_r"):
+        train(resolve({}, base + ["epochs=1"]), tmp_path / "finest", progress=False, log=quiet)
+    assert not (tmp_path / "finest" / "last.pt").exists()  # refused before the first epoch
+    result = train(resolve({}, base + ["epochs=2", "eval.select=level_0.map_at_r"]), tmp_path / "run",
+                   progress=False, log=quiet)
+    scores = [record["val"]["level_0"]["map_at_r"] for record in result["epochs"]]
+    assert result["select"] == "level_0.map_at_r"
+    assert result["best_epoch"] == 1 + max(range(2), key=lambda i: (scores[i], -i))
+    assert "map_at_r" not in result["epochs"][0]["val"]
+    assert (tmp_path / "run" / "report.html").exists()  # the report plots what validation has (it raised KeyError)
+    with pytest.raises(ValueError, match="eval.select: level_0.map_at_r: the validation classes hold 1 class at "
+                                         "level_0, so every item is relevant"):
+        train(resolve({}, base + ["epochs=1", "eval.select=level_0.map_at_r", "eval.val_classes=0.2"]),
+              tmp_path / "one", progress=False, log=quiet)
+    with pytest.raises(ValueError, match=r"eval.select: level_2.map_at_r needs hierarchical labels with a level_2"):
+        train(resolve({}, base + ["epochs=1", "eval.select=level_2.map_at_r"]), tmp_path / "deep", progress=False,
+              log=quiet)
+    with pytest.raises(ValueError, match="or a hierarchy level's such as level_0.map_at_r, got 'level_x.map_at_r'"):
+        resolve({}, ["eval.select=level_x.map_at_r"])

@@ -297,8 +297,14 @@ def _from_arrays(path: Path, x, y, ids=None, groups=None, name: str = "") -> Arr
         raise TypeError(f"{path}: X: expected numeric features, got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{path}: X: expected shape (N, D), got {x.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by row
+        x = x.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:  # found here, not as "embeddings" of a derived split after training
+        raise ValueError(f"{path}: X: {bad.size} row(s) hold NaN or infinite values, or values beyond float32 "
+                         f"(first bad rows of the file: {bad[:5].tolist()}); features must be finite")
     try:
-        return ArrayDataset(x.astype(np.float32), np.asarray(y), groups, ids, name,
+        return ArrayDataset(x, np.asarray(y), groups, ids, name,
                             files={str(path.resolve()): sha256_file(path)})
     except (TypeError, ValueError) as err:
         raise type(err)(f"{path}: {err}") from None

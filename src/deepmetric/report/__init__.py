@@ -50,9 +50,12 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
     ax[0].plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker="o")
     ax[0].set(xlabel="epoch", ylabel="training loss", title="Loss")
     val = [e for e in epochs if "val" in e]
-    if val:
-        for key in ("map_at_r", "precision_at_1"):
-            ax[1].plot([e["epoch"] for e in val], [e["val"][key] for e in val], marker="o", label=key)
+    if val:  # the metric that chose the checkpoint, and MAP@R and P@1 where validation has them
+        for key in dict.fromkeys([metrics.get("select", "map_at_r"), "map_at_r", "precision_at_1"]):
+            points = [(e["epoch"], metric_value(e["val"], key)) for e in val]
+            points = [(epoch, value) for epoch, value in points if value is not None]
+            if points:
+                ax[1].plot(*zip(*points), marker="o", label=key)
         ax[1].axvline(metrics["best_epoch"], color="grey", ls="--", label="best")
         ax[1].legend()
     ax[1].set(xlabel="epoch", title="Validation classes")
@@ -64,6 +67,14 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
         figures.append(("Test distance distributions", _png(fig)))
         plt.close(fig)
     return figures
+
+
+def metric_value(metrics: dict, key: str):
+    """The value of ``key`` in :func:`deepmetric.evaluate`'s result, ``level_0.map_at_r`` for a nested
+    one; None when there is none."""
+    level, _, name = key.rpartition(".")
+    value = (metrics.get(level) or {} if level else metrics).get(name)
+    return value if isinstance(value, (int, float)) else None
 
 
 def metric_columns(metrics: dict, top: str = "test") -> dict:

@@ -41,8 +41,9 @@ DEFAULTS: dict[str, Any] = {
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 #: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set)
-SELECTABLE = re.compile(r"r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
-                        r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*")
+#: eval.select: a validation metric, or a hierarchy level's (``level_0.map_at_r``)
+SELECTABLE = re.compile(r"(level_[0-9]+\.)?(r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
+                        r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*)")
 CLUSTERING_KEYS = ("nmi", "ami", "f1")
 SECTIONS = ("sampler", "optimizer", "eval")
 
@@ -126,7 +127,8 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "
-                          f"recall_at_4, ndcg_at_10 or nmi, got {select!r}")
+                          f"recall_at_4, ndcg_at_10 or nmi, or a hierarchy level's such as level_0.map_at_r, "
+                          f"got {select!r}")
     return out
 
 

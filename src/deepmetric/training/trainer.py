@@ -29,9 +29,9 @@ from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_
 from deepmetric.evaluation import evaluate
 from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
-from deepmetric.report import write_report
+from deepmetric.report import metric_value, write_report
 from deepmetric.training import checkpoint as ckpt
-from deepmetric.training.config import CLUSTERING_KEYS, DEFAULTS, SECTIONS
+from deepmetric.training.config import CLUSTERING_KEYS, DEFAULTS, SECTIONS, SELECTABLE
 from deepmetric.training.distributed import average_gradients, broadcast_parameters, is_main_process, rank_and_world
 
 
@@ -221,11 +221,16 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                          f"{train_set.name!r} has none")
     hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
-    if ev["val_classes"] and select in CLUSTERING_KEYS and is_multilabel(train_set.y):
+    select_level, _, select_key = str(select).rpartition(".")  # "level_0.map_at_r": a level's metric
+    clustering = select_key in CLUSTERING_KEYS
+    if ev["val_classes"] and clustering and is_multilabel(train_set.y):
         raise ValueError(f"eval.select: {select} clusters single-label classes; multi-label data have none")
-    if ev["val_classes"] and select == "order_preservation" and not hierarchical:
+    if ev["val_classes"] and select_key == "order_preservation" and not hierarchical:
         raise ValueError("eval.select: order_preservation needs hierarchical (N, L) labels")
-    select_k = re.fullmatch(r"\w+_at_([0-9]+)", str(select))  # validation reports this k too
+    if ev["val_classes"] and select_level and not (hierarchical and int(select_level[6:]) < train_set.y.shape[1]):
+        raise ValueError(f"eval.select: {select} needs hierarchical labels with a {select_level}; the labels "
+                         f"have shape {tuple(train_set.y.shape)}")
+    select_k = re.search(r"_at_([0-9]+)$", str(select))  # validation reports this k too
     if ev["val_classes"]:  # hierarchical labels: whole top-level classes (e.g. alphabets) are held out
         try:
             fit_set, val_set = holdout_classes(train_set, ev["val_classes"], seed=config["seed"],
@@ -235,7 +240,14 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
                              f"for validation ({err}); set it to 0 to keep the last epoch") from None
         if len(val_set.classes) < 2:
             raise ValueError(f"eval.val_classes: {ev['val_classes']} holds out {len(val_set.classes)} class(es) of "
-                             f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the last epoch)")
+                             f"{len(train_set.classes)}; validation needs at least 2 (raise it, or 0 to keep the "
+                             "last epoch)")
+        if select_level:  # one class at the selected level: every item relevant, a constant score
+            n_level = int(torch.unique(val_set.y[:, :int(select_level[6:]) + 1], dim=0).shape[0])
+            if n_level < 2:
+                raise ValueError(f"eval.select: {select}: the validation classes hold {n_level} class at "
+                                 f"{select_level}, so every item is relevant and the score is constant; hold out more "
+                                 "top-level classes (eval.val_classes), or set it to 0 to keep the last epoch")
         if select_k and int(select_k[1]) >= len(val_set):  # every item would be retrieved: a constant score
             raise ValueError(f"eval.select: {select} looks deeper than the {len(val_set)} validation items allow")
     else:  # no validation: the last epoch is kept
@@ -297,6 +309,22 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
             "data_files": {**train_set.files, **test_set.files}}
 
+    def validate() -> dict:
+        """The validation metrics of the model now; the selected one must be among them."""
+        val = evaluate(embed(core, val_set.x, ev["batch_size"]), val_set.y, distance=distance, nmi=clustering,
+                       groups=val_set.groups if ev["exclude_groups"] else None,
+                       k=int(select_k[1]) if select_k else None)
+        if metric_value(val, select) is None:
+            defined = [key for key, value in val.items() if isinstance(value, float)] + [
+                f"{level}.{key}" for level, values in val.items() if isinstance(values, dict)
+                for key, value in values.items() if isinstance(value, float)]
+            raise ValueError(f"eval.select: {select!r} is not among the validation metrics "
+                             f"({', '.join(k for k in defined if SELECTABLE.fullmatch(k))})")
+        return val
+
+    if len(val_set) and start == 0:
+        validate()  # which metrics exist depends on the labels and groups: fail now, not after an epoch
+
     for epoch in range(start, config["epochs"]):
         sampler.set_epoch(epoch)
         model.train()
@@ -320,14 +348,8 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "lr": lr}
         if len(val_set):
-            val_emb = embed(core, val_set.x, ev["batch_size"])
-            record["val"] = evaluate(val_emb, val_set.y, distance=distance, nmi=select in CLUSTERING_KEYS,
-                                     groups=val_set.groups if ev["exclude_groups"] else None,
-                                     k=int(select_k[1]) if select_k else None)
-            if select not in record["val"]:
-                raise ValueError(f"eval.select: {ev['select']!r} is not among the validation metrics "
-                                 f"({', '.join(k for k, v in record['val'].items() if isinstance(v, float))})")
-            score = record["val"][select]
+            record["val"] = validate()
+            score = metric_value(record["val"], select)
         else:
             score = float(epoch)  # no validation classes: keep the last epoch
         history.append(record)
@@ -342,12 +364,13 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
             if improved:  # before last.pt: a run killed in between repeats this epoch and saves it again
                 ckpt.save(best_path, state)
             ckpt.save(last_path, state)
-            write_json(out / "metrics.json", {"distance": distance, "best_epoch": best_epoch, "epochs": history})
+            write_json(out / "metrics.json", {"distance": distance, "select": select, "best_epoch": best_epoch,
+                                              "epochs": history})
         val_text = f" val {ev['select']} {score:.4f}" if len(val_set) else ""
         if main:
             log(f"epoch {epoch + 1}: loss {record['loss']:.4f}{val_text} ({seconds:.1f} s)")
 
-    result = {"distance": distance, "best_epoch": best_epoch, "epochs": history}
+    result = {"distance": distance, "select": select, "best_epoch": best_epoch, "epochs": history}
     if main and best_path.exists():
         core.load_state_dict(ckpt.load(best_path)["model"])
         test_emb = embed(core, test_set.x, ev["batch_size"])
