@@ -329,3 +329,5 @@ def test_multi_hot_integer_labels_are_warned_about():
         warnings.simplefilter("error")
         hashing_scores(codes, np.array([[0, 1], [0, 2], [1, 3]]), codes, np.array([[0, 1], [0, 2], [1, 3]]),
                        precision_ns=(1,), radius=None)  # a hierarchy with other values: no warning
+        two_levels = np.array([[0, 1], [0, 0], [1, 0]])  # 0/1 in two levels: a small hierarchy, left alone
+        hashing_scores(codes, two_levels, codes, two_levels, precision_ns=(1,), radius=None)

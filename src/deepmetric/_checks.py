@@ -77,7 +77,8 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
 
     Accepted: ``(n,)`` integer, ``(n, L)`` integer (hierarchy, column 0 coarsest) or ``(n, C)`` bool
     (multi-label). Integer dtypes other than int64 are converted; float labels are an error. An
-    integer hierarchy of 0s and 1s only is warned about: it looks like a multi-hot matrix meant as bool.
+    integer hierarchy of three or more levels of 0s and 1s only is warned about: it looks like a
+    multi-hot matrix meant as bool (two levels of 0/1, e.g. a small worked example, are left alone).
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(labels).__name__}")
@@ -94,7 +95,7 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
         if labels.dim() != 2:
             raise ValueError(f"{name}: bool labels are multi-label and must be (B, C), got {tuple(labels.shape)}")
         return labels
-    if labels.dim() == 2 and labels.shape[1] > 1 and labels.numel() and not ((labels != 0) & (labels != 1)).any():
+    if labels.dim() == 2 and labels.shape[1] > 2 and labels.numel() and not ((labels != 0) & (labels != 1)).any():
         warnings.warn(f"{name}: integer labels of shape {tuple(labels.shape)} are read as a {labels.shape[1]}-level "
                       "hierarchy (column 0 coarsest: relevant when every column is equal), but hold only 0 and 1, "
                       "like a multi-hot matrix; for multi-label relevance (at least one shared label) pass them "
