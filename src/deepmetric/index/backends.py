@@ -630,7 +630,7 @@ class BinaryIndex(Index):
         first such search, grown by :meth:`add`, and rebuilt after :meth:`remove` or :meth:`load`.
         ``"scan"``: a brute-force range search over every code. ``"auto"`` hashes when the estimated
         cost is below the scan's: small radii on large sets (64-bit codes, 1,000,000 of them: up to
-        radius 8; 100,000: up to 4).
+        radius 8; 100,000: up to 7).
 
         Returns:
             ``(distances, ids)``: two lists with one 1-D tensor per query, float32 Hamming distances
