@@ -1235,3 +1235,26 @@ def test_searches_keep_the_callers_thread_count():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split("\n")[:3] == ["1 1", "exact 1 1", "flat 1 1"]
+
+
+@pytest.mark.parametrize("backend", ["exact", "flat"])
+def test_numpy_vectors_in_any_layout_and_values_beyond_the_stored_type(backend, tmp_path):
+    # big-endian arrays failed with torch's message naming no argument; read-only memory maps warned
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    index = dmi.create(backend)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index.add(np.load(tmp_path / "x.npy", mmap_mode="r"))
+        index.add(x.astype(">f4"))
+    d, ids = index.search(x[:3].astype(">f4"), 2)
+    assert ids[:, 0].tolist() == [0, 1, 2] and (d[:, 0] == 0).all()
+    with pytest.raises(TypeError, match="vectors: expected a numeric or bool array"):
+        index.add(np.array([["a"] * 8], dtype=object))
+    # a float32 index refuses float64 values it cannot hold (cosine stored them as inf rows)
+    cosine = dmi.create(backend, distance="cosine")
+    cosine.add(x)
+    with pytest.raises(ValueError, match="vectors: values beyond the range of"):
+        cosine.add(torch.full((1, 8), 1e300, dtype=torch.float64))
+    assert len(cosine) == 50

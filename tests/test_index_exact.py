@@ -381,3 +381,22 @@ def test_searches_leave_their_inputs_unchanged(dtype):
     knn(x, x, 5, exclude_self=True)
     knn(x[:20], x, 5)
     assert torch.equal(x, copy)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "dot"])
+def test_exact_index_finds_the_nearest_in_a_cluster_of_near_duplicates(distance):
+    # 100 near-duplicates 1e-4 apart among 2,000 unit vectors: their float32 product scores differ by
+    # rounding more than by distance, so the k + REFINE_MARGIN candidates kept by score missed the
+    # query's own copy in 80% of rows; rows whose cut lies within rounding are now searched deeper
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(2100, 128, generator=g), dim=1)
+    unit[2000:] = unit[2000] + 1e-5 * torch.randn(100, 128, generator=g)
+    index = dmi.create("exact", distance=distance)
+    index.add(unit)
+    queries = unit[2000:2020]
+    d, ids = index.search(queries, 10)
+    truth = as_ascending(pairwise(queries.double(), unit.double(), distance), distance)
+    expected = torch.sort(truth, dim=1, stable=True).indices[:, :10]
+    assert torch.equal(ids, expected)
+    if distance != "dot":
+        assert torch.equal(ids[:, 0], torch.arange(2000, 2020)) and (d[:, 0] == 0).all()

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings, check_int
+from deepmetric._checks import as_tensor, check_embeddings, check_int
 from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
@@ -36,9 +36,7 @@ from deepmetric.index.exact import (_check_items_overflow, _numba_threads, _sear
 
 def _float_vectors(x, name: str) -> torch.Tensor:
     """A finite floating ``(N, D)`` tensor (numpy arrays accepted), float32 unless float64, detached."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    x = check_embeddings(x, name).detach()
+    x = check_embeddings(as_tensor(x, name) if isinstance(x, np.ndarray) else x, name).detach()
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
@@ -59,9 +57,9 @@ class ExactIndex(Index):
     the stored vectors: the ``k + REFINE_MARGIN`` best by blocked matrix products in torch
     (:func:`deepmetric.index.knn`), then ranked by their distances recomputed pair by pair
     (:func:`deepmetric.index.exact._refine`), so that duplicates are at distance 0 and near-duplicates
-    in their true order (unless more than ``REFINE_MARGIN`` items lie within float rounding of the k-th). Supports every
-    float distance and :meth:`remove`; the gallery is prepared for search (normalised or centred)
-    once, not per call.
+    in their true order; a row whose cut lies within the products' rounding of its k-th distance (a
+    cluster of near-duplicates) is searched again with a wider margin. Supports every float distance
+    and :meth:`remove`; the gallery is prepared for search (normalised or centred) once, not per call.
 
     >>> index = ExactIndex("euclidean")
     >>> index.add(torch.tensor([[0.0], [5.0]]), ids=torch.tensor([10, 20]))
@@ -86,7 +84,11 @@ class ExactIndex(Index):
         if self._vectors is None:
             vectors = x.clone()
         else:
-            vectors = torch.cat([self._vectors, x.to(device=self._vectors.device, dtype=self._vectors.dtype)])
+            x = x.to(device=self._vectors.device, dtype=self._vectors.dtype)
+            if not bool(torch.isfinite(x).all()):  # float64 values beyond a float32 index
+                raise ValueError(f"vectors: values beyond the range of {self._vectors.dtype}, the stored vectors' "
+                                 "type; scale the embeddings down")
+            vectors = torch.cat([self._vectors, x])
         _check_items_overflow(vectors, self.distance, "vectors", _search_center(vectors, self.distance))
         self._vectors, self._searcher = vectors, None
 

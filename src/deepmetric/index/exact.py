@@ -352,19 +352,23 @@ class _Searcher:
         if self.distance != "cosine" and queries.shape[0]:
             _check_overflow(_max_norm(queries) + self.max_norm, self.distance, queries.dtype)
 
-    def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
+    def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None, margin=REFINE_MARGIN):
         """Top-k ``(distances, indices)`` of a chunk of validated queries.
 
         ``self_index`` ``(c,)``: one gallery index per query that it must not retrieve (itself in the
         query-in-gallery protocol). ``query_groups`` ``(c,)`` / ``gallery_groups`` ``(G,)``: a query never
-        retrieves an item of its own group.
+        retrieves an item of its own group. With ``refine``, ``k + margin`` candidates are kept by score;
+        rows where an item beyond them may be among the k nearest (the last candidate scores within
+        the products' rounding of the k-th distance, e.g. in a cluster of near-duplicates) are searched
+        again with four times the margin.
         """
+        original = queries
         if self.center is not None:
             queries = queries - self.center
         self._check_overflow(queries)
         n_q = queries.shape[0]
         prepared = unit_rows(queries) if self.distance == "cosine" else queries
-        depth = k + REFINE_MARGIN if self.refine else k
+        depth = k + margin if self.refine else k
         x = self.alpha * prepared  # scores = alpha x.y (+ |y|^2): a power of two, so no rounding is added
         rows = torch.arange(n_q, device=queries.device)
         # selection: per-query heaps (compiled, on the CPU) while k is small against the gallery,
@@ -405,7 +409,14 @@ class _Searcher:
                 distances, best_i = _refine(queries, self.raw, self.distance, best_i)
             else:
                 distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
-            return distances[:, :k], best_i[:, :k]
+            distances, best_i = distances[:, :k], best_i[:, :k]
+            if depth < self.n:
+                redo = self._cut_within_rounding(best_s[:, -1], distances[:, -1], prepared).nonzero().flatten()
+                if redo.numel():
+                    distances[redo], best_i[redo] = self.search(
+                        original[redo], k, None if self_index is None else self_index[redo],
+                        None if query_groups is None else query_groups[redo], gallery_groups, 4 * margin)
+            return distances, best_i
         distances = self._distances(best_s, queries)
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
@@ -413,6 +424,26 @@ class _Searcher:
         if self.raw is not None:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return distances, best_i
+
+    def _cut_within_rounding(self, last_score, kth_distance, prepared):
+        """Rows whose last kept candidate scores within the products' rounding of the k-th distance
+        (as a score), so that an item cut by its rounded score may be nearer than the k-th. Each score
+        ``alpha x.y (+ |y|^2)`` is within ``(D + 4) eps`` times the sum of its terms' magnitudes."""
+        x_norm = prepared.double().norm(dim=1)
+        gamma = (prepared.shape[1] + 4) * torch.finfo(prepared.dtype).eps
+        kth = kth_distance.double()
+        if self.distance == "euclidean":
+            kth = kth.square() - x_norm.square()
+        elif self.distance == "squared_euclidean":
+            kth = kth - x_norm.square()
+        elif self.distance == "cosine":
+            kth = kth - 1.0
+        if self.distance == "cosine":  # unit vectors: |x.y| <= 1
+            error = torch.full_like(x_norm, 2 * gamma)
+        else:  # |alpha x.y| + |y|^2 (euclidean) or |x.y| (dot)
+            bias = self.max_norm ** 2 if self.bias is not None else 0.0
+            error = gamma * (-self.alpha * x_norm * self.max_norm + bias)
+        return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
 
     def _distances(self, scores, queries):
         """Distances from the kept scores, overwriting them."""
