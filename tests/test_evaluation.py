@@ -866,6 +866,8 @@ def test_empty_dimensions_and_galleries_are_named():
         dm.evaluate(x, torch.zeros(6, 0, dtype=torch.long), nmi=False)
     with pytest.raises(ValueError, match=r"gallery: expected at least one item"):
         dm.evaluate(x, y, gallery=torch.zeros(0, 3), gallery_labels=torch.zeros(0, dtype=torch.long), nmi=False)
+    with pytest.raises(ValueError, match=r"embeddings: expected at least one item"):  # no gallery was passed
+        dm.evaluate(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), nmi=False)
     with pytest.raises(TypeError, match=r"ks: expected a sequence of integers, e.g. \(1, 5, 10\), got 10"):
         dm.evaluate(x, y, ks=10, nmi=False)
 

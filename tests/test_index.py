@@ -1258,3 +1258,14 @@ def test_numpy_vectors_in_any_layout_and_values_beyond_the_stored_type(backend, 
     with pytest.raises(ValueError, match="vectors: values beyond the range of"):
         cosine.add(torch.full((1, 8), 1e300, dtype=torch.float64))
     assert len(cosine) == 50
+
+
+def test_hnsw_returns_k_results_when_k_exceeds_ef_search():
+    # faiss' graph keeps ef_search candidates, so asking for more left slots empty (id -1) although
+    # the index held them; evaluate asks for k = the largest class and scored those slots as misses
+    x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    index = dmi.create("hnsw", ef_search=16)
+    index.add(x)
+    d, ids = index.search(x[:20], 300)  # 136 empty slots before
+    assert (ids >= 0).all() and torch.isfinite(d).all()
+    assert index.options["ef_search"] == 16 and faiss.downcast_index(index._index.index).hnsw.efSearch == 16

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deepmetric as dm
 from deepmetric.index import exact
 from deepmetric.index.exact import _Searcher, knn, self_knn
 
@@ -89,3 +90,16 @@ def test_property_equals_the_plain_search(n, k, block, distance, seed, n_groups)
     ref_d, ref_i = plain(x, k, distance, groups)
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(d, ref_d, rtol=1e-5, atol=1e-5)
+
+
+def test_euclidean_ranking_does_not_depend_on_the_scale_below_1e6():
+    # distances up to 1e-6 are reported as 0; they used to be ordered on those zeros, i.e. by gallery
+    # index, so P@1 of embeddings of scale 1e-7 differed from the same embeddings at scale 1
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.5, 0.0], [10.5, 0.0]])
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    at_one = dm.evaluate(x, y, nmi=False)
+    for scale in (1e-7, 1e-9):
+        small = dm.evaluate(x * scale, y, nmi=False)
+        assert small["precision_at_1"] == at_one["precision_at_1"] and small["mrr"] == at_one["mrr"]
+        d, ids = knn(x * scale, x * scale, 2, exclude_self=True)
+        assert ids[0].tolist() == [2, 1] and d[0].tolist() == [0.0, 0.0]  # in order, reported as 0

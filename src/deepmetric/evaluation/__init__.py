@@ -11,6 +11,7 @@ live in :mod:`~deepmetric.evaluation.verification` and :mod:`~deepmetric.evaluat
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -258,6 +259,7 @@ class _IndexSearcher:
         self.n, self.distance = gallery.shape[0], distance
         self.index = indexes.create(name, distance=distance, **options)
         self.index.add(gallery)
+        self.searched = self.cut_short = 0  # lists that ended before the depth asked for
 
     def search(self, queries, k, self_index=None, query_groups=None, gallery_groups=None):
         """Groups are refused by ``evaluate`` before an index is built."""
@@ -269,6 +271,9 @@ class _IndexSearcher:
             cols = torch.arange(width - 1, device=ids.device).unsqueeze(0)
             keep = cols + (cols >= drop.unsqueeze(1)).long()
             distances, ids = distances.gather(1, keep), ids.gather(1, keep)
+        available = min(k, self.n - int(self_index is not None))
+        self.searched += ids.shape[0]
+        self.cut_short += int((ids[:, :available] < 0).any(dim=1).sum())
         if ids.shape[1] < k:
             pad = k - ids.shape[1]
             ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), -1)], 1)
@@ -330,7 +335,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     and ``class_mean`` = the unweighted mean over classes of each metric.
 
     The search depth is the largest of the queries' numbers of relevant items (at every level of a
-    hierarchy) and of the reported ks, so MAP@R and R-precision are exact.
+    hierarchy) and of the reported ks, so MAP@R and R-precision are exact. ``chunk_size`` bounds the
+    queries whose ranked lists are held at once where those lists are long (deep searches, separate
+    galleries, re-searches for MRR): memory against speed, never the results.
 
     Approximate mode: ``index="ivf-fastscan"`` (or any name of :mod:`deepmetric.index`, with
     ``index_options`` such as ``{"nlist": 256, "nprobe": 24}``) builds that index over the gallery and
@@ -338,6 +345,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     approximate ranking (faster on large galleries; not with ``groups``). They can be biased either
     way: an IVF's lists tend to hold a query's class-mates, so with about one list per class MAP@R is
     overestimated (docs/results.md, "Approximate mode"); compare with the exact search on a subset.
+    A list that ends before its depth (the probed lists held fewer items) counts the missing ranks as
+    not relevant, with a warning; ``level_{l}_within_parent`` always comes from the exact search.
 
     >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
     >>> evaluate(x, torch.tensor([0, 0, 1, 1]), nmi=False)["map_at_r"]
@@ -351,7 +360,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     queries, q_labels, gallery, g_labels = check_pair(embeddings, labels, gallery, gallery_labels,
                                                          ref_names=("gallery", "gallery_labels"))
     if gallery.shape[0] == 0:
-        raise ValueError("gallery: expected at least one item, got an empty (0, D) tensor")
+        name = "embeddings" if self_mode else "gallery"
+        raise ValueError(f"{name}: expected at least one item, got an empty (0, D) tensor")
     distance = check_distance(distance)
     ks, k = check_ints(ks, "ks", 1, "(1, 5, 10)"), None if k is None else check_int(k, "k", 1)
     chunk_size = check_int(chunk_size, "chunk_size", 1)
@@ -363,6 +373,15 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if relevance_fn is not None and not callable(relevance_fn):
         raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
                         f"got {type(relevance_fn).__name__}")
+    if index is None and index_options is not None:
+        raise ValueError("index_options: given without index=; name the index they are for, e.g. "
+                         "index='ivf-fastscan'")
+    if index_options is not None and not isinstance(index_options, dict):
+        raise TypeError(f"index_options: expected a dict such as {{'nlist': 256, 'nprobe': 24}}, got "
+                        f"{type(index_options).__name__}")
+    if index_options and "distance" in index_options:
+        raise ValueError("index_options: 'distance' is evaluate's own argument (distance=), not an index option")
+    index_options = dict(index_options or {})
     if index is not None and (groups is not None or gallery_groups is not None):
         raise ValueError("groups: excluding groups needs the exact search; leave index=None")
     if index is not None and full_map:
@@ -426,8 +445,13 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if index is None:
         searcher = _Searcher(gallery, distance)
     else:
-        searcher = _IndexSearcher(gallery, distance, index, dict(index_options or {}))
+        searcher = _IndexSearcher(gallery, distance, index, index_options)
     values = _scores(searcher, queries, base_fn, views, **options)
+    if index is not None and searcher.cut_short:
+        warnings.warn(f"index: {searcher.cut_short} of the {searcher.searched} result lists of {index!r} ended before "
+                      "the depth asked for (R, or k), although the gallery holds more items: the lists the index "
+                      "probes held fewer. The missing ranks count as not relevant, which lowers R-precision and "
+                      "MAP@R; probe more (nprobe, ef_search) or compare with the exact search", stacklevel=2)
 
     results = _means(values[0], views[0].n_relevant)
     if levels:

@@ -331,11 +331,20 @@ class FaissIndex(Index):
         """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots)."""
         d = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
+        # an HNSW graph keeps ef_search candidates: fewer than k would leave slots empty although the
+        # index holds more items (faiss does not raise it to k, as hnswlib does); raised for this search
+        graph = getattr(_unwrap(self._index), "hnsw", None)
+        ef_search = graph.efSearch if graph is not None else None
+        if graph is not None and ef_search < k:
+            graph.efSearch = k
         try:
             for s in range(0, queries.shape[0], SEARCH_CHUNK):
                 self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
         except RuntimeError as err:  # e.g. faiss' two-level "Residual" indexes cannot search
             raise ValueError(f"factory: faiss cannot search {self.factory!r}: {_faiss_message(err)}") from None
+        finally:
+            if graph is not None:
+                graph.efSearch = ef_search
         self._to_distances(d)
         d[ids < 0] = np.inf
         return d, ids
@@ -428,7 +437,7 @@ class IVFFlatIndex(FaissIndex):
 
     def __init__(self, distance: str = "euclidean", nlist: int = 100, nprobe: int = 8):
         nlist = check_int(nlist, "nlist", 1)
-        super().__init__(f"IVF{nlist},Flat", distance, nprobe=nprobe)
+        super().__init__(f"IVF{nlist},Flat", distance, nprobe=check_int(nprobe, "nprobe", 1))
         self.options = {"nlist": nlist, "nprobe": self.options["nprobe"]}
 
 
@@ -436,13 +445,13 @@ class IVFFlatIndex(FaissIndex):
 class HNSWIndex(FaissIndex):
     """Hierarchical navigable small-world graph (Malkov & Yashunin 2018): each vector linked to
     ``M`` neighbours per layer; ``ef_construction`` candidates when inserting, ``ef_search`` when
-    searching (faiss ``HNSW{M},Flat``). Cannot remove vectors."""
+    searching, raised to ``k`` for a search of more (faiss ``HNSW{M},Flat``). Cannot remove vectors."""
 
     backend = "hnsw"
 
     def __init__(self, distance: str = "euclidean", M: int = 32, ef_construction: int = 40, ef_search: int = 64):
         M = check_int(M, "M", 1)
-        super().__init__(f"HNSW{M},Flat", distance, ef_search=ef_search)
+        super().__init__(f"HNSW{M},Flat", distance, ef_search=check_int(ef_search, "ef_search", 1))
         self._ef_construction = check_int(ef_construction, "ef_construction", 1)
         self.options = {"M": M, "ef_construction": self._ef_construction, "ef_search": self.options["ef_search"]}
 
@@ -460,7 +469,7 @@ class IVFPQIndex(FaissIndex):
 
     def __init__(self, distance: str = "euclidean", nlist: int = 100, m: int = 8, nbits: int = 8, nprobe: int = 8):
         nlist, self.m, nbits = check_int(nlist, "nlist", 1), check_int(m, "m", 1), check_int(nbits, "nbits", 1)
-        super().__init__(f"IVF{nlist},PQ{self.m}x{nbits}np", distance, nprobe=nprobe)
+        super().__init__(f"IVF{nlist},PQ{self.m}x{nbits}np", distance, nprobe=check_int(nprobe, "nprobe", 1))
         self.options = {"nlist": nlist, "m": self.m, "nbits": nbits, "nprobe": self.options["nprobe"]}
 
     def _build(self, d):
@@ -506,7 +515,7 @@ class IVFFastScanIndex(FaissIndex):
             raise ValueError("distance: ivf-fastscan supports euclidean, squared_euclidean and cosine, not 'dot' "
                              "(faiss' fast scan of inner products drops results); use ivf-flat or hnsw")
         self._template = f"IVF{nlist},PQ{{m}}x4fs" + (",RFlat" if self.refine else "")
-        super().__init__(self._template, distance, nprobe=nprobe)
+        super().__init__(self._template, distance, nprobe=check_int(nprobe, "nprobe", 1))
         self.options = {"nlist": nlist, "m": self.m, "nprobe": self.options["nprobe"], "refine": self.refine}
 
     @property

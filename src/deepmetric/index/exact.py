@@ -10,8 +10,8 @@ How a block is ranked. Each (query chunk x gallery block) of scores is one fused
 so that ranking needs no further pass over the block:
 
 * ``euclidean`` and ``squared_euclidean``: ``s_ij = |y_j|^2 - 2 x_i.y_j`` (``|x_i|^2`` is constant in a
-  row); the returned distance is ``sqrt(max(s_ij + |x_i|^2, 0))`` (resp. without the root; 0 below
-  1e-12 as in ``distances.euclidean``);
+  row); the returned distance is ``sqrt(max(s_ij + |x_i|^2, 0))`` (resp. without the root; reported
+  as 0 up to 1e-6 as in ``distances.euclidean``, after the results are ordered);
 * ``cosine``: ``s_ij = -x_i.y_j / (|x_i| |y_j|)``, returned as ``1 + s_ij = 1 - cos``;
 * ``dot``: ``s_ij = -x_i.y_j``, returned as is.
 
@@ -200,18 +200,23 @@ def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positio
 
 
 def _score_distances(scores: torch.Tensor, distance: str) -> torch.Tensor:
-    """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root; 0 below 1e-12 as
-    in ``distances.euclidean``) and ``squared_euclidean``; ``1 - cos`` (at least 0) from ``-cos`` for
-    ``cosine``; ``-x.y`` for ``dot``. ``scores`` is overwritten (results can be large)."""
+    """Distances from full scores: ``|x|^2 + |y|^2 - 2 x.y`` for ``euclidean`` (root) and
+    ``squared_euclidean``; ``1 - cos`` (at least 0) from ``-cos`` for ``cosine``; ``-x.y`` for ``dot``.
+    ``scores`` is overwritten (results can be large). Euclidean distances up to 1e-6 are set to 0 by
+    :func:`_zero_tiny` once the results are in order."""
     if distance in ("euclidean", "squared_euclidean"):
         d2 = scores.clamp_min_(0.0)
-        if distance == "squared_euclidean":
-            return d2
-        small = d2 <= 1e-12
-        return d2.sqrt_().masked_fill_(small, 0.0)
+        return d2 if distance == "squared_euclidean" else d2.sqrt_()
     if distance == "cosine":  # 1 - cos, at least 0 (rounding can take cos a little above 1)
         return scores.add_(1.0).clamp_min_(0.0)
     return scores
+
+
+def _zero_tiny(distances: torch.Tensor, distance: str) -> torch.Tensor:
+    """Euclidean distances up to 1e-6 (``d2 <= 1e-12``) reported as 0, as ``distances.euclidean``
+    does, after the results were put in order: the cut is absolute, so ordering on the zeros would
+    rank items closer than 1e-6 by gallery index whatever their distances (embeddings of small scale)."""
+    return distances.masked_fill_(distances <= 1e-6, 0.0) if distance == "euclidean" else distances
 
 
 #: the per-query heaps select while ``HEAP_RATIO * k <= gallery size``; deeper lists are sorted
@@ -423,7 +428,7 @@ class _Searcher:
             best_i.masked_fill_(torch.isinf(distances), -1)  # pads sort last: keep them -1
         if self.raw is not None:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
-        return distances, best_i
+        return _zero_tiny(distances, self.distance), best_i
 
     def _cut_within_rounding(self, last_score, kth_distance, prepared):
         """Rows whose last kept candidate scores within the products' rounding of the k-th distance
@@ -550,6 +555,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
         ids.masked_fill_(torch.isinf(distances), -1)
+    distances = _zero_tiny(distances, distance)
     # rows with fewer than k results although their estimate was finite: the estimate was too low
     redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
     if redo.numel():
