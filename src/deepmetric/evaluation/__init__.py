@@ -373,7 +373,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if relevance_fn is not None and not callable(relevance_fn):
         raise TypeError(f"relevance_fn: expected a function (query_labels, result_labels) -> bool tensor, "
                         f"got {type(relevance_fn).__name__}")
-    if index is None and index_options is not None:
+    if index is None and index_options:
         raise ValueError("index_options: given without index=; name the index they are for, e.g. "
                          "index='ivf-fastscan'")
     if index_options is not None and not isinstance(index_options, dict):

@@ -40,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True, "exclude_groups": False},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
-#: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set)
-#: eval.select: a validation metric, or a hierarchy level's (``level_0.map_at_r``)
+#: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set, or a
+#: hierarchy level's: ``level_0.map_at_r``)
 SELECTABLE = re.compile(r"(level_[0-9]+\.)?(r_precision|map_at_r|mrr|order_preservation|nmi|ami|f1"
                         r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*)")
 CLUSTERING_KEYS = ("nmi", "ami", "f1")
