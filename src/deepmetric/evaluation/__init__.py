@@ -449,9 +449,10 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     values = _scores(searcher, queries, base_fn, views, **options)
     if index is not None and searcher.cut_short:
         warnings.warn(f"index: {searcher.cut_short} of the {searcher.searched} result lists of {index!r} ended before "
-                      "the depth asked for (R, or k), although the gallery holds more items: the lists the index "
-                      "probes held fewer. The missing ranks count as not relevant, which lowers R-precision and "
-                      "MAP@R; probe more (nprobe, ef_search) or compare with the exact search", stacklevel=2)
+                      "the depth asked for (the largest of R and the reported ks), although the gallery holds more "
+                      "items: the lists the index probes held fewer. The missing ranks count as not relevant, which "
+                      "lowers the metrics that read them (R-precision and MAP@R when a list ends before R); probe "
+                      "more (nprobe, ef_search) or compare with the exact search", stacklevel=2)
 
     results = _means(values[0], views[0].n_relevant)
     if levels:

@@ -640,8 +640,9 @@ class BinaryIndex(Index):
         tables take about 250 bytes a code and a few seconds per million codes; they are built on the
         first such search, grown by :meth:`add`, and rebuilt after :meth:`remove` or :meth:`load`.
         ``"scan"``: a brute-force range search over every code. ``"auto"`` hashes when the estimated
-        cost is below the scan's: small radii on large sets (64-bit codes, 1,000,000 of them: up to
-        radius 8; 100,000: up to 7).
+        cost of a search is below the scan's: small radii on large sets (64-bit codes, 1,000,000 of
+        them: up to radius 8; 100,000: up to 7). The tables' one-off build is not counted: for a single
+        search, ``"scan"`` is faster.
 
         Returns:
             ``(distances, ids)``: two lists with one 1-D tensor per query, float32 Hamming distances

@@ -11,7 +11,8 @@ so that ranking needs no further pass over the block:
 
 * ``euclidean`` and ``squared_euclidean``: ``s_ij = |y_j|^2 - 2 x_i.y_j`` (``|x_i|^2`` is constant in a
   row); the returned distance is ``sqrt(max(s_ij + |x_i|^2, 0))`` (resp. without the root; reported
-  as 0 up to 1e-6 as in ``distances.euclidean``, after the results are ordered);
+  as 0 up to 1e-6 as in ``distances.euclidean``, after the results are ordered; distances refined
+  pair by pair, :func:`_refine`, are reported as computed);
 * ``cosine``: ``s_ij = -x_i.y_j / (|x_i| |y_j|)``, returned as ``1 + s_ij = 1 - cos``;
 * ``dot``: ``s_ij = -x_i.y_j``, returned as is.
 
@@ -25,7 +26,9 @@ cosines (integer vectors) also keep gallery order. The k are chosen by score: di
 round to one distance (e.g. near-duplicates under ``cosine`` in float32) are put in gallery order
 among the k returned, but an item beyond the k best scores is not brought in for tying with the k-th
 distance. Making that cut exact would search again every row whose (k+1)-th distance equals its k-th,
-which is most rows on data with many duplicates.
+which is most rows on data with many duplicates. With refinement (the ``exact`` index, float64
+products), rows whose cut lies within the products' rounding are searched once more, with
+``RESEARCH_MARGIN`` candidates (:meth:`_Searcher.search`).
 """
 from __future__ import annotations
 
@@ -148,6 +151,8 @@ def _sort_rows(scores: torch.Tensor, ids: torch.Tensor | None = None):
 
 #: candidates searched beyond k and ranked again by their distances recomputed pair by pair (:func:`_refine`)
 REFINE_MARGIN = 16
+#: the margin of the one deeper search of rows whose cut lies within the products' rounding
+RESEARCH_MARGIN = 256
 
 
 def _products_consistent(x: torch.Tensor) -> bool:
@@ -243,14 +248,17 @@ def _sorted_heaps(heaps):
 def _numba_threads():
     """Run the compiled kernels on as many threads as torch uses (``torch.set_num_threads``).
 
-    Starting numba's OpenMP pool (on first use) sets the process' OpenMP thread count to every core,
-    torch's and faiss' included; the caller's count is put back. numba's own earlier count is not
-    restored: it is numba's default, every core, never the caller's."""
-    threads = torch.get_num_threads()
+    numba's count is restored afterwards. Starting numba's OpenMP pool (on first use), and setting
+    numba's count, set the process' OpenMP thread count, torch's and faiss' included: torch's count
+    is put back too."""
+    threads, previous = torch.get_num_threads(), numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    yield
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 #: rows per chunk of the float64 statistics of a gallery (its centre and largest norm)
@@ -365,7 +373,9 @@ class _Searcher:
         retrieves an item of its own group. With ``refine``, ``k + margin`` candidates are kept by score;
         rows where an item beyond them may be among the k nearest (the last candidate scores within
         the products' rounding of the k-th distance, e.g. in a cluster of near-duplicates) are searched
-        again with four times the margin.
+        once more with ``RESEARCH_MARGIN``: clusters of up to about that many near-duplicates come back
+        exact. Only once: on data of many exact duplicates every row qualifies, and searching deeper
+        until the rows clear would rank the whole gallery.
         """
         original = queries
         if self.center is not None:
@@ -415,12 +425,13 @@ class _Searcher:
             else:
                 distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
             distances, best_i = distances[:, :k], best_i[:, :k]
-            if depth < self.n:
+            if depth < self.n and margin < RESEARCH_MARGIN:
                 redo = self._cut_within_rounding(best_s[:, -1], distances[:, -1], prepared).nonzero().flatten()
                 if redo.numel():
                     distances[redo], best_i[redo] = self.search(
                         original[redo], k, None if self_index is None else self_index[redo],
-                        None if query_groups is None else query_groups[redo], gallery_groups, 4 * margin)
+                        None if query_groups is None else query_groups[redo], gallery_groups,
+                        min(RESEARCH_MARGIN, self.n - k))
             return distances, best_i
         distances = self._distances(best_s, queries)
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
