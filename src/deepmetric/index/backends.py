@@ -40,6 +40,14 @@ def _float_vectors(x, name: str) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _cast_finite(x: torch.Tensor, dtype: torch.dtype, name: str, holder: str) -> torch.Tensor:
+    """``x`` in ``dtype``, refused when values overflow it (float64 values beyond float32)."""
+    x = x.to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: values beyond the range of {holder}; scale the embeddings down")
+    return x
+
+
 def _faiss_message(err: Exception) -> str:
     """faiss' own explanation without the C++ location prefix."""
     text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
@@ -84,10 +92,8 @@ class ExactIndex(Index):
         if self._vectors is None:
             vectors = x.clone()
         else:
-            x = x.to(device=self._vectors.device, dtype=self._vectors.dtype)
-            if not bool(torch.isfinite(x).all()):  # float64 values beyond a float32 index
-                raise ValueError(f"vectors: values beyond the range of {self._vectors.dtype}, the stored vectors' "
-                                 "type; scale the embeddings down")
+            x = _cast_finite(x.to(self._vectors.device), self._vectors.dtype, "vectors",
+                             f"{self._vectors.dtype}, the stored vectors' type")
             vectors = torch.cat([self._vectors, x])
         _check_items_overflow(vectors, self.distance, "vectors", _search_center(vectors, self.distance))
         self._vectors, self._searcher = vectors, None
@@ -98,10 +104,8 @@ class ExactIndex(Index):
             self._searcher = _Searcher(self._vectors, self.distance, refine=True)
         queries = queries.to(device=self._vectors.device)
         if queries.dtype != self._vectors.dtype:  # float64 queries of a float32 index may not fit
-            queries = queries.to(self._vectors.dtype)
-            if not bool(torch.isfinite(queries).all()):
-                raise ValueError(f"queries: values beyond the range of {self._vectors.dtype}, the stored "
-                                 f"vectors' type; scale the embeddings down")
+            queries = _cast_finite(queries, self._vectors.dtype, "queries", f"{self._vectors.dtype}, the stored "
+                                   "vectors' type")
         distances, positions = search_chunks(self._searcher, queries, k)
         return distances.float(), torch.from_numpy(self._labels).to(positions.device)[positions]
 
@@ -261,10 +265,7 @@ class FaissIndex(Index):
     def _prepare(self, vectors, name):
         x = _float_vectors(vectors, name)
         self._check_dim(x.shape[1], name)
-        x = x.float()
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name}: values beyond the range of float32, in which faiss holds vectors; "
-                             "scale the embeddings down")
+        x = _cast_finite(x, torch.float32, name, "float32, in which faiss holds vectors")
         if self.distance == "cosine":
             x = unit_rows(x)
         _check_items_overflow(x, self.distance, name)  # scores are bounded by (2 max(|x|, |y|))^2
