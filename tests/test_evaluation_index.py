@@ -91,8 +91,9 @@ def test_lists_cut_short_by_the_index_are_warned_about(monkeypatch):
     monkeypatch.setitem(dm.index.INDEXES._items, "first-items", FirstItems)
     x, y = clusters(n=120, classes=6, seed=3)
     with pytest.warns(UserWarning, match=r"index: \d+ of the \d+ result lists of 'first-items' ended before the "
-                                         r"depth asked for"):
+                                         r"depth asked for") as caught:
         dm.evaluate(x, y, nmi=False, index="first-items", index_options={"keep": 30})
+    assert caught[0].filename == __file__  # the caller's line, not the library's
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -319,8 +319,9 @@ def test_multi_hot_integer_labels_are_warned_about():
     multi_hot = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]])
     codes = torch.tensor([[1, 1], [1, -1], [-1, -1]])
     with pytest.warns(UserWarning, match=r"query_labels: integer labels of shape \(3, 3\) are read as a 3-level "
-                                         r"hierarchy .* pass them as bool"):
+                                         r"hierarchy .* pass them as bool") as caught:
         as_hierarchy = hashing_scores(codes, multi_hot, codes, multi_hot, precision_ns=(1,), radius=None)
+    assert caught[0].filename == __file__  # the caller's line, however deep the check (it pointed inside)
     as_sets = hashing_scores(codes, multi_hot.astype(bool), codes, multi_hot.astype(bool), precision_ns=(1,),
                              radius=None)
     assert "level_0" in as_hierarchy and "level_0" not in as_sets

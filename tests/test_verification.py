@@ -347,8 +347,10 @@ def test_fars_are_checked():
 def test_folds_of_one_kind_are_warned_about():
     # 60 pairs, half same, sorted: folds of 15 of one kind, chance 2 * 0.5^15 < 0.001 each
     d, sorted_same = np.arange(60) / 60.0, np.repeat([1, 0], 30)
-    with pytest.warns(UserWarning, match=r"is_same: folds \[0, 1, 2, 3\] of the 4 contiguous folds hold only"):
+    with pytest.warns(UserWarning,
+                      match=r"is_same: folds \[0, 1, 2, 3\] of the 4 contiguous folds hold only") as caught:
         kfold_accuracy(d, sorted_same, n_folds=4)
+    assert caught[0].filename == __file__  # the caller's line, not the library's
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -365,8 +365,9 @@ def test_feature_cache_corruption_is_detected(nh, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         features.FeatureCache.open(tmp_path / "nothing")
     enc.calls = 0
-    with pytest.warns(UserWarning, match="recomputing"):
+    with pytest.warns(UserWarning, match="recomputing") as caught:
         rebuilt = features.cache_features(tmp_path / "c", [("x", nh[:6])], enc, progress=False)
+    assert caught[0].filename == __file__  # the caller's line, not the library's
     assert enc.calls == 1 and rebuilt["x"].shape == (6, 16)
 
 

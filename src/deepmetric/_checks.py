@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 import warnings
 
 import numpy as np
 import torch
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """``warnings.warn`` attributed to the caller's own code: the first frame outside deepmetric, however
+    deep inside the library the warning is raised."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -96,10 +110,10 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
             raise ValueError(f"{name}: bool labels are multi-label and must be (B, C), got {tuple(labels.shape)}")
         return labels
     if labels.dim() == 2 and labels.shape[1] > 2 and labels.numel() and not ((labels != 0) & (labels != 1)).any():
-        warnings.warn(f"{name}: integer labels of shape {tuple(labels.shape)} are read as a {labels.shape[1]}-level "
-                      "hierarchy (column 0 coarsest: relevant when every column is equal), but hold only 0 and 1, "
-                      "like a multi-hot matrix; for multi-label relevance (at least one shared label) pass them "
-                      "as bool (labels.bool())", stacklevel=3)
+        warn(f"{name}: integer labels of shape {tuple(labels.shape)} are read as a {labels.shape[1]}-level "
+             "hierarchy (column 0 coarsest: relevant when every column is equal), but hold only 0 and 1, "
+             "like a multi-hot matrix; for multi-label relevance (at least one shared label) pass them "
+             "as bool (labels.bool())")
     return labels.long()
 
 

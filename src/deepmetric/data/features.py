@@ -14,13 +14,13 @@ import inspect
 import json
 import os
 import struct
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepmetric._checks import warn
 from deepmetric._io import atomic_path, write_json
 from deepmetric.data.datasets import sha256_file
 
@@ -183,7 +183,7 @@ def _try_open(directory: Path):
     try:
         return FeatureCache.open(directory)
     except (ValueError, FileNotFoundError) as e:
-        warnings.warn(f"recomputing the feature cache in {str(directory)!r}: {e}", stacklevel=3)
+        warn(f"recomputing the feature cache in {str(directory)!r}: {e}")
         return None
 
 

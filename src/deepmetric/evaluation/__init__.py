@@ -11,12 +11,11 @@ live in :mod:`~deepmetric.evaluation.verification` and :mod:`~deepmetric.evaluat
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, NamedTuple
 
 import torch
 
-from deepmetric._checks import as_tensor, check_int, check_ints, check_pair, check_seed
+from deepmetric._checks import as_tensor, check_int, check_ints, check_pair, check_seed, warn
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
@@ -448,11 +447,11 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         searcher = _IndexSearcher(gallery, distance, index, index_options)
     values = _scores(searcher, queries, base_fn, views, **options)
     if index is not None and searcher.cut_short:
-        warnings.warn(f"index: {searcher.cut_short} of the {searcher.searched} result lists of {index!r} ended before "
-                      "the depth asked for (the largest of R and the reported ks), although the gallery holds more "
-                      "items: the lists the index probes held fewer. The missing ranks count as not relevant, which "
-                      "lowers the metrics that read them (R-precision and MAP@R when a list ends before R); probe "
-                      "more (nprobe, ef_search) or compare with the exact search", stacklevel=2)
+        warn(f"index: {searcher.cut_short} of the {searcher.searched} result lists of {index!r} ended before "
+             "the depth asked for (the largest of R and the reported ks), although the gallery holds more "
+             "items: the lists the index probes held fewer. The missing ranks count as not relevant, which "
+             "lowers the metrics that read them (R-precision and MAP@R when a list ends before R); probe "
+             "more (nprobe, ef_search) or compare with the exact search")
 
     results = _means(values[0], views[0].n_relevant)
     if levels:

@@ -16,12 +16,11 @@ tenth.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 
-from deepmetric._checks import as_tensor, check_embeddings, check_int
+from deepmetric._checks import as_tensor, check_embeddings, check_int, warn
 from deepmetric.distances import check_distance
 
 __all__ = ["roc_curve", "roc_auc", "eer", "tar_at_far", "best_threshold", "kfold_accuracy",
@@ -201,11 +200,11 @@ def kfold_accuracy(distances, is_same, n_folds: int = 10, folds=None) -> dict:
         p = float(is_same.double().mean())
         chance = torch.where(counts.count_nonzero(1) < 2, p ** counts.sum(1) + (1 - p) ** counts.sum(1), 1.0)
         if float(chance.min()) < 1e-3:
-            warnings.warn(f"is_same: folds {(chance < 1e-3).nonzero().flatten().tolist()} of the {n_folds} "
-                          "contiguous folds hold only same or only different pairs, which a random order gives "
-                          "with probability below 0.001 (are the pairs sorted by is_same?); each threshold is "
-                          "then chosen on a skewed mix. LFW's folds hold both kinds: shuffle the pairs or pass "
-                          "folds=", stacklevel=2)
+            warn(f"is_same: folds {(chance < 1e-3).nonzero().flatten().tolist()} of the {n_folds} "
+                 "contiguous folds hold only same or only different pairs, which a random order gives "
+                 "with probability below 0.001 (are the pairs sorted by is_same?); each threshold is "
+                 "then chosen on a skewed mix. LFW's folds hold both kinds: shuffle the pairs or pass "
+                 "folds=")
     thresholds, accuracies = [], []
     for k in range(int(fold_ids.max()) + 1):
         test = fold_ids == k
