@@ -119,6 +119,24 @@ def test_a_new_run_never_replaces_the_users_files(tmp_path):
     assert train(config, tmp_path / "ref", resume=False, progress=False, log=quiet)["test"] == reference["test"]
 
 
+def test_one_process_at_a_time_trains_into_a_directory(tmp_path):
+    import fcntl
+    config = resolve({}, ["epochs=1", *FAST[1:]])
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a") as held:  # another run's lock (flock is per open file, so one process will do)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match=r"another process is training into .*run \(it holds .*\.lock\)"):
+            train(config, run, progress=False, log=quiet)
+    assert [p.name for p in run.iterdir()] == [".lock"]  # nothing written
+    train(config, run, progress=False, log=quiet)  # the file of a run that ended (or was killed) is no lock
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json",
+                                                     "report.html"]
+    with pytest.raises(ValueError, match="split: 'all'"):  # a refused run leaves no directory behind
+        train(resolve({}, FAST + ["split=all"]), tmp_path / "new" / "run", progress=False, log=quiet)
+    assert not (tmp_path / "new" / "run").exists()
+
+
 def test_any_k_can_be_selected_and_impossible_selections_fail_before_training(tmp_path):
     result = train(resolve({}, ["epochs=1", "eval.select=recall_at_3", "eval.nmi=false"]), tmp_path / "a",
                    progress=False, log=quiet)

@@ -6,9 +6,11 @@ Checkpoints are chosen on validation classes carved out of the training classes,
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import math
+import os
 import platform
 import random
 import re
@@ -160,7 +162,7 @@ def _comparable(config: dict) -> dict:
 #: user's, and never replaced
 CONFIG_HEADER = "# deepmetric run configuration, written by the trainer; sha256 of what follows: "
 #: the files a run directory holds (and the temporary names they are written under)
-RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?")
+RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?|\.lock")
 
 
 def _config_text(config: dict) -> str:
@@ -191,12 +193,51 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
     if text is not None and not _written_by_trainer(text):
         raise ValueError(f"out: {config_file} was not written by a run (or was edited) and would be "
                          f"overwritten; give a new run directory")
-    if text is None and any(p.suffix != ".tmp" for p in out.iterdir()):  # a run writes config.yaml first
+    if text is None and any(p.suffix != ".tmp" and p.name != ".lock" for p in out.iterdir()):  # config first
         raise ValueError(f"out: {out} holds files named like a run's but no config.yaml of a run, so they are not "
                          f"a run's and would be overwritten; give a new or empty run directory")
     if text != config_text and any((out / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"out: {out} holds the checkpoints of a run of another configuration; give a new "
                          f"run directory")
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path):
+    """Hold ``out/.lock`` while a run writes ``out``: a second run into the same directory would interleave
+    checkpoints and delete the first one's temporary files. ``flock`` is released by the system when the
+    process ends, so a killed run leaves no lock in force. The file is removed at the end, and so is a
+    directory this call created if the run wrote nothing into it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a directory")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ValueError(f"out: another process is training into {out} (it holds {path}); wait for it to "
+                             "end or give another run directory") from None
+        try:  # the file locked is still the one at the path (not removed by a run that just ended)
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink()
+        lock.close()
+        if created and not any(out.iterdir()):
+            out.rmdir()
 
 
 def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=print) -> dict:
@@ -206,9 +247,15 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     run needs a missing or empty directory, or one holding only the files of a run: with checkpoints
     only of the same configuration (``resume=False`` starts it again), without them of any (a run
     stopped before its first checkpoint), so no file of the user's is replaced.
+    One process at a time trains into a directory (it holds ``out_dir/.lock``).
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
+    with _run_lock(out) if is_main_process() else contextlib.nullcontext():
+        return _train(config, out, resume=resume, progress=progress, log=log)
+
+
+def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dict:
     rank, world = rank_and_world()
     seed_everything(config["seed"] + rank)
     if config["split"] == "all":  # validation classes and the test metrics would be training items
