@@ -278,6 +278,32 @@ def test_relevance_fn_equals_a_full_matrix():
     assert torch.equal(ranking.count_relevant(mq, mg, relevance_fn=two_shared), full.sum(1))
 
 
+@pytest.mark.parametrize("n_labels", [1, 7, 8, 9, 64, 130])
+def test_multilabel_relevance_and_counts_equal_plain_loops(n_labels):
+    # the labels are packed into bytes and only the query's non-zero bytes are tested: label counts
+    # on both sides of a byte's edge, items without any label, padding, self and group exclusion
+    gen = torch.Generator().manual_seed(n_labels)
+    q = torch.rand(13, n_labels, generator=gen) < 2.0 / n_labels
+    g = torch.cat([q, torch.rand(9, n_labels, generator=gen) < 2.0 / n_labels])
+    q[0], g[5] = False, False
+    idx = torch.randint(-1, len(g), (len(q), 7), generator=gen)
+    groups = torch.randint(0, 4, (len(g),), generator=gen)
+
+    def shared(a, b):
+        return any(bool(a[c]) and bool(b[c]) for c in range(n_labels))
+
+    expected = [[j >= 0 and shared(q[i], g[j]) for j in idx[i].tolist()] for i in range(len(q))]
+    assert ranking.relevance(idx, q, g).tolist() == expected
+    for exclude_self, grouped in [(False, False), (True, False), (True, True)]:
+        qg, gg = (groups[:len(q)], groups) if grouped else (None, None)
+        counts = [sum(shared(q[i], g[j]) for j in range(len(g))
+                      if not (exclude_self and j == i) and not (grouped and groups[j] == groups[i]))
+                  for i in range(len(q))]
+        assert ranking.count_relevant(q, g, exclude_self, qg, gg).tolist() == counts
+    with pytest.raises(ValueError, match="gallery_labels: expected 3 label columns like the queries, got 4"):
+        ranking.count_relevant(torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.bool))
+
+
 # ------------------------------------------------------------------ bad input
 
 def test_errors_name_the_argument():

@@ -17,7 +17,7 @@ import torch
 
 from deepmetric._checks import as_tensor, check_int, check_ints, check_pair, check_seed, warn
 from deepmetric.distances import check_distance
-from deepmetric.evaluation import clustering, hashing, hierarchy, ranking, verification
+from deepmetric.evaluation import _multilabel, clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
 from deepmetric.evaluation.verification import verification_scores
 from deepmetric.index.exact import _Searcher, self_knn
@@ -421,6 +421,13 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
         def base_fn(indices, rows):
             return ranking.graded_relevance(indices, q_labels[rows], g_labels)
+    elif is_multilabel(q_labels) and relevance_fn is None:  # the labels packed once, not for every chunk
+        q_bytes, g_bytes = _multilabel.packed_pair(q_labels, g_labels)
+        n_rel = _multilabel.count_relevant(q_bytes, g_bytes, self_mode, q_groups, g_groups).to(device)
+        views = [_View(n_rel, n_rel.unsqueeze(1), _binary)]
+
+        def base_fn(indices, rows):
+            return _multilabel.relevance(indices, q_bytes[rows], g_bytes)
     else:
         n_rel = ranking.count_relevant(q_labels, g_labels, self_mode, q_groups, g_groups, relevance_fn)
         views = [_View(n_rel, n_rel.unsqueeze(1), _binary)]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from deepmetric._checks import check_int
-from deepmetric.labels import is_multilabel, item_classes, same_mask
+from deepmetric.evaluation import _multilabel
+from deepmetric.labels import is_multilabel, item_classes
 
 #: bound on the elements of a temporary (chunk, k, C) or (chunk, G) tensor
 _BLOCK = 1 << 23
@@ -350,8 +351,6 @@ def _default_relevance(query_labels: torch.Tensor, result_labels: torch.Tensor) 
     wanted = query_labels.unsqueeze(1)
     if query_labels.dim() == 1:
         return result_labels == wanted
-    if is_multilabel(query_labels):
-        return (result_labels & wanted).any(dim=2)
     return (result_labels == wanted).all(dim=2)
 
 
@@ -366,6 +365,8 @@ def relevance(indices: torch.Tensor, query_labels: torch.Tensor, gallery_labels:
     by chunk, so no ``(Q, G)`` mask is ever built. Padded slots are False.
     """
     idx = _check_indices(indices, query_labels, gallery_labels)
+    if is_multilabel(query_labels) and relevance_fn is None:
+        return _multilabel.relevance(idx, *_multilabel.packed_pair(query_labels, gallery_labels))
     valid = idx >= 0
     idx = idx.clamp_min(0)
     query_labels, gallery_labels = query_labels.to(idx.device), gallery_labels.to(idx.device)
@@ -431,18 +432,17 @@ def count_relevant(query_labels: torch.Tensor, gallery_labels: torch.Tensor, exc
         if exclude_self:
             counts = counts - self_counted.long()
         return counts
+    if relevance_fn is None:
+        return _multilabel.count_relevant(*_multilabel.packed_pair(query_labels, gallery_labels), exclude_self,
+                                          query_groups, gallery_groups).to(query_labels.device)
     gallery_labels = gallery_labels.to(query_labels.device)
     n_g = gallery_labels.shape[0]
-    width = 1 if relevance_fn is None else gallery_labels[:1].numel()
-    step = max(1, _BLOCK // max(1, n_g * width))
+    step = max(1, _BLOCK // max(1, n_g * gallery_labels[:1].numel()))
     counts = []
     for s in range(0, n_q, step):
         wanted = query_labels[s:s + step]
-        if relevance_fn is None:
-            rel = same_mask(wanted, gallery_labels)
-        else:
-            rel = _judge(relevance_fn, wanted,
-                         gallery_labels.unsqueeze(0).expand(wanted.shape[0], *gallery_labels.shape)).clone()
+        rel = _judge(relevance_fn, wanted,
+                     gallery_labels.unsqueeze(0).expand(wanted.shape[0], *gallery_labels.shape)).clone()
         if query_groups is not None:
             rel &= query_groups[s:s + step].unsqueeze(1) != gallery_groups.unsqueeze(0)
         if exclude_self:
