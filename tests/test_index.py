@@ -946,11 +946,78 @@ def test_next_default_id_in_the_manifest_is_checked(tmp_path):
         dmi.load(big).add(randn(1, 8))
 
 
-def test_interrupted_swap_is_reported_on_load(tmp_path):
+def test_interrupted_swap_is_reported_on_load(tmp_path, monkeypatch):
+    from deepmetric.index import base
+    monkeypatch.setattr(base, "_SWAP_WAIT", 0.2)  # how long a load waits for a save to end its swap
     built("exact", n=5).save(tmp_path / "idx")
+    shutil.copytree(tmp_path / "idx", tmp_path / ".idx.old-ffff")  # an older night's, named last
+    os.utime(tmp_path / ".idx.old-ffff", (1, 1))
     os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234")  # as if the process died mid-swap
-    with pytest.raises(FileNotFoundError, match=r"previous index at .*\.idx\.old-1234"):
+    with pytest.raises(FileNotFoundError, match=r"previous index at .*\.idx\.old-1234 \(rename it back\)"):
         dmi.load(tmp_path / "idx")
+    # the next save puts a new index in place and removes what killed saves left
+    (tmp_path / ".idx.tmp-dead").mkdir()
+    built("exact", n=7).save(tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert len(dmi.load(tmp_path / "idx")) == 7
+
+
+def test_load_waits_for_a_save_between_its_two_renames(tmp_path):
+    import threading
+    built("exact", n=5).save(tmp_path / "idx")
+    os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234")  # a save has moved the old index aside...
+    threading.Timer(0.3, os.rename, (tmp_path / ".idx.old-1234", tmp_path / "idx")).start()  # ...and ends
+    assert len(dmi.load(tmp_path / "idx")) == 5
+
+
+@pytest.mark.parametrize("name", ["exact", "flat", "binary"])
+def test_a_save_during_a_load_never_gives_a_mix_of_two_indexes(name, tmp_path, monkeypatch):
+    # a nightly rebuild saved while a service loads: every file must come from one of the two saves.
+    # Both hold the same items in another order, so a mix (vectors of one, ids of the other) passes
+    # every size check; it answered the wrong ids before the load held its directory open.
+    from deepmetric.index import base
+    vectors = random_codes(6, 16, seed=3) if name == "binary" else randn(6, 16)
+    names = [f"item{i}" for i in range(6)]
+    old, new = dmi.create(name), dmi.create(name)
+    old.add(vectors, ids=names)
+    new.add(vectors.flip(0), ids=names[::-1])
+    old.save(tmp_path / "idx")
+    real, saved = base.read_npy, []
+
+    def read_then_save(held, file, *args):
+        array = real(held, file, *args)
+        if not saved:  # the backend's files are read: the rebuild lands now
+            saved.append(new.save(tmp_path / "idx"))
+        return array
+
+    monkeypatch.setattr(base, "read_npy", read_then_save)
+    loaded = dmi.load(tmp_path / "idx")
+    assert saved and loaded.names(loaded.search(vectors, 1)[1]) == [[n] for n in names]
+
+
+def test_saves_to_one_path_take_turns(tmp_path):
+    import fcntl
+    import threading
+    index = built("exact", n=5)
+    lock = tmp_path / ".idx.lock"
+    with open(lock, "a") as held:  # another process saving to idx
+        fcntl.flock(held, fcntl.LOCK_EX)
+        save = threading.Thread(target=index.save, args=(tmp_path / "idx",))
+        save.start()
+        save.join(0.5)
+        assert save.is_alive() and not (tmp_path / "idx").exists()  # it waits
+    save.join()
+    assert len(dmi.load(tmp_path / "idx")) == 5 and not lock.exists()
+
+
+@pytest.mark.parametrize("name", ["flat", "binary"])
+def test_faiss_indexes_save_to_paths_that_are_not_utf8(name, tmp_path):
+    directory = tmp_path / os.fsdecode(b"latin1-\xe9t\xe9") / "idx"  # faiss' own writer takes only UTF-8
+    index = built(name, n=20)
+    index.save(directory)
+    loaded = dmi.load(directory)
+    q = queries_for(index)
+    assert torch.equal(loaded.search(q, 3)[1], index.search(q, 3)[1])
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])

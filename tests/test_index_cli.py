@@ -168,3 +168,28 @@ def test_search_time_options_on_the_command_line(tmp_path):
     assert run("index", "build", emb, "--out", tmp_path / "exact").exit_code == 0
     result = run("index", "search", tmp_path / "exact", queries, "--nprobe", 2)
     assert result.exit_code != 0 and "the exact index has no search-time options" in result.output
+
+
+@pytest.mark.parametrize("backend", ["exact", "flat"])
+def test_a_full_disk_is_one_clear_line_and_keeps_the_old_index(backend, tmp_path):
+    # faiss' own writer raised a RuntimeError through the CLI (a 37-line traceback); the write is
+    # cut here by the file size limit, as a full disk would
+    import resource
+    import subprocess
+    import sys
+    write(tmp_path / "small.npz", np.ones((3, 8), np.float32))
+    write(tmp_path / "big.npz", np.random.default_rng(0).normal(size=(20000, 16)).astype(np.float32))
+    assert run("index", "build", str(tmp_path / "small.npz"), "--out", str(tmp_path / "idx"),
+               "--backend", backend).exit_code == 0
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
+
+    done = subprocess.run([sys.executable, "-m", "deepmetric", "index", "build", str(tmp_path / "big.npz"),
+                           "--out", str(tmp_path / "idx"), "--backend", backend],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'idx'}: cannot save the index (" in done.stderr  # numpy: "... requested and ... written"
+    assert "is unchanged" in done.stderr and (backend == "exact" or "File too large" in done.stderr)
+    assert len(dmi.load(tmp_path / "idx")) == 3 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.npz", "idx", "small.npz"]

@@ -79,3 +79,38 @@ def _finite(data):
 def write_json(path: str | Path, data) -> None:
     """Atomic JSON (see :func:`write_text`); NaN and infinities are written as null."""
     write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+@contextmanager
+def locked(path: str | Path, busy: str | None = None):
+    """Hold an exclusive lock on the file ``path`` (``flock``) while the block runs; the file is created,
+    and removed at the end. The system releases the lock of a process that ends, so a killed holder
+    leaves no lock in force. When another process holds it: wait, or with a ``busy`` message raise
+    ``ValueError(busy)`` at once. Not POSIX (no ``fcntl``): no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if busy is None else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            raise ValueError(busy) from None
+        except BaseException:
+            f.close()
+            raise
+        try:  # still the file at the path: the holder before may have removed it as this one waited
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        path.unlink()
+        f.close()

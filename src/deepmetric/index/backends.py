@@ -118,9 +118,9 @@ class ExactIndex(Index):
             np.save(f, self._vectors.cpu().numpy(), allow_pickle=False)
         return [self._file]
 
-    def _read(self, directory, manifest):
+    def _read(self, held, manifest):
         shape = (manifest["count"], manifest["dimension"])
-        self._vectors = torch.from_numpy(read_npy(directory / self._file, shape, [np.float32, np.float64]))
+        self._vectors = torch.from_numpy(read_npy(held, self._file, shape, [np.float32, np.float64]))
         self._searcher = None
 
 
@@ -130,6 +130,19 @@ class ExactIndex(Index):
 # faiss' Python objects own their C++ index: ``index_factory`` and ``read_index`` return owning,
 # already downcast objects, while ``downcast_index`` returns a non-owning view. Only views of an
 # index kept alive elsewhere are taken here.
+
+
+def _write_faiss(write, index, path) -> None:
+    """faiss' ``write`` through a Python file: any path the OS takes (faiss' own takes only UTF-8), and
+    a failed write (disk full) raises the OS' error."""
+    with open(path, "wb") as f:
+        write(index, faiss.PyCallbackIOWriter(f.write))
+
+
+def _read_faiss(read, held, name: str):
+    """faiss' ``read`` of the file ``name`` of a held index directory, through a Python file."""
+    with held.open(name) as f:
+        return read(faiss.PyCallbackIOReader(f.read))
 
 
 #: queries per faiss search call: faiss is slower on one call of very many queries
@@ -393,13 +406,13 @@ class FaissIndex(Index):
             raise RuntimeError(f"remove: faiss removed {removed} of {len(labels)} vectors")
 
     def _write(self, directory):
-        faiss.write_index(self._index, str(directory / self._file))
+        _write_faiss(faiss.write_index, self._index, directory / self._file)
         return [self._file]
 
-    def _read(self, directory, manifest):
-        path = directory / self._file
+    def _read(self, held, manifest):
+        path = held.path / self._file
         try:
-            index = faiss.read_index(str(path))
+            index = _read_faiss(faiss.read_index, held, self._file)
         except RuntimeError as err:
             raise ValueError(f"{path}: cannot read as a faiss index: {_faiss_message(err)}") from None
         if index.d != manifest["dimension"] or index.ntotal != manifest["count"]:
@@ -546,9 +559,9 @@ class IVFFastScanIndex(FaissIndex):
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.max_points_per_centroid = self.TRAIN_PER_LIST
 
-    def _read(self, directory, manifest):
+    def _read(self, held, manifest):
         self.factory = self._template.format(m=self.m or manifest["dimension"] // 2)
-        super()._read(directory, manifest)
+        super()._read(held, manifest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -684,13 +697,13 @@ class BinaryIndex(Index):
         self._multi_hash = None
 
     def _write(self, directory):
-        faiss.write_index_binary(self._index, str(directory / self._file))
+        _write_faiss(faiss.write_index_binary, self._index, directory / self._file)
         return [self._file]
 
-    def _read(self, directory, manifest):
-        path = directory / self._file
+    def _read(self, held, manifest):
+        path = held.path / self._file
         try:
-            index = faiss.read_index_binary(str(path))
+            index = _read_faiss(faiss.read_index_binary, held, self._file)
         except RuntimeError as err:
             raise ValueError(f"{path}: cannot read as a faiss binary index: {_faiss_message(err)}") from None
         if index.d != 8 * -(-manifest["dimension"] // 8) or index.ntotal != manifest["count"]:

@@ -27,8 +27,11 @@ Saving writes everything into a temporary sibling directory, flushes it to the d
 into place; an existing index is moved aside first and deleted only once the new one is in place
 (put back if the rename fails), so neither a crash nor a power cut leaves a half-written index. Only
 a missing path, an empty directory or a saved index whose manifest lists every file in it is
-replaced. Loading checks every file's
-presence, size and checksum before reading anything, never unpickles, and names the bad file.
+replaced. Saves to one path take turns (a lock file beside it) and remove what killed saves left.
+Loading checks every file's presence, size and checksum before reading anything, never unpickles,
+and names the bad file. It reads every file from the one directory it opened first, so a save that
+replaces the index meanwhile (a nightly rebuild beside a running service) never gives a mix of the
+two: the load starts again on the new index.
 """
 from __future__ import annotations
 
@@ -38,14 +41,16 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import torch
 
 from deepmetric._checks import check_int
-from deepmetric._io import sync, usual_mode
+from deepmetric._io import locked, sync, usual_mode
 from deepmetric.registry import Registry
 
 INDEXES = Registry("index", "indexes")
@@ -54,13 +59,84 @@ FORMAT = "deepmetric-index"
 FORMAT_VERSION = 1
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, read afresh (no cache: a verification must see the bytes on disk)."""
+def _sha256(f) -> str:
+    """Hex sha256 of an open binary file from its start, read afresh (no cache: a verification must see
+    the bytes on disk); the file is left at its start."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    f.seek(0)
     return h.hexdigest()
+
+
+class _Held:
+    """A saved index directory held open: every file is opened relative to the same directory (a
+    directory file descriptor), so a save that replaces the path meanwhile cannot mix two indexes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    def open(self, name: str):
+        """The file ``name`` of the held directory, opened for reading in binary mode."""
+        if os.open not in os.supports_dir_fd:  # not POSIX: by path
+            return open(self.path / name, "rb")
+        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
+
+    def replaced(self) -> bool:
+        """The path no longer names the held directory (a save put another in its place, or is doing so)."""
+        try:
+            now, held = os.stat(self.path), os.fstat(self.fd)
+        except FileNotFoundError:
+            return True
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+#: how long a load waits for a save that has moved the old index aside to put the new one in place
+_SWAP_WAIT = 2.0
+#: loads started again because a save replaced the directory while it was read
+_LOAD_ATTEMPTS = 5
+
+
+def _hold(directory: Path) -> _Held:
+    """Open ``directory``, waiting out a save that is between its two renames; a missing directory names
+    the copy an interrupted save left (the newest)."""
+    deadline = time.monotonic() + _SWAP_WAIT
+    while True:
+        try:
+            return _Held(directory)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            raise FileNotFoundError(f"index: {directory} is not a directory") from None
+        left = _newest(directory.parent.glob(f".{directory.name}.old-*"))
+        if directory.exists():  # put in place since the attempt
+            continue
+        if left is None or time.monotonic() > deadline:
+            hint = f"; an interrupted save left the previous index at {left} (rename it back)" if left else ""
+            raise FileNotFoundError(f"index: no index directory {directory}{hint}")
+        time.sleep(0.02)
+
+
+def _newest(paths) -> Path | None:
+    """The most recently modified of ``paths`` that still exist, or None."""
+    times = {}
+    for path in paths:
+        try:
+            times[path] = path.stat().st_mtime
+        except FileNotFoundError:
+            pass
+    return max(times, key=times.get) if times else None
+
+
+def _file_entry(path: Path) -> dict:
+    """The manifest's record of a written file: its size and sha256."""
+    with open(path, "rb") as f:
+        return {"size": os.fstat(f.fileno()).st_size, "sha256": _sha256(f)}
 
 
 def _manifest_checksum(manifest: dict) -> str:
@@ -155,10 +231,13 @@ class KeyIndex:
         self.positions = np.insert(self.positions, at, start + order)
 
 
-def read_npy(path: Path, shape: tuple, dtypes) -> np.ndarray:
-    """An ``.npy`` file read without pickles and checked against the manifest's shape and dtypes."""
+def read_npy(held: _Held, name: str, shape: tuple, dtypes) -> np.ndarray:
+    """The ``.npy`` file ``name`` of a held directory, read without pickles and checked against the
+    manifest's shape and dtypes."""
+    path = held.path / name
     try:
-        array = np.load(path, allow_pickle=False)
+        with held.open(name) as f:
+            array = np.load(f, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise ValueError(f"{path}: cannot read as .npy: {err}") from None
     names = "/".join(np.dtype(d).name for d in dtypes)
@@ -201,17 +280,23 @@ def _check_manifest_fields(manifest: dict, path: Path) -> None:
 def read_manifest(directory: str | os.PathLike) -> dict:
     """The verified manifest of a saved index: every listed file present, of the recorded size and
     sha256; the manifest's own checksum matches. Errors name the offending file."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        left = sorted(directory.parent.glob(f".{directory.name}.old-*"))
-        hint = (f"; an interrupted save left the previous index at {left[0]} (rename it back)"
-                if left else "")
-        raise FileNotFoundError(f"index: no index directory {directory}{hint}")
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing manifest (not a saved deepmetric index?)")
+    held = _hold(Path(directory))
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        return _verified_manifest(held)
+    finally:
+        held.close()
+
+
+def _verified_manifest(held: _Held) -> dict:
+    """:func:`read_manifest` of a held directory."""
+    path = held.path / MANIFEST
+    try:
+        with held.open(MANIFEST) as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(f"{path}: missing manifest (not a saved deepmetric index?)") from None
+    try:
+        manifest = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: corrupt manifest (not valid JSON: {err})") from None
     if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
@@ -221,17 +306,23 @@ def read_manifest(directory: str | os.PathLike) -> dict:
                          f"{manifest.get('format')} version {manifest.get('format_version')}")
     _check_manifest_fields(manifest, path)
     for name, entry in manifest["files"].items():
-        file = directory / name
+        file = held.path / name
         if Path(name).name != name or name in (".", ".."):
             raise ValueError(f"{path}: bad file name {name!r} (expected a plain file name)")
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST})")
-        size = file.stat().st_size
-        if size != entry["size"]:
-            raise ValueError(f"{file}: size {size} bytes, the manifest says {entry['size']} "
-                             f"(truncated or modified file)")
-        if _sha256(file) != entry["sha256"]:
-            raise ValueError(f"{file}: checksum mismatch (the file is corrupted or was modified after saving)")
+        try:
+            f = held.open(name)
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST})") from None
+        with f:
+            stat = os.fstat(f.fileno())
+            if not S_ISREG(stat.st_mode):
+                raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST}; a directory is there)")
+            size = stat.st_size
+            if size != entry["size"]:
+                raise ValueError(f"{file}: size {size} bytes, the manifest says {entry['size']} "
+                                 f"(truncated or modified file)")
+            if _sha256(f) != entry["sha256"]:
+                raise ValueError(f"{file}: checksum mismatch (the file is corrupted or was modified after saving)")
     return manifest
 
 
@@ -442,6 +533,16 @@ class Index:
                              "replaced as a whole, so save it to a path of its own (e.g. 'index')")
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
+        with locked(target.parent / f".{target.name}.lock"):  # another save to this path: wait for it
+            _check_replaceable(target)
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):  # of saves that were killed
+                shutil.rmtree(stale, ignore_errors=True)
+            self._save_into(target, __version__)
+            for stale in target.parent.glob(f".{target.name}.old-*"):  # indexes a killed save had moved aside
+                shutil.rmtree(stale, ignore_errors=True)
+        return target
+
+    def _save_into(self, target: Path, version: str) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         usual_mode(tmp, directory=True)
         try:
@@ -455,9 +556,8 @@ class Index:
                 "format": FORMAT, "format_version": FORMAT_VERSION, "backend": self.backend,
                 "options": self.options, "distance": self.distance, "dimension": self._dim,
                 "count": len(self), "ids": _ID_TYPES[self._string_ids], "next_id": self._next_id,
-                "deepmetric_version": __version__,
-                "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                          for name in files},
+                "deepmetric_version": version,
+                "files": {name: _file_entry(tmp / name) for name in files},
             }
             manifest["checksum"] = _manifest_checksum(manifest)
             # no trailing newline: cutting any byte off the end breaks the JSON
@@ -466,17 +566,36 @@ class Index:
                 sync(tmp / name)
             _move_into_place(tmp, target)
             sync(target.parent)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(f"{target}: cannot save the index ({err}); the index there, if any, is unchanged") from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return target
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Index":
         """Read an index saved by :meth:`save`, verifying the manifest first. ``Index.load`` (and
-        ``deepmetric.index.load``) builds whichever backend the manifest names."""
+        ``deepmetric.index.load``) builds whichever backend the manifest names.
+
+        Every file is read from the one directory opened first and checked against its manifest. A
+        save that replaces the directory meanwhile (a rebuild beside a running service) makes the load
+        start again on the new one; errors of a directory that stayed in place are raised."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
+        for attempt in range(_LOAD_ATTEMPTS):
+            held = _hold(directory)
+            try:
+                return cls._load_held(held)
+            except (ValueError, OSError):
+                if attempt + 1 == _LOAD_ATTEMPTS or not held.replaced():
+                    raise
+            finally:
+                held.close()
+
+    @classmethod
+    def _load_held(cls, held: _Held) -> "Index":
+        directory = held.path
+        manifest = _verified_manifest(held)
         klass = INDEXES.get(manifest["backend"]) if cls is Index else cls
         if klass.backend != manifest["backend"]:
             raise ValueError(f"{directory}: holds a {manifest['backend']!r} index, not {cls.backend!r}; "
@@ -487,8 +606,8 @@ class Index:
         index = klass(distance=manifest["distance"], **manifest["options"])
         count = manifest["count"]
         index._dim = manifest["dimension"]
-        index._read(directory, manifest)
-        index._labels = read_npy(directory / "ids.npy", (count,), [np.int64])
+        index._read(held, manifest)
+        index._labels = read_npy(held, "ids.npy", (count,), [np.int64])
         try:
             index._labels_keys()
         except ValueError as err:
@@ -500,7 +619,8 @@ class Index:
             raise ValueError(f"{directory / MANIFEST}: next_id {index._next_id!r} must be an integer above the "
                              f"largest id {largest}")
         if index._string_ids:
-            names = json.loads((directory / "ids.json").read_text())
+            with held.open("ids.json") as f:
+                names = json.loads(f.read().decode("utf-8"))
             if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):
                 raise ValueError(f"{directory / 'ids.json'}: expected a list of {count} strings")
             index._names = np.array(names, dtype=str)

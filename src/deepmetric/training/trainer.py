@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import inspect
 import math
-import os
 import platform
 import random
 import re
@@ -26,7 +25,7 @@ import deepmetric
 from deepmetric import losses as losses_mod
 from deepmetric import mining
 from deepmetric import models as models_mod
-from deepmetric._io import write_json, write_text
+from deepmetric._io import locked, write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
 from deepmetric.evaluation.hierarchy import quadlet_distances
@@ -204,38 +203,17 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
 @contextlib.contextmanager
 def _run_lock(out: Path):
     """Hold ``out/.lock`` while a run writes ``out``: a second run into the same directory would interleave
-    checkpoints and delete the first one's temporary files. ``flock`` is released by the system when the
-    process ends, so a killed run leaves no lock in force. The file is removed at the end, and so is a
-    directory this call created if the run wrote nothing into it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
+    checkpoints and delete the first one's temporary files. A directory this call created is removed
+    again if the run wrote nothing into it."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a directory")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / ".lock"
-    while True:
-        lock = open(path, "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise ValueError(f"out: another process is training into {out} (it holds {path}); wait for it to "
-                             "end or give another run directory") from None
-        try:  # the file locked is still the one at the path (not removed by a run that just ended)
-            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()
     try:
-        yield
+        with locked(out / ".lock", busy=f"out: another process is training into {out} (it holds {out / '.lock'}); "
+                                        "wait for it to end or give another run directory"):
+            yield
     finally:
-        path.unlink()
-        lock.close()
         if created and not any(out.iterdir()):
             out.rmdir()
 
