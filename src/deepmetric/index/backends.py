@@ -347,7 +347,7 @@ class FaissIndex(Index):
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         # an HNSW graph keeps ef_search candidates: fewer than k would leave slots empty although the
         # index holds more items (faiss does not raise it to k, as hnswlib does); raised for this search
-        graph = getattr(_unwrap(self._index), "hnsw", None)
+        graph = getattr(_innermost(self._index), "hnsw", None)  # inside transforms (PCA, L2norm) too
         ef_search = graph.efSearch if graph is not None else None
         if graph is not None and ef_search < k:
             graph.efSearch = k
