@@ -946,6 +946,25 @@ def test_next_default_id_in_the_manifest_is_checked(tmp_path):
         dmi.load(big).add(randn(1, 8))
 
 
+def test_a_manifest_of_a_newer_release_is_named_on_load(tmp_path):
+    # a later deepmetric may add backends, options or a new format: the error names the manifest and
+    # the release that wrote it (it was a bare KeyError or TypeError of the constructor)
+    from deepmetric.index.base import _manifest_checksum
+    directory = built("ivf-flat", n=300).save(tmp_path / "idx")
+    original = json.loads((directory / "manifest.json").read_text())
+    for change, message in [({"backend": "ivf-sq"}, r"unknown index 'ivf-sq'"),
+                            ({"options": {**original["options"], "quantizer": "hnsw"}},
+                             r"cannot build the 'ivf-flat' index it describes \(.*quantizer"),
+                            ({"format_version": 2, "checksum": "computed otherwise"},
+                             r"expected format deepmetric-index version 1, got deepmetric-index version 2")]:
+        manifest = {**original, "deepmetric_version": "9.0", **change}
+        if "checksum" not in change:
+            manifest["checksum"] = _manifest_checksum(manifest)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=rf"manifest.json: {message}.*written by deepmetric 9.0, this is "):
+            dmi.load(directory)
+
+
 def test_interrupted_swap_is_reported_on_load(tmp_path, monkeypatch):
     from deepmetric.index import base
     monkeypatch.setattr(base, "_SWAP_WAIT", 0.2)  # how long a load waits for a save to end its swap

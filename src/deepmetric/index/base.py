@@ -256,6 +256,14 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 _ID_TYPES = {True: "string", False: "int64", None: None}
 
 
+def _written_by(manifest: dict) -> str:
+    """Which deepmetric wrote a manifest, when it is not this one (a newer release may write what this
+    one cannot read)."""
+    from deepmetric import __version__
+    version = manifest.get("deepmetric_version")
+    return f"; it was written by deepmetric {version}, this is {__version__}" if version != __version__ else ""
+
+
 def _check_manifest_fields(manifest: dict, path: Path) -> None:
     """The fields :meth:`Index.load` reads, of the types :meth:`Index.save` writes, and the id files
     among the checked ones (a manifest edited by hand, with its checksum recomputed)."""
@@ -299,11 +307,15 @@ def _verified_manifest(held: _Held) -> dict:
         manifest = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: corrupt manifest (not valid JSON: {err})") from None
-    if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
-        raise ValueError(f"{path}: checksum mismatch (the manifest is corrupted or was modified)")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: corrupt manifest (expected a JSON object)")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:  # before the
+        # checksum, which a later format may compute otherwise
         raise ValueError(f"{path}: expected format {FORMAT} version {FORMAT_VERSION}, got "
-                         f"{manifest.get('format')} version {manifest.get('format_version')}")
+                         f"{manifest.get('format')} version {manifest.get('format_version')}"
+                         f"{_written_by(manifest)}")
+    if manifest.get("checksum") != _manifest_checksum(manifest):
+        raise ValueError(f"{path}: checksum mismatch (the manifest is corrupted or was modified)")
     _check_manifest_fields(manifest, path)
     for name, entry in manifest["files"].items():
         file = held.path / name
@@ -596,14 +608,21 @@ class Index:
     def _load_held(cls, held: _Held) -> "Index":
         directory = held.path
         manifest = _verified_manifest(held)
-        klass = INDEXES.get(manifest["backend"]) if cls is Index else cls
+        try:
+            klass = INDEXES.get(manifest["backend"]) if cls is Index else cls
+        except KeyError as err:
+            raise ValueError(f"{directory / MANIFEST}: {err.args[0]}{_written_by(manifest)}") from None
         if klass.backend != manifest["backend"]:
             raise ValueError(f"{directory}: holds a {manifest['backend']!r} index, not {cls.backend!r}; "
                              f"use deepmetric.index.load")
         if klass._file not in manifest["files"]:
             raise ValueError(f"{directory / MANIFEST}: expected {klass._file!r} among the checked files of a "
                              f"{klass.backend!r} index, got {sorted(manifest['files'])}")
-        index = klass(distance=manifest["distance"], **manifest["options"])
+        try:
+            index = klass(distance=manifest["distance"], **manifest["options"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{directory / MANIFEST}: cannot build the {klass.backend!r} index it describes "
+                             f"({err}){_written_by(manifest)}") from None
         count = manifest["count"]
         index._dim = manifest["dimension"]
         index._read(held, manifest)
