@@ -123,6 +123,9 @@ def test_errors_are_clear(tmp_path):
     assert result.exit_code != 0 and f"{strings}: expected real numbers in 'X', got dtype <U1" in result.output
     result = run("index", "build", emb, "--out", tmp_path / "idx", "--backend", "faiss")
     assert result.exit_code != 0 and "'faiss' takes a factory string" in result.output
+    twice = write(tmp_path / "twice.npz", np.ones((2, 4), np.float32), ids=np.array([7, 7]))
+    result = run("index", "build", twice, "--out", tmp_path / "idx")
+    assert result.exit_code != 0 and f"{twice}: ids: expected unique ids, got duplicates: [7]" in result.output
     result = run("index", "build", emb, "--out", emb / "idx")  # under a file
     assert result.exit_code != 0 and "Traceback" not in result.output and str(emb) in result.output
     assert not (tmp_path / "idx").exists()

@@ -289,7 +289,10 @@ def index_build(embeddings, out, backend, distance, options):
             index = dmi.create(backend, distance=distance, **kwargs)
         else:
             index = dmi.create("faiss", factory=backend, distance=distance, **kwargs)
-    index.add(torch.from_numpy(x), arrays.get("ids"))
+    try:
+        index.add(torch.from_numpy(x), arrays.get("ids"))
+    except (ValueError, TypeError) as err:  # e.g. ids the file holds: name the file
+        raise type(err)(f"{embeddings}: {err}") from None
     index.save(out)
     article = "an" if index.backend[0] in "aeiou" else "a"
     click.echo(f"wrote {article} {index.backend} index of {len(index)} vectors (dimension {index.dim}, "
