@@ -102,3 +102,27 @@ def test_tied_runs_take_ascending_ids_like_a_lexicographic_sort(n, k, levels, se
     before = values.copy()
     _heaps.order_tied_runs(values, ids)
     assert ids.tolist() == expected and np.array_equal(values, before)
+
+
+def test_a_read_only_install_imports_and_compiles_without_a_cache(tmp_path):
+    # numba's cache=True raised at import where it finds no writable place (a read-only install and
+    # home): `import deepmetric` failed. Now the kernels compile in each process, with one warning.
+    import subprocess
+    import sys
+    script = tmp_path / "ro.py"
+    script.write_text(
+        "import warnings\n"
+        "import numba.core.caching as caching\n"
+        "caching.CacheImpl._locator_classes = []  # no writable place to cache\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import deepmetric as dm\n"
+        "import torch\n"
+        "labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0]]).bool()\n"
+        "print(dm.evaluation.ranking.count_relevant(labels, labels, True).tolist())\n"
+        "print(len(caught), caught[0].message)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    counts, warning = done.stdout.splitlines()
+    assert counts == "[1, 0, 1]"
+    assert warning.startswith("1 deepmetric: numba has no writable place to cache") and "NUMBA_CACHE_DIR" in warning

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from deepmetric._jit import kernel
 from deepmetric.index.exact import _numba_threads
 
 
@@ -67,7 +68,7 @@ def _share(q_row, g_row, nz):
     return False
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def shared_at(q_words, g_words, idx, out):
     """``out[q, j]``: query ``q`` and gallery item ``idx[q, j]`` share a label (False where it is -1).
     Packed rows: ``(Q, W)`` and ``(G, W)`` uint8."""
@@ -78,7 +79,7 @@ def shared_at(q_words, g_words, idx, out):
             out[q, j] = g >= 0 and _share(q_words[q], g_words[g], nz)
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def count_shared(q_words, g_words, self_mode, q_groups, g_groups, counts):
     """``counts[q]``: gallery items sharing a label with query ``q``, leaving out item ``q`` itself when
     ``self_mode`` and the items of its group when groups are given (non-empty arrays)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from deepmetric._jit import kernel
+
 #: columns per task of the column screening (each task owns its columns' heaps, so no two threads
 #: write the same heap)
 COLUMN_CHUNK = 64
@@ -65,7 +67,7 @@ def _sift_down(values, ids, size, v, j):
     values[p], ids[p] = v, j
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def screen_rows(s, row0, col0, values, ids, sizes, thresholds):
     """Offer every entry of the block ``s`` (rows ``row0 + r``, columns ``col0 + c``) to its row's heap."""
     k = values.shape[1]
@@ -82,7 +84,7 @@ def screen_rows(s, row0, col0, values, ids, sizes, thresholds):
         thresholds[g] = t
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def screen_columns(s, row0, col0, values, ids, sizes, thresholds):
     """Offer every entry of the block ``s`` to its column's heap (column ``col0 + c`` retrieves row
     ``row0 + r``): the transposed half of a symmetric block. Tasks own chunks of columns and read the
@@ -109,7 +111,7 @@ def screen_columns(s, row0, col0, values, ids, sizes, thresholds):
         thresholds[col0 + c0:col0 + c1] = t
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def sort_heaps(values, ids, sizes, empty_value):
     """Sort every row's heap in place into ascending (score, id) order (heapsort); the slots beyond
     its size get ``empty_value`` and id -1."""
@@ -130,7 +132,7 @@ def sort_heaps(values, ids, sizes, empty_value):
 _SHORT_RUN = 16
 
 
-@njit(parallel=True, cache=True)
+@kernel()
 def order_tied_runs(values, ids):
     """In rows sorted by value, sort the ids of every run of equal values in place (ascending): one
     pass per row, so ties cost O(k) rather than the two full sorts of a (value, id) lexicographic sort."""
@@ -163,7 +165,7 @@ SQUARED, DOT, COSINE = 0, 1, 2
 _PAIR_FASTMATH = {"reassoc", "nsz", "contract"}
 
 
-@njit(parallel=True, cache=True, fastmath=_PAIR_FASTMATH)
+@kernel(fastmath=_PAIR_FASTMATH)
 def pair_distances(queries, gallery, positions, kind, out):
     """``out[r, m]`` for ``j = positions[r, m]`` (``+inf`` where ``j < 0``): ``||q - x||^2`` (``SQUARED``),
     ``-q.x`` (``DOT``) or ``1 - cos(q, x)`` (``COSINE``, on the vectors as given, not normalised; a zero
@@ -231,7 +233,7 @@ def _cosine_distance(q, x):
     return 1.0 - min(1.0, max(-1.0, c))
 
 
-@njit(parallel=True, cache=True, fastmath=_PAIR_FASTMATH)
+@kernel(fastmath=_PAIR_FASTMATH)
 def rerank_cosine_runs(values, ids, queries, gallery, tol):
     """In rows of cosine distances sorted ascending (``ids`` ``-1`` for empty slots), every run of
     neighbours at most ``tol`` apart gets its distances recomputed by :func:`pair_distances`' formula
