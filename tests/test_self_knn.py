@@ -26,8 +26,11 @@ def with_duplicates(n, d, seed):
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
-@pytest.mark.parametrize("block", [64, 100, 256, 5000])
-def test_equals_the_plain_search(distance, block):
+@pytest.mark.parametrize("block,sample", [(64, 64), (100, None), (256, 64), (5000, None)])
+def test_equals_the_plain_search(distance, block, sample, monkeypatch):
+    # sample: the thresholds are estimated from a sample only when it is at most a tenth of the items
+    if sample is not None:
+        monkeypatch.setattr(exact, "_SAMPLE", sample)
     x, groups = with_duplicates(700, 8, seed=1)
     for k in (1, 7, 60):
         for g in (None, groups):

@@ -538,7 +538,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     q = math.ceil(3 * k * m / max(n - 1, 1))
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
     estimate = x.new_full((n,), math.inf)
-    if q <= m // 2:  # the q-th smallest sampled score of each row: the root of a heap of q
+    # the q-th smallest sampled score of each row (the root of a heap of q), where the sample is at most a
+    # tenth of the items: on fewer (below about 10,000) the pass costs more than it saves
+    if q <= m // 2 and 10 * m <= n:
         sampled = _new_heaps(n, q, x.dtype, None)
         with _numba_threads():
             for i0, i1 in bounds:
