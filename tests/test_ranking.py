@@ -121,6 +121,9 @@ def test_gap_hand_worked():
     assert ranking.gap_at_k(scores, targets, k=np.int32(1)) == pytest.approx(1 / 3)
     # no positive at all: 0 (as YouTube-8M)
     assert ranking.gap_at_k(scores, torch.zeros(2, 3, dtype=torch.bool)) == 0.0
+    # numpy, and 0/1 numbers, as YouTube-8M's calculate_gap takes them
+    for as_numbers in (targets.numpy().astype(np.int64), targets.numpy().astype(np.float32)):
+        assert ranking.gap_at_k(scores.numpy(), as_numbers, k=2) == pytest.approx(5 / 9)
 
 
 def test_gap_ties_go_to_the_earlier_item_then_class():
@@ -327,11 +330,13 @@ def test_errors_name_the_argument():
     with pytest.raises(TypeError, match="counts: expected integer"):
         ranking.ideal_gains(torch.ones(2, 1), 2)
     scores, targets = gap_example()
-    with pytest.raises(TypeError, match="targets: expected a bool"):
-        ranking.gap_at_k(scores, targets.float())
+    with pytest.raises(ValueError, match="targets: expected bool or 0/1 values, got torch.float32 values other"):
+        ranking.gap_at_k(scores, targets.float() * 2)
+    with pytest.raises(TypeError, match="targets: expected a torch.Tensor or numpy array, got list"):
+        ranking.gap_at_k(scores, targets.tolist())
     with pytest.raises(ValueError, match=r"targets: expected shape \(2, 3\)"):
         ranking.gap_at_k(scores, targets[:1])
-    with pytest.raises(TypeError, match="scores: expected a floating"):
+    with pytest.raises(TypeError, match=r"scores: expected floating scores of shape \(N, C\), got torch.bool"):
         ranking.gap_at_k(targets, targets)
     with pytest.raises(ValueError, match="scores: contains NaN"):
         ranking.gap_at_k(scores * math.nan, targets)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric._checks import check_int
+from deepmetric._checks import as_tensor, check_int
 from deepmetric.evaluation import _multilabel
 from deepmetric.labels import is_multilabel, item_classes
 
@@ -271,8 +271,8 @@ def gap_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 20) -> float:
     by item, then by class index (YouTube-8M shuffles them at random).
 
     Args:
-        scores: ``(N, C)`` floating prediction scores.
-        targets: ``(N, C)`` bool ground truth.
+        scores: ``(N, C)`` floating prediction scores (torch or numpy).
+        targets: ``(N, C)`` ground truth: bool, or 0/1 numbers as YouTube-8M's code takes them.
         k: predictions kept per item (YouTube-8M uses 20).
 
     >>> scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7]])
@@ -280,14 +280,15 @@ def gap_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 20) -> float:
     >>> gap_at_k(scores, targets, k=2)  # pooled: 0.9 T, 0.8 F, 0.7 T, 0.5 F -> (1 + 2/3) / 2
     0.8333333333333333
     """
-    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or scores.dim() != 2:
-        got = f"{scores.dtype} {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise TypeError(f"scores: expected a floating torch.Tensor of shape (N, C), got {got}")
+    scores, targets = as_tensor(scores, "scores"), as_tensor(targets, "targets")
+    if not scores.is_floating_point() or scores.dim() != 2:
+        raise TypeError(f"scores: expected floating scores of shape (N, C), got {scores.dtype} {tuple(scores.shape)}")
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("scores: contains NaN or infinite values")
-    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.bool:
-        got = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise TypeError(f"targets: expected a bool torch.Tensor of shape {tuple(scores.shape)}, got {got}")
+    if targets.dtype != torch.bool:
+        if targets.is_complex() or bool(((targets != 0) & (targets != 1)).any()):
+            raise ValueError(f"targets: expected bool or 0/1 values, got {targets.dtype} values other than 0 and 1")
+        targets = targets != 0
     if targets.shape != scores.shape:
         raise ValueError(f"targets: expected shape {tuple(scores.shape)} like scores, got {tuple(targets.shape)}")
     k = check_int(k, "k", 1)
