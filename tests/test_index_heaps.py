@@ -114,12 +114,12 @@ def test_a_read_only_install_imports_and_compiles_without_a_cache(tmp_path):
         "import warnings\n"
         "import numba.core.caching as caching\n"
         "caching.CacheImpl._locator_classes = []  # no writable place to cache\n"
+        "import torch\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    import deepmetric as dm\n"
-        "import torch\n"
-        "labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0]]).bool()\n"
-        "print(dm.evaluation.ranking.count_relevant(labels, labels, True).tolist())\n"
+        "    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0]]).bool()\n"
+        "    print(dm.evaluation.ranking.count_relevant(labels, labels, True).tolist())\n"
         "print(len(caught), caught[0].message)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
