@@ -96,6 +96,16 @@ def test_evaluate_hierarchical_labels_shows_every_level(run_dir, tmp_path):
     assert table_row(result.stdout, "precision_at_1") == ["precision_at_1"] + [
         f"{column['precision_at_1']:.4f}" for column in (
             expected, expected["level_0"], expected["level_1"], expected["level_1_within_parent"])]
+    # per class at every level too: the parents (even, odd) as their own table
+    result = run("evaluate", run_dir, "--data", f"npz:{tmp_path / 'tree.npz'}", "--split", "all", "--per-class")
+    assert result.exit_code == 0, result.output
+    parents = expected_metrics(run_dir, data.x, data.y, per_class=True)["level_0"]["per_class"]
+    tables = result.stdout.split("\nper class at ")
+    assert [table.splitlines()[0] for table in tables[1:]] == ["level_0:", "level_1:"]
+    odd = next(line.split() for line in tables[1].splitlines() if line.split()[:2] == ["class", "1"])
+    assert odd == ["class", "1"] + [
+        f"{parents['1'][key]:.4f}" for key in ("precision_at_1", "recall_at_4", "r_precision", "map_at_r", "mrr")] + [
+        str(parents["1"]["num_queries"]), "0"]
 
 
 def test_evaluate_errors_are_clear(run_dir, tmp_path):

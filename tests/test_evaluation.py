@@ -330,6 +330,9 @@ TREE_Y = torch.tensor([[0, 0], [1, 0], [0, 0], [0, 1], [1, 0]])
 
 def test_hand_worked_hierarchy_levels_graded_ndcg_and_within_parent():
     scores = dm.evaluate(TREE_X, TREE_Y, nmi=False, per_class=True)
+    level_0_per_class = {key: scores["level_0"].pop(key) for key in ("per_class", "class_mean")}
+    for key in ("per_class", "class_mean"):
+        scores["level_1"].pop(key)
     # Quadlets (q, p, i, n): q0 -> (2, 3, 1) and (2, 3, 4); q2 -> (0, 3, 1) and (0, 3, 4); q1, q4 have no
     # intermediate and q3 no positive. Distances from q0: 2 < 3 < 1? no; 2 < 3 < 10 yes; from q2:
     # d(2, 0) = 2 > d(2, 3) = 1, no for both -> 1 of 4 preserved (estimated from a million draws)
@@ -374,12 +377,19 @@ def test_hand_worked_hierarchy_levels_graded_ndcg_and_within_parent():
     # 1/0 = q1, q4: mAP@4 (1/4 + 1/3)/2 = 7/24; 0/1 = q3 only, without relevant item
     per_class = scores["per_class"]
     assert list(per_class) == ["0/0", "0/1", "1/0"]
-    assert per_class["0/1"] == {"num_queries": 1, "queries_without_relevant": 1}
+    # q3 has no finest-level relevant item, but its graded NDCG is defined (as in the top-level mean)
+    assert per_class["0/1"] == pytest.approx({"ndcg_at_1": 1.0, "ndcg_at_2": 1 / (1 + C3),
+                                              "ndcg_at_4": 3 / 2 / (1 + C3), "num_queries": 1,
+                                              "queries_without_relevant": 1})
     assert per_class["0/0"]["map_at_4"] == pytest.approx(5 / 12)
     assert per_class["0/0"]["ndcg_at_4"] == pytest.approx((4 * C3 + 2) / (3 + C3) / 2)
     assert per_class["1/0"]["map_at_4"] == pytest.approx(7 / 24)
     assert per_class["1/0"]["num_queries"] == 2 and per_class["1/0"]["queries_without_relevant"] == 0
     assert scores["class_mean"]["map_at_4"] == pytest.approx((5 / 12 + 7 / 24) / 2)
+    # per class at level 0: class 0 = q0, q2, q3 and class 1 = q1, q4 (mAP@4 of level 0 above)
+    assert level_0_per_class["per_class"][0]["map_at_4"] == pytest.approx((7 / 12 + 7 / 12 + 5 / 6) / 3)
+    assert level_0_per_class["per_class"][1]["map_at_4"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+    assert level_0_per_class["class_mean"]["map_at_4"] == pytest.approx(((2 / 3) + 7 / 24) / 2)
 
 
 def test_hand_worked_per_class():
@@ -400,6 +410,35 @@ def test_hand_worked_per_class():
     assert class_mean["mrr"] == pytest.approx((5 / 6 + 3 / 8) / 2)
     # the query-level keys are unchanged by per_class
     assert {key: scores[key] for key in LINE_SCORES} == pytest.approx(LINE_SCORES)
+
+
+def test_hand_worked_per_class_of_a_hierarchy():
+    # items at 0, 2, 1, 10, 11 with (actor, track) labels (0,0), (0,0), (0,1), (1,0), (1,0).
+    # Graded NDCG@2, gains 2^shared - 1 (3 same track, 1 same actor):
+    #   item 0 ranks item 2 (gain 1), item 1 (gain 3): (1 + 3/log2 3) / (3 + 1/log2 3); item 1 the same;
+    #   item 2 ranks items 0 and 1 (gains 1, 1), as good as can be: 1; items 3 and 4: 1.
+    # Item 2 is the only item of track 0/1, so it has no finest-level relevant item, yet its graded
+    # NDCG is defined and counts in the top-level mean, and so in its class's.
+    x, y = line(0, 2, 1, 10, 11), torch.tensor([[0, 0], [0, 0], [0, 1], [1, 0], [1, 0]])
+    scores = dm.evaluate(x, y, nmi=False, ks=(2,), per_class=True)
+    track_00 = (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3))
+    assert scores["ndcg_at_2"] == pytest.approx((2 * track_00 + 3) / 5)
+    per_class = scores["per_class"]
+    assert per_class["0/0"]["ndcg_at_2"] == pytest.approx(track_00) and per_class["1/0"]["ndcg_at_2"] == 1.0
+    assert per_class["0/1"] == {"ndcg_at_2": 1.0, "num_queries": 1, "queries_without_relevant": 1}
+    assert scores["class_mean"]["ndcg_at_2"] == pytest.approx((track_00 + 2) / 3)
+    # per class at each level, e.g. per actor when each track is excluded as the query's group
+    actors = scores["level_0"]["per_class"]
+    assert list(actors) == [0, 1] and actors[0]["num_queries"] == 3 and actors[1]["num_queries"] == 2
+    assert actors[0]["precision_at_1"] == 1.0 and scores["level_0"]["class_mean"]["map_at_r"] == 1.0
+    grouped = dm.evaluate(x, y, nmi=False, ks=(2,), per_class=True, groups=torch.tensor([0, 0, 1, 2, 2]))
+    # each track its own group: no finest-level relevant item; graded NDCG only for actor 0's items
+    # (they find each other's tracks, gain 1, ranked first), actor 1 has only its own track
+    assert grouped["class_mean"] == {"ndcg_at_2": 1.0}
+    assert grouped["level_0"]["per_class"][1] == {"num_queries": 2, "queries_without_relevant": 2}
+    # actor 0 without its own track: item 0 and item 1 find only item 2 (R = 1, at rank 1)
+    assert grouped["level_0"]["per_class"][0]["map_at_r"] == 1.0
+    assert grouped["level_0"]["class_mean"]["map_at_r"] == 1.0
 
 
 def test_perfect_embeddings_score_one():
@@ -739,8 +778,13 @@ def test_hierarchy_of_single_item_instances_reports_the_coarser_levels():
     y = torch.stack([torch.arange(12) % 3, torch.arange(12)], 1)
     scores = dm.evaluate(x, y, nmi=False, per_class=True)
     assert "map_at_r" not in scores and scores["queries_without_relevant"] == 12
-    assert scores["class_mean"] == {}
-    assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False))
+    assert all(key.startswith("ndcg_at_") for key in scores["class_mean"])  # graded: same category counts
+    flat = dm.evaluate(x, y[:, 0], nmi=False, per_class=True)
+    level_classes, flat_classes = scores["level_0"].pop("per_class"), flat.pop("per_class")
+    assert list(level_classes) == list(flat_classes)
+    assert all(level_classes[c] == pytest.approx(flat_classes[c]) for c in flat_classes)
+    assert scores["level_0"].pop("class_mean") == pytest.approx(flat.pop("class_mean"))
+    assert scores["level_0"] == pytest.approx(flat)
     scores = dm.evaluate(x, y, nmi=False, full_map=True)
     assert scores["level_0"] == pytest.approx(dm.evaluate(x, y[:, 0], nmi=False, full_map=True))
 

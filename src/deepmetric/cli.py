@@ -189,9 +189,13 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     click.echo(format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
                             keys=list(columns)))
     if per_class:
-        click.echo("\nper class:")
-        click.echo(format_table({f"class {c}": m for c, m in metrics["per_class"].items()},
-                                keys=TABLE_KEYS + ("num_queries", "queries_without_relevant")))
+        tables = {"": metrics}
+        tables.update({f" at {key}": value for key, value in metrics.items()
+                       if isinstance(value, dict) and "per_class" in value})
+        for where, scores in tables.items():
+            click.echo(f"\nper class{where}:")
+            click.echo(format_table({f"class {c}": m for c, m in scores["per_class"].items()},
+                                    keys=TABLE_KEYS + ("num_queries", "queries_without_relevant")))
     if json_file:
         write_json(json_file, {**metrics, "evaluated": evaluated})
         click.echo(f"metrics written to {json_file}")

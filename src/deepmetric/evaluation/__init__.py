@@ -330,8 +330,10 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     cluster per class of that level); ``num_queries``;
     ``queries_without_relevant``. With ``per_class=True`` (flat or hierarchical labels):
     ``per_class`` = ``{class: {metric: mean over its scored queries, num_queries,
-    queries_without_relevant}}`` (class = the label, or ``"a/b/..."`` for a hierarchy's finest class)
-    and ``class_mean`` = the unweighted mean over classes of each metric.
+    queries_without_relevant}}`` (class = the label, or ``"a/b/..."`` for a hierarchy's finest class;
+    graded ``ndcg_at_{k}`` over the class's queries it is defined for) and ``class_mean`` = the
+    unweighted mean over the classes with a scored query of each metric; ``level_{l}`` holds the same
+    two for the classes of level ``l`` (the label ``a`` at level 0, then ``"a/b"``, ...).
 
     The search depth is the largest of the queries' numbers of relevant items (at every level of a
     hierarchy) and of the reported ks, so MAP@R and R-precision are exact. ``chunk_size`` bounds the
@@ -462,14 +464,17 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
 
     results = _means(values[0], views[0].n_relevant)
     if levels:
-        graded = values.pop()
-        results.update({key: v for key, v in _means(graded, counts[:, 0]).items() if key.startswith("ndcg_at_")})
+        graded = {key: v for key, v in values.pop().items() if key.startswith("ndcg_at_")}
+        results.update(_means(graded, counts[:, 0]))
     clusters = nmi and not is_multilabel(q_labels)
     if clusters:
         results.update(clustering.clustering_scores(queries, q_labels, seed=seed, backend=kmeans))
     results.update(_counts(views[0].n_relevant))
     for level in range(levels):
         results[f"level_{level}"] = _means(values[level + 1], counts[:, level])
+        if per_class:  # e.g. per actor where the finest class (a track) is each query's own group
+            results[f"level_{level}"]["per_class"], results[f"level_{level}"]["class_mean"] = _per_class(
+                values[level + 1], counts[:, level], q_labels[:, 0] if level == 0 else q_labels[:, :level + 1])
         if clusters:  # the finest level's are the top-level keys
             results[f"level_{level}"].update(
                 {key: results[key] for key in ("nmi", "ami", "f1")} if level == levels - 1 else
@@ -485,4 +490,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
             results["order_preservation"] = preserved
     if per_class:
         results["per_class"], results["class_mean"] = _per_class(values[0], views[0].n_relevant, q_labels)
+        if levels:  # graded NDCG over the queries it is defined for, as at the top level
+            graded_per_class, graded_mean = _per_class(graded, counts[:, 0], q_labels)
+            for key, entry in graded_per_class.items():
+                results["per_class"][key].update({name: v for name, v in entry.items() if name in graded})
+            results["class_mean"].update(graded_mean)
     return results

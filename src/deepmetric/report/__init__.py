@@ -79,10 +79,17 @@ def metric_value(metrics: dict, key: str):
 
 def metric_columns(metrics: dict, top: str = "test") -> dict:
     """``{column: {metric: value}}`` of :func:`deepmetric.evaluate`'s result: the top-level values
-    (named ``top``), then each nested result (hierarchy levels, within the parent, the class mean);
-    ``per_class`` is left to its own table."""
-    columns = {top: {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
-    columns.update((k, v) for k, v in metrics.items() if isinstance(v, dict) and k != "per_class")
+    (named ``top``), then each nested result (hierarchy levels, within the parent, the class mean, a
+    level's class mean as ``level_0.class_mean``); ``per_class`` is left to its own table."""
+    def values(scores):
+        return {k: v for k, v in scores.items() if not isinstance(v, dict)}
+
+    columns = {top: values(metrics)}
+    for name, nested in metrics.items():
+        if isinstance(nested, dict) and name != "per_class":
+            columns[name] = values(nested)
+            if "class_mean" in nested:
+                columns[f"{name}.class_mean"] = nested["class_mean"]
     return columns
 
 
