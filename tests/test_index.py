@@ -1014,6 +1014,76 @@ def test_a_save_during_a_load_never_gives_a_mix_of_two_indexes(name, tmp_path, m
     assert saved and loaded.names(loaded.search(vectors, 1)[1]) == [[n] for n in names]
 
 
+def test_save_touches_only_its_own_siblings_and_survives_lock_troubles(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    # glob characters in the name: the cleanup of killed saves matched other indexes' copies
+    for name in (".idx0.old-1234", ".idxA.tmp-inflight"):
+        (tmp_path / name).mkdir()
+    built("exact", n=5).save(tmp_path / "idx[0A]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx0.old-1234", ".idxA.tmp-inflight", "idx[0A]"]
+    # a file system without flock (NFS without a lock daemon): saved unlocked, with a warning
+    real = fcntl.flock
+
+    def unsupported(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match=r"\.nfs\.lock: the file system cannot lock files \(No locks available\)"):
+        built("exact", n=6).save(tmp_path / "nfs")
+    assert len(dmi.load(tmp_path / "nfs")) == 6 and not (tmp_path / ".nfs.lock").exists()
+    monkeypatch.setattr(fcntl, "flock", real)
+    # the lock file removed while held (a temporary-file cleaner): the save still succeeds
+    index = built("exact", n=7)
+    write = type(index)._write
+
+    def write_then_lose_the_lock(self, directory):
+        (tmp_path / ".gone.lock").unlink()
+        return write(self, directory)
+
+    monkeypatch.setattr(type(index), "_write", write_then_lose_the_lock)
+    index.save(tmp_path / "gone")
+    assert len(dmi.load(tmp_path / "gone")) == 7
+
+
+def test_a_failed_save_keeps_its_errno_and_class(tmp_path, monkeypatch):
+    import errno
+    index = built("exact", n=5)
+    for raised in (OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EACCES, "Permission denied")):
+        def fail(self, directory, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(type(index), "_write", fail)
+        with pytest.raises(type(raised), match=r"idx: cannot save the index \(.*\); the index there, if any, is unchanged"
+                           ) as caught:
+            index.save(tmp_path / "idx")
+        assert caught.value.errno == raised.errno
+
+
+def test_load_follows_a_symbolic_link_through_a_save_and_refuses_odd_files(tmp_path):
+    import threading
+    (tmp_path / "data").mkdir()
+    built("exact", n=5).save(tmp_path / "data" / "idx")
+    (tmp_path / "current").symlink_to(tmp_path / "data" / "idx")  # a blue-green deployment's link
+    os.rename(tmp_path / "data" / "idx", tmp_path / "data" / ".idx.old-1234")  # a save between its renames
+    threading.Timer(0.3, os.rename, (tmp_path / "data" / ".idx.old-1234", tmp_path / "data" / "idx")).start()
+    assert len(dmi.load(tmp_path / "current")) == 5
+    # a FIFO or a directory where a listed file should be: refused at once, naming it, no descriptor kept
+    directory = tmp_path / "data" / "idx"
+    os.rename(directory / "ids.npy", tmp_path / "ids.npy")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    for odd in (os.mkfifo, os.mkdir):
+        odd(directory / "ids.npy")
+        for _ in range(3):
+            with pytest.raises(FileNotFoundError, match=r"idx/ids\.npy: missing index file"):
+                dmi.load(directory)
+        os.rmdir(directory / "ids.npy") if odd is os.mkdir else os.unlink(directory / "ids.npy")
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    os.symlink("ids.npy", directory / "ids.npy")  # a loop: the error names the file's path
+    with pytest.raises(OSError, match=r"idx/ids\.npy: Too many levels of symbolic links"):
+        dmi.load(directory)
+
+
 def test_saves_to_one_path_take_turns(tmp_path):
     import fcntl
     import threading

@@ -120,9 +120,11 @@ def test_a_read_only_install_imports_and_compiles_without_a_cache(tmp_path):
         "    import deepmetric as dm\n"
         "    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0]]).bool()\n"
         "    print(dm.evaluation.ranking.count_relevant(labels, labels, True).tolist())\n"
-        "print(len(caught), caught[0].message)\n")
+        "print(len(caught), caught[0].message)\n"
+        "print(caught[0].filename)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    counts, warning = done.stdout.splitlines()
+    counts, warning, where = done.stdout.splitlines()
+    assert where == str(script)  # the user's line, through the import system's frames
     assert counts == "[1, 0, 1]"
     assert warning.startswith("1 deepmetric: numba has no writable place to cache") and "NUMBA_CACHE_DIR" in warning

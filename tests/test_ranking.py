@@ -305,6 +305,11 @@ def test_multilabel_relevance_and_counts_equal_plain_loops(n_labels):
         assert ranking.count_relevant(q, g, exclude_self, qg, gg).tolist() == counts
     with pytest.raises(ValueError, match="gallery_labels: expected 3 label columns like the queries, got 4"):
         ranking.count_relevant(torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.bool))
+    # the compiled kernels read what they are given: shapes are checked first (numba checks no bounds)
+    with pytest.raises(ValueError, match=r"query_groups, gallery_groups: expected shapes \(13,\) and \(22,\), got"):
+        ranking.count_relevant(q, g, False, groups[:2], groups)
+    with pytest.raises(TypeError, match="gallery_labels: expected \\(G, C\\) bool multi-label labels like the queries"):
+        ranking.count_relevant(q, g.float())
 
 
 # ------------------------------------------------------------------ bad input

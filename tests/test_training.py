@@ -124,14 +124,19 @@ def test_one_process_at_a_time_trains_into_a_directory(tmp_path):
     config = resolve({}, ["epochs=1", *FAST[1:]])
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / ".lock", "a") as held:  # another run's lock (flock is per open file, so one process will do)
+    with open(run / trainer.LOCK, "a") as held:  # another run's lock (flock: per open file, one process will do)
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(ValueError, match=r"another process is training into .*run \(it holds .*\.lock\)"):
+        with pytest.raises(ValueError, match=r"another process is training into .*run \(it holds .*/\.deepmetric-run\.lock\)"):
             train(config, run, progress=False, log=quiet)
-    assert [p.name for p in run.iterdir()] == [".lock"]  # nothing written
+    assert [p.name for p in run.iterdir()] == [trainer.LOCK]  # nothing written
     train(config, run, progress=False, log=quiet)  # the file of a run that ended (or was killed) is no lock
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json",
                                                      "report.html"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".lock").write_text("the user's")  # not the trainer's lock: never taken over
+    with pytest.raises(ValueError, match=r"holds files a run does not write \(\.lock\)"):
+        train(config, tmp_path / "mine", progress=False, log=quiet)
+    assert (tmp_path / "mine" / ".lock").read_text() == "the user's"
     with pytest.raises(ValueError, match="split: 'all'"):  # a refused run leaves no directory behind
         train(resolve({}, FAST + ["split=all"]), tmp_path / "new" / "run", progress=False, log=quiet)
     assert not (tmp_path / "new" / "run").exists()

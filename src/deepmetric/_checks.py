@@ -1,6 +1,7 @@
 """Input validation shared by every module: fail early, name the argument, say what was expected."""
 from __future__ import annotations
 
+import importlib
 import numbers
 import os
 import sys
@@ -11,14 +12,21 @@ import torch
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_IMPORTLIB = os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep  # deepmetric's lazy submodules
 
 
 def warn(message: str) -> None:
     """``warnings.warn`` attributed to the caller's own code: the first frame outside deepmetric, however
-    deep inside the library the warning is raised."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
+    deep inside the library the warning is raised. Like ``stacklevel``, the count skips the import
+    system's frames (a warning raised while a module is imported)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not ("importlib" in name and "_bootstrap" in name):  # frames stacklevel does not count
+            level += 1
+            if not (os.path.abspath(name).startswith(_PACKAGE) or os.path.abspath(name).startswith(_IMPORTLIB)):
+                break
+        frame = frame.f_back
     warnings.warn(message, stacklevel=level)
 
 

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary name in the same directory, then rename into place."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -81,12 +82,19 @@ def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+#: errors of a file system without working ``flock`` (e.g. NFS without a lock daemon, Lustre without
+#: ``-o flock``): the work goes on unlocked there, with a warning
+_NO_FLOCK = {getattr(errno, name) for name in ("ENOSYS", "ENOLCK", "EOPNOTSUPP", "ENOTSUP", "EINVAL")
+             if hasattr(errno, name)}
+
+
 @contextmanager
 def locked(path: str | Path, busy: str | None = None):
     """Hold an exclusive lock on the file ``path`` (``flock``) while the block runs; the file is created,
     and removed at the end. The system releases the lock of a process that ends, so a killed holder
     leaves no lock in force. When another process holds it: wait, or with a ``busy`` message raise
-    ``ValueError(busy)`` at once. Not POSIX (no ``fcntl``): no lock."""
+    ``ValueError(busy)`` at once. Not POSIX (no ``fcntl``), or a file system without ``flock``: no lock
+    (with a warning for the latter)."""
     try:
         import fcntl
     except ImportError:
@@ -100,6 +108,18 @@ def locked(path: str | Path, busy: str | None = None):
         except BlockingIOError:
             f.close()
             raise ValueError(busy) from None
+        except OSError as err:
+            f.close()
+            if err.errno not in _NO_FLOCK:
+                raise
+            from deepmetric._checks import warn
+            warn(f"{path}: the file system cannot lock files ({err.strerror}); going on without the lock, so "
+                 "nothing keeps two processes from writing here at once")
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+            return
         except BaseException:
             f.close()
             raise
@@ -112,5 +132,7 @@ def locked(path: str | Path, busy: str | None = None):
     try:
         yield
     finally:
-        path.unlink()
-        f.close()
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            f.close()

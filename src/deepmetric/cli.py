@@ -296,7 +296,7 @@ def index_build(embeddings, out, backend, distance, options):
     try:
         index.add(torch.from_numpy(x), arrays.get("ids"))
     except (ValueError, TypeError) as err:  # e.g. ids the file holds: name the file
-        raise type(err)(f"{embeddings}: {err}") from None
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{embeddings}: {err}") from None
     index.save(out)
     article = "an" if index.backend[0] in "aeiou" else "a"
     click.echo(f"wrote {article} {index.backend} index of {len(index)} vectors (dimension {index.dim}, "

@@ -429,7 +429,7 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
         views = [_View(n_rel, n_rel.unsqueeze(1), _binary)]
 
         def base_fn(indices, rows):
-            return _multilabel.relevance(indices, q_bytes[rows], g_bytes)
+            return _multilabel.relevance(indices, q_bytes[rows.cpu()], g_bytes)
     else:
         n_rel = ranking.count_relevant(q_labels, g_labels, self_mode, q_groups, g_groups, relevance_fn)
         views = [_View(n_rel, n_rel.unsqueeze(1), _binary)]

@@ -16,6 +16,9 @@ from deepmetric.index.exact import _numba_threads
 
 def packed_pair(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The bytes (``np.packbits`` of each row, as CPU uint8 tensors) of multi-label query and gallery labels."""
+    if gallery_labels.dtype != torch.bool or gallery_labels.dim() != 2:
+        raise TypeError(f"gallery_labels: expected (G, C) bool multi-label labels like the queries, got "
+                        f"{gallery_labels.dtype} {tuple(gallery_labels.shape)}")
     if query_labels.shape[1] != gallery_labels.shape[1]:
         raise ValueError(f"gallery_labels: expected {query_labels.shape[1]} label columns like the queries, got "
                          f"{gallery_labels.shape[1]}")
@@ -39,6 +42,13 @@ def count_relevant(query_bytes: torch.Tensor, gallery_bytes: torch.Tensor, exclu
                    query_groups: torch.Tensor | None, gallery_groups: torch.Tensor | None) -> torch.Tensor:
     """``(Q,)`` int64: gallery items sharing a label with each query, without the query itself
     (``exclude_self``: query ``i`` is gallery item ``i``) and the items of its group."""
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("query_groups and gallery_groups must be given together")
+    if query_groups is not None and (query_groups.shape != (query_bytes.shape[0],)
+                                     or gallery_groups.shape != (gallery_bytes.shape[0],)):
+        raise ValueError(f"query_groups, gallery_groups: expected shapes ({query_bytes.shape[0]},) and "
+                         f"({gallery_bytes.shape[0]},), got {tuple(query_groups.shape)} and "
+                         f"{tuple(gallery_groups.shape)}")
     none = torch.zeros(0, dtype=torch.long)
     q_groups, g_groups = (none, none) if query_groups is None else (query_groups.long(), gallery_groups.long())
     counts = np.zeros(query_bytes.shape[0], dtype=np.int64)

@@ -35,6 +35,8 @@ two: the load starts again on the new index.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import math
@@ -44,7 +46,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 
 import numpy as np
 import torch
@@ -72,28 +74,52 @@ def _sha256(f) -> str:
 
 class _Held:
     """A saved index directory held open: every file is opened relative to the same directory (a
-    directory file descriptor), so a save that replaces the path meanwhile cannot mix two indexes."""
+    directory file descriptor, ``O_PATH`` where there is one, so that search permission is enough),
+    so a save that replaces the path meanwhile cannot mix two indexes. Without ``dir_fd`` support
+    (Windows) files are opened by path, and a replacement is seen by the directory's identity."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        self.fd = None
+        if os.open in os.supports_dir_fd:
+            flags = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0)
+            self.fd = os.open(path, flags)
+            self.identity = os.fstat(self.fd)
+        else:
+            self.identity = os.stat(path)
+            if not S_ISDIR(self.identity.st_mode):
+                raise NotADirectoryError(str(path))
 
     def open(self, name: str):
-        """The file ``name`` of the held directory, opened for reading in binary mode."""
-        if os.open not in os.supports_dir_fd:  # not POSIX: by path
-            return open(self.path / name, "rb")
-        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self.fd), "rb")
+        """The regular file ``name`` of the held directory, opened for reading in binary mode (errors name
+        its path; anything but a regular file, e.g. a directory or a FIFO, is FileNotFoundError)."""
+        path = self.path / name
+        try:
+            if self.fd is None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            else:  # non-blocking: opening a FIFO would wait for a writer
+                fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=self.fd)
+        except OSError as err:
+            raise OSError(err.errno, f"{path}: {err.strerror}") from None
+        try:
+            if not S_ISREG(os.fstat(fd).st_mode):
+                raise FileNotFoundError(errno.ENOENT, f"{path}: not a regular file")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def replaced(self) -> bool:
         """The path no longer names the held directory (a save put another in its place, or is doing so)."""
         try:
-            now, held = os.stat(self.path), os.fstat(self.fd)
+            now = os.stat(self.path)
         except FileNotFoundError:
             return True
-        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+        return (now.st_dev, now.st_ino) != (self.identity.st_dev, self.identity.st_ino)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 #: how long a load waits for a save that has moved the old index aside to put the new one in place
@@ -104,8 +130,10 @@ _LOAD_ATTEMPTS = 5
 
 def _hold(directory: Path) -> _Held:
     """Open ``directory``, waiting out a save that is between its two renames; a missing directory names
-    the copy an interrupted save left (the newest)."""
+    the copy an interrupted save left (the newest). A symbolic link is followed: the copies lie beside
+    the directory it names."""
     deadline = time.monotonic() + _SWAP_WAIT
+    real = Path(os.path.realpath(directory))
     while True:
         try:
             return _Held(directory)
@@ -113,13 +141,12 @@ def _hold(directory: Path) -> _Held:
             pass
         except NotADirectoryError:
             raise FileNotFoundError(f"index: {directory} is not a directory") from None
-        left = _newest(directory.parent.glob(f".{directory.name}.old-*"))
-        if directory.exists():  # put in place since the attempt
-            continue
-        if left is None or time.monotonic() > deadline:
+        left = _newest(real.parent.glob(f".{glob.escape(real.name)}.old-*"))
+        if time.monotonic() > deadline or (left is None and not real.exists()):
             hint = f"; an interrupted save left the previous index at {left} (rename it back)" if left else ""
             raise FileNotFoundError(f"index: no index directory {directory}{hint}")
-        time.sleep(0.02)
+        if not real.exists():  # a save between its renames: wait for it
+            time.sleep(0.02)
 
 
 def _newest(paths) -> Path | None:
@@ -261,7 +288,9 @@ def _written_by(manifest: dict) -> str:
     one cannot read)."""
     from deepmetric import __version__
     version = manifest.get("deepmetric_version")
-    return f"; it was written by deepmetric {version}, this is {__version__}" if version != __version__ else ""
+    if version in (None, __version__):
+        return ""
+    return f"; it was written by deepmetric {version}, this is {__version__}"
 
 
 def _check_manifest_fields(manifest: dict, path: Path) -> None:
@@ -301,7 +330,7 @@ def _verified_manifest(held: _Held) -> dict:
     try:
         with held.open(MANIFEST) as f:
             text = f.read()
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing manifest (not a saved deepmetric index?)") from None
     try:
         manifest = json.loads(text.decode("utf-8"))
@@ -323,13 +352,10 @@ def _verified_manifest(held: _Held) -> dict:
             raise ValueError(f"{path}: bad file name {name!r} (expected a plain file name)")
         try:
             f = held.open(name)
-        except (FileNotFoundError, IsADirectoryError):
+        except FileNotFoundError:
             raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST})") from None
         with f:
-            stat = os.fstat(f.fileno())
-            if not S_ISREG(stat.st_mode):
-                raise FileNotFoundError(f"{file}: missing index file (listed in {MANIFEST}; a directory is there)")
-            size = stat.st_size
+            size = os.fstat(f.fileno()).st_size
             if size != entry["size"]:
                 raise ValueError(f"{file}: size {size} bytes, the manifest says {entry['size']} "
                                  f"(truncated or modified file)")
@@ -547,10 +573,11 @@ class Index:
         target.parent.mkdir(parents=True, exist_ok=True)
         with locked(target.parent / f".{target.name}.lock"):  # another save to this path: wait for it
             _check_replaceable(target)
-            for stale in target.parent.glob(f".{target.name}.tmp-*"):  # of saves that were killed
+            name = glob.escape(target.name)
+            for stale in target.parent.glob(f".{name}.tmp-*"):  # of saves that were killed
                 shutil.rmtree(stale, ignore_errors=True)
             self._save_into(target, __version__)
-            for stale in target.parent.glob(f".{target.name}.old-*"):  # indexes a killed save had moved aside
+            for stale in target.parent.glob(f".{name}.old-*"):  # indexes a killed save had moved aside
                 shutil.rmtree(stale, ignore_errors=True)
         return target
 
@@ -577,13 +604,14 @@ class Index:
             for name in [*files, MANIFEST, "."]:  # on the disk before the old index is replaced
                 sync(tmp / name)
             _move_into_place(tmp, target)
-            sync(target.parent)
-        except OSError as err:
+        except OSError as err:  # the same OSError subclass for the same errno (e.g. PermissionError)
             shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(f"{target}: cannot save the index ({err}); the index there, if any, is unchanged") from err
+            message = f"{target}: cannot save the index ({err.strerror or err}); the index there, if any, is unchanged"
+            raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        sync(target.parent)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Index":

@@ -160,8 +160,10 @@ def _comparable(config: dict) -> dict:
 #: first line of a run's config.yaml, with the sha256 of the rest: a file without it (or edited) is the
 #: user's, and never replaced
 CONFIG_HEADER = "# deepmetric run configuration, written by the trainer; sha256 of what follows: "
+#: the file a running training holds locked in its run directory
+LOCK = ".deepmetric-run.lock"
 #: the files a run directory holds (and the temporary names they are written under)
-RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?|\.lock")
+RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?|\.deepmetric-run\.lock")
 
 
 def _config_text(config: dict) -> str:
@@ -192,7 +194,7 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
     if text is not None and not _written_by_trainer(text):
         raise ValueError(f"out: {config_file} was not written by a run (or was edited) and would be "
                          f"overwritten; give a new run directory")
-    if text is None and any(p.suffix != ".tmp" and p.name != ".lock" for p in out.iterdir()):  # config first
+    if text is None and any(p.suffix != ".tmp" and p.name != LOCK for p in out.iterdir()):  # config first
         raise ValueError(f"out: {out} holds files named like a run's but no config.yaml of a run, so they are not "
                          f"a run's and would be overwritten; give a new or empty run directory")
     if text != config_text and any((out / name).exists() for name in ("last.pt", "best.pt")):
@@ -202,7 +204,7 @@ def _check_new_run_dir(out: Path, config_text: str) -> None:
 
 @contextlib.contextmanager
 def _run_lock(out: Path):
-    """Hold ``out/.lock`` while a run writes ``out``: a second run into the same directory would interleave
+    """Hold ``out/`` :data:`LOCK` while a run writes ``out``: a second run into the same directory would interleave
     checkpoints and delete the first one's temporary files. A directory this call created is removed
     again if the run wrote nothing into it."""
     if out.exists() and not out.is_dir():
@@ -210,8 +212,8 @@ def _run_lock(out: Path):
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        with locked(out / ".lock", busy=f"out: another process is training into {out} (it holds {out / '.lock'}); "
-                                        "wait for it to end or give another run directory"):
+        with locked(out / LOCK, busy=f"out: another process is training into {out} (it holds {out / LOCK}); "
+                                      "wait for it to end or give another run directory"):
             yield
     finally:
         if created and not any(out.iterdir()):
@@ -225,7 +227,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     run needs a missing or empty directory, or one holding only the files of a run: with checkpoints
     only of the same configuration (``resume=False`` starts it again), without them of any (a run
     stopped before its first checkpoint), so no file of the user's is replaced.
-    One process at a time trains into a directory (it holds ``out_dir/.lock``).
+    One process at a time trains into a directory (it holds ``out_dir/.deepmetric-run.lock``).
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
