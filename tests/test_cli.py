@@ -29,11 +29,14 @@ def test_train_evaluate_embed(tmp_path):
     result = run("train", DIGITS, "--set", "epochs=1", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert (out / "best.pt").exists()
+    train_output = result.output
     result = run("evaluate", out, "--json", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     recorded = json.loads((out / "metrics.json").read_text())["test"]
     assert metrics["map_at_r"] == pytest.approx(recorded["map_at_r"], abs=1e-6)
+    # train printed the test metrics one per row (a column per hierarchy level where there are levels)
+    assert f"map_at_r{recorded['map_at_r']:.4f}".replace(" ", "") in train_output.replace(" ", "")
     result = run("embed", out, "--data", "digits", "--out", tmp_path / "e.npz")
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "e.npz") as f:

@@ -29,6 +29,16 @@ def format_table(rows: dict, keys=TABLE_KEYS) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(metrics: dict, top: str) -> str:
+    """:func:`deepmetric.evaluate`'s result as a table: one row per metric, one column for the top level
+    (named ``top``) and one per nested result (hierarchy levels, class means)."""
+    from deepmetric.report import metric_columns
+    columns = metric_columns(metrics, top)
+    names = dict.fromkeys(name for column in columns.values() for name in column)
+    return format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
+                        keys=list(columns))
+
+
 class _Group(click.Group):
     """Turns the library's input errors into one clear line instead of a traceback."""
 
@@ -101,8 +111,8 @@ def train(ctx, config_file, overrides, out, no_progress):
     config = _config_with_data_dir(load_config(config_file, overrides), ctx)
     out = Path(out or Path("runs") / Path(config_file).stem)
     result = run_training(config, out, progress=not no_progress)
-    if "test" in result:
-        click.echo(format_table({f"test ({config['split']})": result["test"]}))
+    if "test" in result:  # one column per hierarchy level: the selected one may be a level's
+        click.echo(metrics_table(result["test"], f"test ({config['split']})"))
     click.echo(f"run written to {out}")
 
 
@@ -183,11 +193,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
              f"{state['distance']} distance, {'own group' if exclude_groups else 'only the query itself'} excluded")
     top = "all" if split == "all" else "test"
     click.echo(about)
-    from deepmetric.report import metric_columns
-    columns = metric_columns(metrics, top)
-    names = dict.fromkeys(name for column in columns.values() for name in column)
-    click.echo(format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
-                            keys=list(columns)))
+    click.echo(metrics_table(metrics, top))
     if per_class:
         tables = {"": metrics}
         tables.update({f" at {key}": value for key, value in metrics.items()
