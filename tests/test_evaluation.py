@@ -2,6 +2,7 @@
 clustering metrics against scikit-learn, protocols (query-in-gallery, separate sets, groups), bad input."""
 import logging
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -439,6 +440,20 @@ def test_hand_worked_per_class_of_a_hierarchy():
     # actor 0 without its own track: item 0 and item 1 find only item 2 (R = 1, at rank 1)
     assert grouped["level_0"]["per_class"][0]["map_at_r"] == 1.0
     assert grouped["level_0"]["class_mean"]["map_at_r"] == 1.0
+
+
+def test_the_same_vectors_as_a_separate_gallery_are_warned_about():
+    # a porting slip: every query finds itself first (P@1 1.0) where pml's ref_includes_query=True
+    # or evaluate(x, y) would not
+    x, y = line(0, 1, 3, 4), torch.tensor([0, 1, 0, 1])
+    with pytest.warns(UserWarning, match=r"gallery: the same vectors as embeddings.*ref_includes_query=True") as caught:
+        scores = dm.evaluate(x, y, gallery=x, gallery_labels=y, nmi=False)
+    assert scores["precision_at_1"] == 1.0 and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids = torch.arange(4)
+        assert dm.evaluate(x, y, gallery=x, gallery_labels=y, groups=ids, gallery_groups=ids,
+                           nmi=False)["precision_at_1"] == 0.0
 
 
 def test_perfect_embeddings_score_one():

@@ -358,6 +358,12 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
     self_mode = gallery is None
+    if not self_mode and groups is None and isinstance(gallery, torch.Tensor) and isinstance(embeddings, torch.Tensor) \
+            and (gallery.data_ptr(), gallery.shape, gallery.stride()) == (
+                embeddings.data_ptr(), embeddings.shape, embeddings.stride()):
+        warn("gallery: the same vectors as embeddings, as a separate gallery, so every query retrieves itself "
+             "first (precision@1 1.0); for query-in-gallery call evaluate(embeddings, labels) without a gallery, "
+             "or pass groups and gallery_groups of item ids (pytorch-metric-learning's ref_includes_query=True)")
     queries, q_labels, gallery, g_labels = check_pair(embeddings, labels, gallery, gallery_labels,
                                                          ref_names=("gallery", "gallery_labels"))
     if gallery.shape[0] == 0:
