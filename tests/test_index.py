@@ -678,8 +678,10 @@ def test_bad_options_are_clear():
         dmi.create("faiss", factory="")
     with pytest.raises(ValueError, match="nlist: expected an integer >= 1, got 0"):
         dmi.create("ivf-flat", nlist=0)
-    with pytest.raises(ValueError, match="m: expected a divisor of the dimension 10"):
+    with pytest.raises(ValueError, match="m: expected a divisor of the dimension 10 .*; got 4"):
         dmi.create("ivf-fastscan", m=4).add(randn(300, 10))
+    with pytest.raises(ValueError, match=r"dimension 15 .*; the default is half the dimension, 7; pass m="):
+        dmi.create("ivf-fastscan").add(randn(300, 15))  # m was never given: say where 7 came from
     with pytest.raises(ValueError, match=r"refine: expected 0 \(no re-ranking\) or a factor >= 1, got 0.5"):
         dmi.create("ivf-fastscan", refine=0.5)
     with pytest.raises(TypeError, match=r"index 'hnsw': unknown arguments \['nlist'\]; it takes \['M', 'distance', "

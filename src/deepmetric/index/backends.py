@@ -548,7 +548,8 @@ class IVFFastScanIndex(FaissIndex):
     def _build(self, d):
         m = self.m or d // 2
         if m < 1 or d % m:
-            raise ValueError(f"m: expected a divisor of the dimension {d} (sub-vectors of equal length), got {m}")
+            given = f"got {m}" if self.m else f"the default is half the dimension, {m}; pass m= (index_options)"
+            raise ValueError(f"m: expected a divisor of the dimension {d} (sub-vectors of equal length); {given}")
         self.factory = self._template.format(m=m)
         super()._build(d)
 
