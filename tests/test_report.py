@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+import deepmetric as dm
 from deepmetric.report import (embedding_figure, evaluation_figures, nearest_neighbours, neighbours_figure,
-                               write_evaluation_report)
+                               recall_figure, write_evaluation_report)
 
 
 def test_nearest_neighbours_hand_worked():
@@ -11,16 +12,19 @@ def test_nearest_neighbours_hand_worked():
     # item 0: 1 (d 1, same), 3 (d 3, other), 4 (d 4, other); item 2: 3 (d 1, same), 1 (d 2, other), 4 (d 3, other)
     x = torch.tensor([[0.0], [1.0], [3.0], [4.0], [10.0]])
     y = torch.tensor([0, 0, 1, 1, 0])
-    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0, 2]), 3)
+    ids, shared = nearest_neighbours(x, y, "euclidean", torch.tensor([0, 2]), 3)
     assert ids.tolist() == [[1, 2, 3], [3, 1, 0]]
-    assert relevant.tolist() == [[True, False, False], [True, False, False]]
-    # k beyond the other items: all of them; hierarchical labels judge the finest class
-    ids, relevant = nearest_neighbours(x, torch.stack([torch.zeros(5, dtype=torch.long), y], 1), "euclidean",
-                                       torch.tensor([4]), 10)
-    assert ids.tolist() == [[3, 2, 1, 0]] and relevant.tolist() == [[False, False, True, True]]
+    assert shared.tolist() == [[1, 0, 0], [1, 0, 0]]
+    # k beyond the other items: all of them; hierarchical labels: how many leading levels are shared
+    # (2 = the same finest class; 1 = the same parent only, e.g. the same actor in another track)
+    tree = torch.stack([torch.tensor([0, 0, 0, 0, 1]), y], 1)
+    ids, shared = nearest_neighbours(x, tree, "euclidean", torch.tensor([4]), 10)
+    assert ids.tolist() == [[3, 2, 1, 0]] and shared.tolist() == [[0, 0, 0, 0]]
+    ids, shared = nearest_neighbours(x, tree, "euclidean", torch.tensor([0]), 4)
+    assert ids.tolist() == [[1, 2, 3, 4]] and shared.tolist() == [[2, 1, 1, 0]]
     # groups (e.g. frames of one video): nothing of the query's group; slots beyond the rest are empty
-    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0]), 4, groups=torch.tensor([0, 0, 1, 1, 0]))
-    assert ids.tolist() == [[2, 3, -1, -1]] and relevant.tolist() == [[False, False, False, False]]
+    ids, shared = nearest_neighbours(x, y, "euclidean", torch.tensor([0]), 4, groups=torch.tensor([0, 0, 1, 1, 0]))
+    assert ids.tolist() == [[2, 3, -1, -1]] and shared.tolist() == [[0, 0, 0, 0]]
 
 
 def test_which_plots_appear():
@@ -47,6 +51,26 @@ def test_classes_of_a_hierarchy_are_named_by_their_path():
     assert ids.tolist() == [1, 1, 2, 0] and class_names(classes) == ["3/4", "3/17", "5/2"]
     classes, ids = item_classes(torch.tensor([7, 2, 7]))
     assert ids.tolist() == [1, 0, 1] and class_names(classes) == [2, 7]
+
+
+def test_reports_name_what_they_show(tmp_path):
+    # hierarchical labels with each track a group: the finest level has no relevant item, so the
+    # recall curve is level_0's alone and must say so; neighbours of the same actor are orange;
+    # --split all is not "test"; per-class tables of every level; no "nan" where JSON has null
+    gen = torch.Generator().manual_seed(2)
+    emb = torch.randn(24, 4, generator=gen)
+    labels = torch.stack([torch.arange(24) // 12, torch.arange(24) // 4], 1)  # 2 actors, 6 tracks of 4
+    metrics = dm.evaluate(emb, labels, nmi=False, per_class=True, groups=labels[:, 1])
+    metrics["level_0"]["mrr"] = float("nan")
+    path = write_evaluation_report(tmp_path / "r.html", metrics, emb, labels, "euclidean",
+                                   inputs=torch.rand(24, 1, 5, 5, generator=gen), groups=labels[:, 1], top="all")
+    text = path.read_text(encoding="utf-8")
+    assert "<h2>All recall@K</h2>" in text and "<h2>All embeddings</h2>" in text and "Test" not in text
+    assert "green: same finest class, orange: same coarser class only, red: other" in text
+    assert "<h2>Per class at level_0</h2>" in text and "<h2>Per class at level_1</h2>" in text
+    assert "nan" not in text
+    figure = recall_figure(metrics, "all")
+    assert figure[0] == "All recall@K"
 
 
 def test_write_evaluation_report(tmp_path):

@@ -39,6 +39,8 @@ def test_training_writes_a_run_and_beats_raw_features(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "report.html"]
     report = (tmp_path / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3 and "Test embeddings" in report  # features: no images
+    assert f"split zero-shot (its test part), {len(load_data(config)[1])} items, only the query itself excluded" in report
+    assert f"tested: the checkpoint of epoch {result['best_epoch']} (best map_at_r on the validation" in report
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["map_at_r"] == pytest.approx(result["test"]["map_at_r"])
     assert len(saved["epochs"]) == 8 and "val" in saved["epochs"][0]
@@ -153,6 +155,12 @@ def test_any_k_can_be_selected_and_impossible_selections_fail_before_training(tm
     assert not (tmp_path / "b").exists()
     # without validation classes the selection is unused, so it is not checked (runs made before the check load)
     assert resolve({}, ["eval.val_classes=0", "eval.select=last"])["eval"]["select"] == "last"
+
+
+def test_a_run_without_validation_says_so_in_its_report(tmp_path):
+    train(resolve({}, ["epochs=1", "eval.val_classes=0", "eval.nmi=false"]), tmp_path, progress=False, log=quiet)
+    report = (tmp_path / "report.html").read_text()
+    assert "tested: the checkpoint of the last epoch (1; no validation classes)" in report and "best epoch" not in report
 
 
 def test_checkpoints_can_be_selected_by_clustering_metrics(tmp_path):

@@ -62,8 +62,9 @@ def atomic_path(path: str | Path):
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Atomic UTF-8 text (whatever the locale: the reports declare UTF-8)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _finite(data):

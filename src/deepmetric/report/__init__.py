@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 import torch
 
 from deepmetric._io import write_text
-from deepmetric.labels import class_names, is_multilabel, item_classes, same_mask
+from deepmetric.labels import class_names, is_hierarchical, is_multilabel, item_classes, same_mask, shared_levels
 
 
 def _png(fig) -> str:
@@ -46,10 +47,13 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
     plt = _pyplot()
     epochs = metrics["epochs"]
     figures = []
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    val = [e for e in epochs if "val" in e]
+    fig, ax = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5, 3.2), squeeze=False)
+    ax = ax[0]
     ax[0].plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker="o")
     ax[0].set(xlabel="epoch", ylabel="training loss", title="Loss")
-    val = [e for e in epochs if "val" in e]
+    for a in ax:
+        a.xaxis.get_major_locator().set_params(integer=True)
     if val:  # the metric that chose the checkpoint, and MAP@R and P@1 where validation has them
         for key in dict.fromkeys([metrics.get("select", "map_at_r"), "map_at_r", "precision_at_1"]):
             points = [(e["epoch"], metric_value(e["val"], key)) for e in val]
@@ -58,7 +62,7 @@ def _plots(metrics: dict, distances: dict | None = None) -> list[tuple[str, str]
                 ax[1].plot(*zip(*points), marker="o", label=key)
         ax[1].axvline(metrics["best_epoch"], color="grey", ls="--", label="best")
         ax[1].legend()
-    ax[1].set(xlabel="epoch", title="Validation classes")
+        ax[1].set(xlabel="epoch", title="Validation classes")
     figures.append(("Training", _png(fig)))
     plt.close(fig)
     if distances:
@@ -93,13 +97,14 @@ def metric_columns(metrics: dict, top: str = "test") -> dict:
     return columns
 
 
-def recall_figure(metrics: dict) -> tuple[str, str] | None:
+def recall_figure(metrics: dict, top: str = "test") -> tuple[str, str] | None:
     """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``: one line for the
-    top level and one per nested result (hierarchy levels); None when there are none."""
+    top level (named ``top``, e.g. test) and one per nested result (hierarchy levels), each named in
+    the legend; None when there are none."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     all_ks = set()
-    for name, column in metric_columns(metrics).items():
+    for name, column in metric_columns(metrics, top).items():
         ks = sorted(int(k.rsplit("_", 1)[1]) for k in column if k.startswith("recall_at_"))
         if ks:
             ax.plot(ks, [column[f"recall_at_{k}"] for k in ks], marker="o", label=name)
@@ -108,20 +113,20 @@ def recall_figure(metrics: dict) -> tuple[str, str] | None:
         plt.close(fig)
         return None
     ks = sorted(all_ks)
-    ax.set(xscale="log", xlabel="K", ylabel="Recall@K (hit rate)", ylim=(0, 1.02), title="Test recall curve")
+    ax.set(xscale="log", xlabel="K", ylabel="Recall@K (hit rate)", ylim=(0, 1.02),
+           title=f"{top.capitalize()} recall curve")
     ax.set_xticks(ks, [str(k) for k in ks])
-    if len(ax.lines) > 1:
-        ax.legend(fontsize=7)
-    figure = ("Test recall@K", _png(fig))
+    ax.legend(fontsize=7)  # even for one line: it may be a level's (the finest has none with groups)
+    figure = (f"{top.capitalize()} recall@K", _png(fig))
     plt.close(fig)
     return figure
 
 
 def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes: int = 10,
-                     max_points: int = 5000) -> tuple[str, str] | None:
-    """The items of the ``max_classes`` largest classes on the first two principal axes of the
-    embeddings (PCA of at most ``max_points`` items, taken evenly), one colour per class; None for
-    multi-label labels."""
+                     max_points: int = 5000, top: str = "test") -> tuple[str, str] | None:
+    """The embeddings on their first two principal axes (PCA of at most ``max_points`` items, taken
+    evenly): the ``max_classes`` largest classes of all items one colour each, the other items grey;
+    None for multi-label labels."""
     if is_multilabel(labels) or embeddings.shape[0] < 2:
         return None
     plt = _pyplot()
@@ -132,39 +137,44 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
     x = x - x.mean(0)
     axes = torch.linalg.svd(x, full_matrices=False).Vh[:2]
     xy = torch.nn.functional.pad(x @ axes.T, (0, 2 - axes.shape[0])).numpy()  # 1-D embeddings: a line
-    values, counts = classes.unique(return_counts=True)
-    largest = values[counts.argsort(descending=True, stable=True)[:max_classes]]
+    largest = torch.bincount(ids).argsort(descending=True, stable=True)[:max_classes]  # over all items
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    others = ~torch.isin(classes, largest).numpy()
+    if others.any():
+        ax.scatter(xy[others, 0], xy[others, 1], s=4, color="lightgrey", label="other classes")
     for c in largest.tolist():
         rows = (classes == c).numpy()
         ax.scatter(xy[rows, 0], xy[rows, 1], s=8, label=str(names[c]))
     ax.set(xlabel="principal axis 1", ylabel="principal axis 2",
-           title=f"Embeddings of the {len(largest)} largest classes (PCA)")
+           title=f"{len(pick)} of {embeddings.shape[0]} items, the {len(largest)} largest classes coloured (PCA)")
     ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    figure = ("Test embeddings", _png(fig))
+    figure = (f"{top.capitalize()} embeddings", _png(fig))
     plt.close(fig)
     return figure
 
 
 def nearest_neighbours(embeddings: torch.Tensor, labels: torch.Tensor, distance: str, queries: torch.Tensor,
                        k: int, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, relevant)`` ``(len(queries), k)``: each query item's k nearest other items (exact
-    search, ties in item order; with ``groups``, no item of the query's group) and whether each is
-    relevant to it (same class; the finest class of a hierarchy; a shared label for multi-label).
-    Slots beyond the items a query can retrieve hold id -1, not relevant."""
+    """``(ids, shared)`` ``(len(queries), k)``: each query item's k nearest other items (exact search,
+    ties in item order; with ``groups``, no item of the query's group) and how related each is to it:
+    for a hierarchy the number of leading levels they share (``L``: the same finest class), else 1
+    when relevant (same class, or a shared label for multi-label) and 0 when not. Slots beyond the
+    items a query can retrieve hold id -1 and 0."""
     from deepmetric.index import knn
     groups = torch.arange(embeddings.shape[0]) if groups is None else groups
     k = min(k, embeddings.shape[0] - 1)
     _, ids = knn(embeddings[queries], embeddings, k, distance, query_groups=groups[queries], gallery_groups=groups)
-    relevant = same_mask(labels[queries], labels).gather(1, ids.clamp_min(0)) & (ids >= 0)
-    return ids, relevant
+    related = shared_levels(labels[queries], labels) if is_hierarchical(labels) else same_mask(labels[queries], labels)
+    return ids, related.long().gather(1, ids.clamp_min(0)) * (ids >= 0)
 
 
 def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
                       groups: torch.Tensor | None = None, n_queries: int = 6, k: int = 8) -> tuple[str, str] | None:
     """For image inputs ``(N, C, H, W)`` (C = 1 or 3): ``n_queries`` queries taken evenly over the
     items, each followed by its k nearest neighbours (:func:`nearest_neighbours`), framed green when
-    relevant and red when not; None for other inputs or fewer than 2 items."""
+    relevant, red when not, and for a hierarchy orange when only coarser levels are shared (e.g. the
+    same actor in another track: relevant to ``level_0``'s metrics); None for other inputs or fewer
+    than 2 items."""
     if inputs.shape[0] != embeddings.shape[0]:
         raise ValueError(f"inputs: expected {embeddings.shape[0]} items like the embeddings, got {inputs.shape[0]}")
     if inputs.dim() != 4 or inputs.shape[1] not in (1, 3) or inputs.shape[0] < 2:
@@ -172,8 +182,8 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
     plt = _pyplot()
     inputs, embeddings, labels = inputs.detach().cpu(), embeddings.detach().cpu(), labels.cpu()
     queries = torch.linspace(0, inputs.shape[0] - 1, min(n_queries, inputs.shape[0])).long().unique()
-    ids, relevant = nearest_neighbours(embeddings, labels, distance, queries, k,
-                                       None if groups is None else groups.cpu())
+    ids, shared = nearest_neighbours(embeddings, labels, distance, queries, k, None if groups is None else groups.cpu())
+    full = labels.shape[1] if is_hierarchical(labels) else 1
     fig, axes = plt.subplots(len(queries), ids.shape[1] + 1, squeeze=False,
                              figsize=(1.1 * (ids.shape[1] + 1), 1.1 * len(queries)))
 
@@ -191,20 +201,25 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
         show(axes[row, 0], q, "black")
         for col in range(ids.shape[1]):
             if ids[row, col] >= 0:
-                show(axes[row, col + 1], int(ids[row, col]), "green" if relevant[row, col] else "red")
+                level = int(shared[row, col])
+                show(axes[row, col + 1], int(ids[row, col]), "green" if level == full else "orange" if level else "red")
             else:
                 axes[row, col + 1].axis("off")
     axes[0, 0].set_title("query", fontsize=8)
-    figure = (f"Nearest neighbours (green: relevant, red: not; {distance} distance)", _png(fig))
+    legend = ("green: same finest class, orange: same coarser class only, red: other" if full > 1 else
+              "green: relevant, red: not")
+    figure = (f"Nearest neighbours ({legend}; {distance} distance)", _png(fig))
     plt.close(fig)
     return figure
 
 
 def evaluation_figures(metrics: dict, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
-                       inputs: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> list[tuple[str, str]]:
+                       inputs: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                       top: str = "test") -> list[tuple[str, str]]:
     """The plots of an evaluation: recall curve, embeddings, and nearest neighbours of image inputs
-    (none of the query's group when ``groups`` is given, as in the metrics)."""
-    figures = [recall_figure(metrics), embedding_figure(embeddings, labels)]
+    (none of the query's group when ``groups`` is given, as in the metrics); ``top`` names what was
+    evaluated (e.g. test, all)."""
+    figures = [recall_figure(metrics, top), embedding_figure(embeddings, labels, top=top)]
     if inputs is not None:
         figures.append(neighbours_figure(inputs, embeddings, labels, distance, groups))
     return [f for f in figures if f is not None]
@@ -213,7 +228,9 @@ def evaluation_figures(metrics: dict, embeddings: torch.Tensor, labels: torch.Te
 def _html_table(rows: dict, columns: list) -> str:
     """``rows`` ``{name: {column: value}}`` as an HTML table (floats to 4 decimals, ``-`` where missing)."""
     def cell(v):
-        return "-" if v is None else html.escape(str(v)) if isinstance(v, (int, str)) else f"{v:.4f}"
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):  # as metrics.json's null
+            return "-"
+        return html.escape(str(v)) if isinstance(v, (int, str)) else f"{v:.4f}"
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["", *columns])
     body = "".join(f"<tr><td>{html.escape(str(name))}</td>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns)
@@ -229,29 +246,38 @@ def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list
     names = dict.fromkeys(name for column in columns.values() for name in column)
     tables = "<h2>Metrics</h2>" + _html_table(
         {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
-    if metrics.get("per_class"):
-        per_class = metrics["per_class"]
-        keys = list(dict.fromkeys(key for row in per_class.values() for key in row))
-        tables += "<h2>Per class</h2>" + _html_table(per_class, keys)
+    per_class = {"": metrics.get("per_class")}
+    per_class.update({f" at {name}": nested.get("per_class") for name, nested in metrics.items()
+                      if isinstance(nested, dict)})
+    for where, rows in per_class.items():
+        if rows:
+            keys = list(dict.fromkeys(key for row in rows.values() for key in row))
+            tables += f"<h2>Per class{html.escape(where)}</h2>" + _html_table(rows, keys)
     images = "".join(f"<h2>{html.escape(name)}</h2><img src='data:image/png;base64,{data}'>" for name, data in figures)
     write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
                      f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{tables}{images}")
     return path
 
 
-def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = None, test=None) -> Path:
+def write_report(run_dir: str | Path, metrics: dict, distances: dict | None = None, test=None,
+                 about: str = "") -> Path:
     """Write ``run_dir/report.html`` from a run's ``metrics.json`` content and return its path;
     ``distances`` (``{relation: 1-D array}``, e.g. from
-    :func:`deepmetric.evaluation.hierarchy.quadlet_distances`) adds their histograms, and ``test``
-    ``(inputs, embeddings, labels, groups)`` the plots of :func:`evaluation_figures`."""
+    :func:`deepmetric.evaluation.hierarchy.quadlet_distances`) adds their histograms, ``test``
+    ``(inputs, embeddings, labels, groups)`` the plots of :func:`evaluation_figures`, and ``about``
+    says what was tested (data, split, items, exclusions)."""
     figures = _plots(metrics, distances)
     if metrics.get("test") and test is not None:
         inputs, embeddings, labels, groups = test
         figures += evaluation_figures(metrics["test"], embeddings, labels, metrics["distance"], inputs, groups)
     elif metrics.get("test"):
         figures += [f for f in [recall_figure(metrics["test"])] if f is not None]
-    return _write_html(Path(run_dir) / "report.html", f"deepmetric run: {Path(run_dir).name}",
-                       f"distance: {metrics['distance']}, best epoch {metrics['best_epoch']}",
+    validated = any("val" in e for e in metrics["epochs"])
+    chosen = (f"the checkpoint of epoch {metrics['best_epoch']} (best {metrics.get('select', 'map_at_r')} on the "
+              "validation classes)" if validated else f"the checkpoint of the last epoch ({metrics['best_epoch']}; no "
+              "validation classes)")
+    intro = f"{about + '; ' if about else ''}distance: {metrics['distance']}; tested: {chosen}"
+    return _write_html(Path(run_dir) / "report.html", f"deepmetric run: {Path(run_dir).name}", intro,
                        metrics.get("test") or {}, figures)
 
 
@@ -263,4 +289,4 @@ def write_evaluation_report(path: str | Path, metrics: dict, embeddings: torch.T
     ``top`` names the column of the top-level metrics."""
     return _write_html(Path(path), f"deepmetric {title}",
                        about or f"distance: {distance}, {embeddings.shape[0]} items", metrics,
-                       evaluation_figures(metrics, embeddings, labels, distance, inputs, groups), top)
+                       evaluation_figures(metrics, embeddings, labels, distance, inputs, groups, top), top)

@@ -163,7 +163,8 @@ CONFIG_HEADER = "# deepmetric run configuration, written by the trainer; sha256 
 #: the file a running training holds locked in its run directory
 LOCK = ".deepmetric-run.lock"
 #: the files a run directory holds (and the temporary names they are written under)
-RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?|\.deepmetric-run\.lock")
+RUN_FILES = re.compile(r"\.?(config\.yaml|metrics\.json|last\.pt|best\.pt|report\.html)(\..*\.tmp)?"
+                       r"|\.deepmetric-run\.lock")
 
 
 def _config_text(config: dict) -> str:
@@ -408,7 +409,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         if "order_preservation" in result["test"]:
             relations = ("same sub-class", "same class", "other class")
             distances = dict(zip(relations, quadlet_distances(test_emb, test_set.y, distance, samples=100_000)))
-        write_report(out, result, distances, test=(test_set.x, test_emb, test_set.y, test_groups))
+        about = (f"data {test_set.name}, split {config['split']} (its test part), {len(test_set)} items, "
+                 f"{'own group' if test_groups is not None else 'only the query itself'} excluded")
+        write_report(out, result, distances, test=(test_set.x, test_emb, test_set.y, test_groups), about=about)
     return result
 
 
