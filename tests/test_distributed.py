@@ -91,3 +91,64 @@ def test_average_gradients_over_ranks(tmp_path):
     mp.spawn(_average_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
     for rank in (0, 1):
         assert out[rank] == ([1.5, 1.5], [2.0, 2.0], None)
+
+
+def _run_worker(rank, init_file, run_dir, overrides, out):
+    import datetime
+
+    from deepmetric.training import resolve, train
+    from deepmetric.training import checkpoint as ckpt
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        train(resolve({}, ["eval.nmi=false", *overrides]), run_dir, progress=False, log=lambda *a: None)
+        out[rank] = "trained"
+        if rank == 0:
+            out["model"] = {k: v.tolist() for k, v in ckpt.load(f"{run_dir}/last.pt")["model"].items()}
+    except ValueError as err:
+        out[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path, name, run_dir, overrides):
+    out = mp.Manager().dict()
+    mp.spawn(_run_worker, args=(str(tmp_path / name), str(run_dir), overrides, out), nprocs=2, join=True)
+    return dict(out)
+
+
+def test_two_process_resume_is_exact_with_random_mining(tmp_path):
+    # each rank draws its own random numbers (seed + rank); the checkpoint held rank 0's alone, so
+    # after a resume rank 1 went on with rank 0's stream (models 1e-3 apart with distance-weighted mining)
+    mining = ["loss=margin", "miner=distance-weighted", "model.normalize=true"]
+    straight = _spawn(tmp_path, "a", tmp_path / "straight", ["epochs=2", *mining])["model"]
+    _spawn(tmp_path, "b", tmp_path / "resumed", ["epochs=1", *mining])
+    resumed = _spawn(tmp_path, "c", tmp_path / "resumed", ["epochs=2", *mining])["model"]
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(torch.tensor(straight[key]), torch.tensor(resumed[key])), key
+
+
+def test_every_rank_stops_when_rank_zero_cannot_take_the_run_directory(tmp_path):
+    # only rank 0 takes the lock; rank 1 used to wait in DistributedDataParallel's first collective
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".deepmetric-run.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = _spawn(tmp_path, "init", run, ["epochs=1"])
+    assert "another process is training into" in out[0]
+    assert out[1].startswith("rank 0 stopped: ValueError: out: another process is training into")
+
+
+def test_the_command_line_trains_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "deepmetric", "train", str(config), "--set", "epochs=1", "--set", "eval.nmi=false",
+                           "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run written to") == 1  # rank 0 speaks
+    assert "test" in json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -105,15 +106,28 @@ def list_cmd(kind):
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.pass_context
 def train(ctx, config_file, overrides, out, no_progress):
-    """Train from CONFIG_FILE and write a run directory."""
+    """Train from CONFIG_FILE and write a run directory. Under a launcher that sets WORLD_SIZE (e.g.
+    torchrun --nproc_per_node 2), every process trains on its share of each epoch's batches and rank 0
+    writes."""
     from deepmetric.training import load_config
     from deepmetric.training import train as run_training
     config = _config_with_data_dir(load_config(config_file, overrides), ctx)
     out = Path(out or Path("runs") / Path(config_file).stem)
-    result = run_training(config, out, progress=not no_progress)
+    import torch.distributed as dist
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()  # e.g. by torchrun
+    if launched:  # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the launcher
+        import torch
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        main = not dist.is_initialized() or dist.get_rank() == 0
+        result = run_training(config, out, progress=not no_progress and main, log=print if main else lambda *a: None)
+    finally:
+        if launched:
+            dist.destroy_process_group()
     if "test" in result:  # one column per hierarchy level: the selected one may be a level's
         click.echo(metrics_table(result["test"], f"test ({config['split']})"))
-    click.echo(f"run written to {out}")
+    if main:
+        click.echo(f"run written to {out}")
 
 
 def _check_run_data(files: dict, recorded: dict, run_dir) -> None:

@@ -39,6 +39,31 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects, e.g. random states)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rank_zero_error(error: ValueError | None) -> None:
+    """Raise on every rank the error rank 0 met (``None``: none; the others raise a ValueError quoting
+    it), so that no rank waits in a collective for a rank 0 that has stopped."""
+    if rank_and_world()[1] == 1:
+        if error is not None:
+            raise error
+        return
+    message = [None if error is None else f"{type(error).__name__}: {error}"]
+    dist.broadcast_object_list(message, 0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise ValueError(f"rank 0 stopped: {message[0]}")
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
     """Give every rank rank 0's parameters and buffers: for modules outside DistributedDataParallel,
     such as a loss's proxies or centres, which each rank initialises from its own seed."""

@@ -33,7 +33,8 @@ from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
 from deepmetric.report import metric_value, write_report
 from deepmetric.training import checkpoint as ckpt
 from deepmetric.training.config import CLUSTERING_KEYS, DEFAULTS, SECTIONS, SELECTABLE
-from deepmetric.training.distributed import average_gradients, broadcast_parameters, is_main_process, rank_and_world
+from deepmetric.training.distributed import (average_gradients, broadcast_parameters, gather_objects,
+                                              is_main_process, rank_and_world, rank_zero_error)
 
 
 def seed_everything(seed: int) -> None:
@@ -232,7 +233,14 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
     Returns the content of ``metrics.json``.
     """
     out = Path(out_dir)
-    with _run_lock(out) if is_main_process() else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        error = None
+        if is_main_process():
+            try:
+                stack.enter_context(_run_lock(out))
+            except ValueError as err:
+                error = err
+        rank_zero_error(error)  # the other ranks stop too, rather than wait for rank 0 in a collective
         return _train(config, out, resume=resume, progress=progress, log=log)
 
 
@@ -319,7 +327,11 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
+        if len(state.get("rng_ranks", [])) == world:  # each rank's own random state and loss buffers
+            loss_fn.load_state_dict(state["loss_ranks"][rank])
+            ckpt.set_rng_state(state["rng_ranks"][rank])
+        else:  # one process, or a run saved by one process
+            ckpt.set_rng_state(state["rng"])
         history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"]
         log(f"resumed from {last_path} at epoch {start}")
 
@@ -339,6 +351,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
 
     def validate() -> dict:
         """The validation metrics of the model now; the selected one must be among them."""
+        broadcast_parameters(core)  # rank 0's BatchNorm statistics (each rank's last batch updated its own)
         val = evaluate(embed(core, val_set.x, ev["batch_size"]), val_set.y, distance=distance, nmi=clustering,
                        groups=val_set.groups if ev["exclude_groups"] else None,
                        k=int(select_k[1]) if select_k else None)
@@ -384,10 +397,12 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         improved = score > best
         if improved:
             best, best_epoch = score, epoch + 1
+        ranks = {"rng_ranks": gather_objects(ckpt.rng_state()),  # every rank's, for an exact resume
+                 "loss_ranks": gather_objects(loss_fn.state_dict())} if world > 1 else {}
         if main:
             state = {**meta, "model": core.state_dict(), "loss": loss_fn.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": ckpt.rng_state(), "epoch": epoch + 1, "history": history,
+                     "rng": ckpt.rng_state(), **ranks, "epoch": epoch + 1, "history": history,
                      "best": best, "best_epoch": best_epoch}
             if improved:  # before last.pt: a run killed in between repeats this epoch and saves it again
                 ckpt.save(best_path, state)
