@@ -103,10 +103,11 @@ def _run_worker(rank, init_file, run_dir, overrides, out):
     try:
         train(resolve({}, ["eval.nmi=false", *overrides]), run_dir, progress=False, log=lambda *a: None)
         out[rank] = "trained"
+        out[f"rng{rank}"] = torch.get_rng_state().tolist()
         if rank == 0:
             out["model"] = {k: v.tolist() for k, v in ckpt.load(f"{run_dir}/last.pt")["model"].items()}
-    except ValueError as err:
-        out[rank] = str(err)
+    except Exception as err:
+        out[rank] = f"{type(err).__name__}: {err}"
     finally:
         dist.destroy_process_group()
 
@@ -138,7 +139,19 @@ def test_every_rank_stops_when_rank_zero_cannot_take_the_run_directory(tmp_path)
         fcntl.flock(held, fcntl.LOCK_EX)
         out = _spawn(tmp_path, "init", run, ["epochs=1"])
     assert "another process is training into" in out[0]
-    assert out[1].startswith("rank 0 stopped: ValueError: out: another process is training into")
+    assert out[1].startswith("ValueError: rank 0 stopped: ValueError: out: another process is training into")
+    (tmp_path / "file").write_text("")  # a run directory that cannot be made: not a ValueError
+    out = _spawn(tmp_path, "init2", tmp_path / "file" / "run", ["epochs=1"])
+    assert out[0].startswith(("NotADirectoryError", "FileExistsError"))
+    assert out[1].startswith(f"ValueError: rank 0 stopped: {out[0]}")
+
+
+def test_a_resume_by_more_processes_gives_each_rank_its_own_stream(tmp_path):
+    # a run saved by one process has one random state: rank 1 took it too, and drew what rank 0 drew
+    from deepmetric.training import resolve, train
+    train(resolve({}, ["epochs=1", "eval.nmi=false"]), tmp_path / "run", progress=False, log=lambda *a: None)
+    out = _spawn(tmp_path, "init", tmp_path / "run", ["epochs=2"])
+    assert out[0] == out[1] == "trained" and out["rng0"] != out["rng1"]
 
 
 def test_the_command_line_trains_under_torchrun(tmp_path):

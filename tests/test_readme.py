@@ -29,3 +29,16 @@ def test_evaluation_doc_has_a_row_for_every_index_backend():
     import deepmetric as dm
     doc = (ROOT / "docs" / "evaluation.md").read_text().split("## Indexes")[1]
     assert set(re.findall(r"^\| `([a-z-]+)` \|", doc, flags=re.M)) == set(dm.index.names())
+
+
+def test_every_submodule_is_reachable_after_a_plain_import():
+    # the submodules are imported on first use; deepmetric.functional's were only reachable when
+    # something else had imported deepmetric.losses first
+    import subprocess
+    import sys
+    code = ("import deepmetric as dm\n"
+            "assert dm.functional.losses.binomial_deviance_loss and dm.functional.mining\n"
+            "assert dm.index.create and dm.evaluate and dm.Triplets and dm.training.train and dm.report\n"
+            "assert 'losses' in dir(dm)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -12,19 +12,22 @@ def test_nearest_neighbours_hand_worked():
     # item 0: 1 (d 1, same), 3 (d 3, other), 4 (d 4, other); item 2: 3 (d 1, same), 1 (d 2, other), 4 (d 3, other)
     x = torch.tensor([[0.0], [1.0], [3.0], [4.0], [10.0]])
     y = torch.tensor([0, 0, 1, 1, 0])
-    ids, shared = nearest_neighbours(x, y, "euclidean", torch.tensor([0, 2]), 3)
+    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0, 2]), 3)
     assert ids.tolist() == [[1, 2, 3], [3, 1, 0]]
-    assert shared.tolist() == [[1, 0, 0], [1, 0, 0]]
-    # k beyond the other items: all of them; hierarchical labels: how many leading levels are shared
-    # (2 = the same finest class; 1 = the same parent only, e.g. the same actor in another track)
+    assert relevant.tolist() == [[True, False, False], [True, False, False]]
+    # k beyond the other items: all of them; hierarchical labels judge the finest class, or with
+    # levels=True count the leading levels shared (2 = the same finest class; 1 = the same parent
+    # only, e.g. the same actor in another track)
     tree = torch.stack([torch.tensor([0, 0, 0, 0, 1]), y], 1)
-    ids, shared = nearest_neighbours(x, tree, "euclidean", torch.tensor([4]), 10)
-    assert ids.tolist() == [[3, 2, 1, 0]] and shared.tolist() == [[0, 0, 0, 0]]
-    ids, shared = nearest_neighbours(x, tree, "euclidean", torch.tensor([0]), 4)
-    assert ids.tolist() == [[1, 2, 3, 4]] and shared.tolist() == [[2, 1, 1, 0]]
+    ids, relevant = nearest_neighbours(x, tree, "euclidean", torch.tensor([4]), 10)
+    assert ids.tolist() == [[3, 2, 1, 0]] and relevant.tolist() == [[False, False, False, False]]
+    ids, relevant = nearest_neighbours(x, tree, "euclidean", torch.tensor([0]), 4)
+    assert ids.tolist() == [[1, 2, 3, 4]] and relevant.tolist() == [[True, False, False, False]]
+    ids, shared = nearest_neighbours(x, tree, "euclidean", torch.tensor([0]), 4, levels=True)
+    assert shared.tolist() == [[2, 1, 1, 0]]
     # groups (e.g. frames of one video): nothing of the query's group; slots beyond the rest are empty
-    ids, shared = nearest_neighbours(x, y, "euclidean", torch.tensor([0]), 4, groups=torch.tensor([0, 0, 1, 1, 0]))
-    assert ids.tolist() == [[2, 3, -1, -1]] and shared.tolist() == [[0, 0, 0, 0]]
+    ids, relevant = nearest_neighbours(x, y, "euclidean", torch.tensor([0]), 4, groups=torch.tensor([0, 0, 1, 1, 0]))
+    assert ids.tolist() == [[2, 3, -1, -1]] and relevant.tolist() == [[False, False, False, False]]
 
 
 def test_which_plots_appear():
@@ -67,7 +70,8 @@ def test_reports_name_what_they_show(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "<h2>All recall@K</h2>" in text and "<h2>All embeddings</h2>" in text and "Test" not in text
     assert "green: same finest class, orange: same coarser class only, red: other" in text
-    assert "<h2>Per class at level_0</h2>" in text and "<h2>Per class at level_1</h2>" in text
+    assert "<h2>Per class at level_0</h2>" in text  # level_1's classes are the top-level table's
+    assert "<h2>Per class at level_1</h2>" not in text
     assert "nan" not in text
     figure = recall_figure(metrics, "all")
     assert figure[0] == "All recall@K"

@@ -17,7 +17,7 @@ def format_table(rows: dict, keys=TABLE_KEYS) -> str:
     """A plain text table: one row per name, one column per key (floats to 4 decimals, integers as
     they are, ``-`` where a row has no such key)."""
     def cell(value):
-        if value is None:
+        if value is None or (isinstance(value, float) and value != value):  # None, NaN
             return "-"
         return str(value) if isinstance(value, int) else f"{value:.4f}"
 
@@ -28,6 +28,13 @@ def format_table(rows: dict, keys=TABLE_KEYS) -> str:
         lines.append(str(name).ljust(width) + "".join(
             cell(metrics.get(k)).rjust(w) for k, w in zip(keys, widths)))
     return "\n".join(lines)
+
+
+def coarser_levels(metrics: dict) -> dict:
+    """``{level_l: its results}`` of the levels with a ``per_class`` but the finest, whose classes are
+    the top-level ``per_class``'s."""
+    levels = [key for key, value in metrics.items() if isinstance(value, dict) and "per_class" in value]
+    return {key: metrics[key] for key in levels[:-1]}
 
 
 def metrics_table(metrics: dict, top: str) -> str:
@@ -114,12 +121,14 @@ def train(ctx, config_file, overrides, out, no_progress):
     config = _config_with_data_dir(load_config(config_file, overrides), ctx)
     out = Path(out or Path("runs") / Path(config_file).stem)
     import torch.distributed as dist
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()  # e.g. by torchrun
+
+    from deepmetric.training.distributed import is_main_process
+    launched = (int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+                and not dist.is_initialized())  # e.g. by torchrun
     if launched:  # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the launcher
-        import torch
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")  # the trainer runs on the CPU
     try:
-        main = not dist.is_initialized() or dist.get_rank() == 0
+        main = is_main_process()
         result = run_training(config, out, progress=not no_progress and main, log=print if main else lambda *a: None)
     finally:
         if launched:
@@ -210,8 +219,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     click.echo(metrics_table(metrics, top))
     if per_class:
         tables = {"": metrics}
-        tables.update({f" at {key}": value for key, value in metrics.items()
-                       if isinstance(value, dict) and "per_class" in value})
+        tables.update({f" at {key}": value for key, value in coarser_levels(metrics).items()})
         for where, scores in tables.items():
             click.echo(f"\nper class{where}:")
             click.echo(format_table({f"class {c}": m for c, m in scores["per_class"].items()},

@@ -154,18 +154,21 @@ def embedding_figure(embeddings: torch.Tensor, labels: torch.Tensor, max_classes
 
 
 def nearest_neighbours(embeddings: torch.Tensor, labels: torch.Tensor, distance: str, queries: torch.Tensor,
-                       k: int, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, shared)`` ``(len(queries), k)``: each query item's k nearest other items (exact search,
-    ties in item order; with ``groups``, no item of the query's group) and how related each is to it:
-    for a hierarchy the number of leading levels they share (``L``: the same finest class), else 1
-    when relevant (same class, or a shared label for multi-label) and 0 when not. Slots beyond the
-    items a query can retrieve hold id -1 and 0."""
+                       k: int, groups: torch.Tensor | None = None,
+                       levels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, relevant)`` ``(len(queries), k)``: each query item's k nearest other items (exact search,
+    ties in item order; with ``groups``, no item of the query's group) and whether each is relevant
+    to it (same class; the finest class of a hierarchy; a shared label for multi-label). With
+    ``levels=True`` and hierarchical labels, ``relevant`` is instead the number of leading levels they
+    share (int64, ``L``: the same finest class). Slots beyond the items a query can retrieve hold id
+    -1, not relevant (0)."""
     from deepmetric.index import knn
     groups = torch.arange(embeddings.shape[0]) if groups is None else groups
     k = min(k, embeddings.shape[0] - 1)
     _, ids = knn(embeddings[queries], embeddings, k, distance, query_groups=groups[queries], gallery_groups=groups)
-    related = shared_levels(labels[queries], labels) if is_hierarchical(labels) else same_mask(labels[queries], labels)
-    return ids, related.long().gather(1, ids.clamp_min(0)) * (ids >= 0)
+    if levels and is_hierarchical(labels):
+        return ids, shared_levels(labels[queries], labels).gather(1, ids.clamp_min(0)) * (ids >= 0)
+    return ids, same_mask(labels[queries], labels).gather(1, ids.clamp_min(0)) & (ids >= 0)
 
 
 def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, distance: str,
@@ -182,7 +185,8 @@ def neighbours_figure(inputs: torch.Tensor, embeddings: torch.Tensor, labels: to
     plt = _pyplot()
     inputs, embeddings, labels = inputs.detach().cpu(), embeddings.detach().cpu(), labels.cpu()
     queries = torch.linspace(0, inputs.shape[0] - 1, min(n_queries, inputs.shape[0])).long().unique()
-    ids, shared = nearest_neighbours(embeddings, labels, distance, queries, k, None if groups is None else groups.cpu())
+    ids, shared = nearest_neighbours(embeddings, labels, distance, queries, k, None if groups is None else groups.cpu(),
+                                     levels=True)
     full = labels.shape[1] if is_hierarchical(labels) else 1
     fig, axes = plt.subplots(len(queries), ids.shape[1] + 1, squeeze=False,
                              figsize=(1.1 * (ids.shape[1] + 1), 1.1 * len(queries)))
@@ -246,9 +250,9 @@ def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list
     names = dict.fromkeys(name for column in columns.values() for name in column)
     tables = "<h2>Metrics</h2>" + _html_table(
         {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
-    per_class = {"": metrics.get("per_class")}
-    per_class.update({f" at {name}": nested.get("per_class") for name, nested in metrics.items()
-                      if isinstance(nested, dict)})
+    levels = [name for name, nested in metrics.items() if isinstance(nested, dict) and "per_class" in nested]
+    per_class = {"": metrics.get("per_class")}  # the finest level's classes: not again as level_{L-1}
+    per_class.update({f" at {name}": metrics[name]["per_class"] for name in levels[:-1]})
     for where, rows in per_class.items():
         if rows:
             keys = list(dict.fromkeys(key for row in rows.values() for key in row))

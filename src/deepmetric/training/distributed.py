@@ -49,7 +49,7 @@ def gather_objects(obj) -> list:
     return out
 
 
-def rank_zero_error(error: ValueError | None) -> None:
+def rank_zero_error(error: Exception | None) -> None:
     """Raise on every rank the error rank 0 met (``None``: none; the others raise a ValueError quoting
     it), so that no rank waits in a collective for a rank 0 that has stopped."""
     if rank_and_world()[1] == 1:

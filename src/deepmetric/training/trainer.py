@@ -238,7 +238,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
         if is_main_process():
             try:
                 stack.enter_context(_run_lock(out))
-            except ValueError as err:
+            except Exception as err:  # e.g. another run holds it, or the directory cannot be made
                 error = err
         rank_zero_error(error)  # the other ranks stop too, rather than wait for rank 0 in a collective
         return _train(config, out, resume=resume, progress=progress, log=log)
@@ -330,8 +330,13 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         if len(state.get("rng_ranks", [])) == world:  # each rank's own random state and loss buffers
             loss_fn.load_state_dict(state["loss_ranks"][rank])
             ckpt.set_rng_state(state["rng_ranks"][rank])
-        else:  # one process, or a run saved by one process
+        elif rank == 0:  # saved by another number of processes: rank 0 goes on with rank 0's stream
             ckpt.set_rng_state(state["rng"])
+            if world > 1:
+                log(f"resume: {last_path} was saved by {len(state.get('rng_ranks', [])) or 1} process(es), not "
+                    f"{world}: the other ranks go on with new random streams (not an exact resume)")
+        else:  # a stream of this rank's own, not rank 0's
+            seed_everything(config["seed"] + rank + 7919 * state["epoch"])
         history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"]
         log(f"resumed from {last_path} at epoch {start}")
 
