@@ -320,7 +320,7 @@ def test_a_level_metric_can_be_selected_and_undefined_selections_fail_before_tra
     with pytest.raises(ValueError, match=r"eval.select: 'map_at_r' is not among the validation metrics \(.*"
                                          r"level_0.map_at_r"):
         train(resolve({}, base + ["epochs=1"]), tmp_path / "finest", progress=False, log=quiet)
-    assert not (tmp_path / "finest" / "last.pt").exists()  # refused before the first epoch
+    assert not (tmp_path / "finest").exists()  # refused before the first epoch, and nothing written
     result = train(resolve({}, base + ["epochs=2", "eval.select=level_0.map_at_r"]), tmp_path / "run",
                    progress=False, log=quiet)
     scores = [record["val"]["level_0"]["map_at_r"] for record in result["epochs"]]

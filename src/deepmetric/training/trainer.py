@@ -344,12 +344,6 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     config_text = _config_text(config)
     if not (resume and last_path.exists()):
         _check_new_run_dir(out, config_text)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # a write of a killed run, never renamed into place
-            if RUN_FILES.fullmatch(stale.name):
-                stale.unlink()
-        write_text(out / "config.yaml", config_text)
     meta = {"config": config, "in_shape": list(fit_set.x.shape[1:]), "classes": classes, "distance": distance,
             "normalize": bool(getattr(core, "normalize", False)), "versions": _versions(),
             "data_files": {**train_set.files, **test_set.files}}
@@ -370,6 +364,12 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
 
     if len(val_set) and start == 0:
         validate()  # which metrics exist depends on the labels and groups: fail now, not after an epoch
+    if main:  # after that check: a refused run writes nothing
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # a write of a killed run, never renamed into place
+            if RUN_FILES.fullmatch(stale.name):
+                stale.unlink()
+        write_text(out / "config.yaml", config_text)
 
     for epoch in range(start, config["epochs"]):
         sampler.set_epoch(epoch)
