@@ -30,13 +30,6 @@ def format_table(rows: dict, keys=TABLE_KEYS) -> str:
     return "\n".join(lines)
 
 
-def coarser_levels(metrics: dict) -> dict:
-    """``{level_l: its results}`` of the levels with a ``per_class`` but the finest, whose classes are
-    the top-level ``per_class``'s."""
-    levels = [key for key, value in metrics.items() if isinstance(value, dict) and "per_class" in value]
-    return {key: metrics[key] for key in levels[:-1]}
-
-
 def metrics_table(metrics: dict, top: str) -> str:
     """:func:`deepmetric.evaluate`'s result as a table: one row per metric, one column for the top level
     (named ``top``) and one per nested result (hierarchy levels, class means)."""
@@ -219,6 +212,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     click.echo(metrics_table(metrics, top))
     if per_class:
         tables = {"": metrics}
+        from deepmetric.report import coarser_levels
         tables.update({f" at {key}": value for key, value in coarser_levels(metrics).items()})
         for where, scores in tables.items():
             click.echo(f"\nper class{where}:")

@@ -97,6 +97,13 @@ def metric_columns(metrics: dict, top: str = "test") -> dict:
     return columns
 
 
+def coarser_levels(metrics: dict) -> dict:
+    """``{level_l: its results}`` of the levels with a ``per_class`` but the finest, whose classes are
+    those of the top-level ``per_class``."""
+    levels = [key for key, value in metrics.items() if isinstance(value, dict) and "per_class" in value]
+    return {key: metrics[key] for key in levels[:-1]}
+
+
 def recall_figure(metrics: dict, top: str = "test") -> tuple[str, str] | None:
     """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``: one line for the
     top level (named ``top``, e.g. test) and one per nested result (hierarchy levels), each named in
@@ -250,9 +257,8 @@ def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list
     names = dict.fromkeys(name for column in columns.values() for name in column)
     tables = "<h2>Metrics</h2>" + _html_table(
         {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
-    levels = [name for name, nested in metrics.items() if isinstance(nested, dict) and "per_class" in nested]
-    per_class = {"": metrics.get("per_class")}  # the finest level's classes: not again as level_{L-1}
-    per_class.update({f" at {name}": metrics[name]["per_class"] for name in levels[:-1]})
+    per_class = {"": metrics.get("per_class")}
+    per_class.update({f" at {name}": nested["per_class"] for name, nested in coarser_levels(metrics).items()})
     for where, rows in per_class.items():
         if rows:
             keys = list(dict.fromkeys(key for row in rows.values() for key in row))
