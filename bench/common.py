@@ -28,6 +28,16 @@ def load_config(path, overrides=()) -> dict:
     return config
 
 
+def timed(fn, repeats: int):
+    """(median seconds, last result) of ``repeats`` calls."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
 def summary(values, digits: int = 4) -> str:
     """``mean ± sample standard deviation`` (0 for a single value)."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -23,7 +23,6 @@ Prints ratios; asserts nothing about timings.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,15 +34,7 @@ import torch
 import deepmetric.index as dmi
 from deepmetric.codes import pack_bits
 
-
-def timed(fn, repeats: int):
-    """(median seconds, last result) of ``repeats`` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+from common import timed
 
 
 def resident_mb() -> float:

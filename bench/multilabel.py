@@ -13,13 +13,13 @@ the same process, median of ``--repeats``, and the ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
 import deepmetric as dm
+
+from common import timed
 
 
 def youtube8m_like(n: int, n_classes: int, n_labels: int, seed: int = 0):
@@ -47,15 +47,6 @@ def dense_map_at_r(x: torch.Tensor, labels: torch.Tensor) -> float:
     return float(((precision * within).sum(1)[scored] / r[scored]).mean())
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[3000, 10000])
@@ -64,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     dm.evaluate(*youtube8m_like(50, args.classes, args.labels), nmi=False)  # compiled kernels loaded
-    print(f"| N | classes | mean R | deepmetric s | dense torch s | speed-up | MAP@R |")
+    print("| N | classes | mean R | deepmetric s | dense torch s | speed-up | MAP@R |")
     print("|---|---|---|---|---|---|---|")
     for n in args.n:
         x, labels = youtube8m_like(n, args.classes, args.labels)

@@ -33,11 +33,9 @@ def format_table(rows: dict, keys=TABLE_KEYS) -> str:
 def metrics_table(metrics: dict, top: str) -> str:
     """:func:`deepmetric.evaluate`'s result as a table: one row per metric, one column for the top level
     (named ``top``) and one per nested result (hierarchy levels, class means)."""
-    from deepmetric.report import metric_columns
-    columns = metric_columns(metrics, top)
-    names = dict.fromkeys(name for column in columns.values() for name in column)
-    return format_table({name: {c: column.get(name) for c, column in columns.items()} for name in names},
-                        keys=list(columns))
+    from deepmetric.report import metric_rows
+    rows, columns = metric_rows(metrics, top)
+    return format_table(rows, keys=columns)
 
 
 class _Group(click.Group):

@@ -104,6 +104,14 @@ def coarser_levels(metrics: dict) -> dict:
     return {key: metrics[key] for key in levels[:-1]}
 
 
+def metric_rows(metrics: dict, top: str = "test") -> tuple[dict, list]:
+    """``({metric: {column: value}}, columns)``: the table of :func:`metric_columns`, one row per metric,
+    as ``deepmetric evaluate`` prints it and the reports show it."""
+    columns = metric_columns(metrics, top)
+    names = dict.fromkeys(name for column in columns.values() for name in column)
+    return {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns)
+
+
 def recall_figure(metrics: dict, top: str = "test") -> tuple[str, str] | None:
     """Recall@K (hit rate) against K, from the ``recall_at_{K}`` keys of ``metrics``: one line for the
     top level (named ``top``, e.g. test) and one per nested result (hierarchy levels), each named in
@@ -253,10 +261,7 @@ def _write_html(path: Path, title: str, intro: str, metrics: dict, figures: list
                 top: str = "test") -> Path:
     """The metrics as a table (one column per hierarchy level, as ``deepmetric evaluate`` prints them,
     the first named ``top``), the per-class results if any, then the figures."""
-    columns = metric_columns(metrics, top)
-    names = dict.fromkeys(name for column in columns.values() for name in column)
-    tables = "<h2>Metrics</h2>" + _html_table(
-        {name: {c: column.get(name) for c, column in columns.items()} for name in names}, list(columns))
+    tables = "<h2>Metrics</h2>" + _html_table(*metric_rows(metrics, top))
     per_class = {"": metrics.get("per_class")}
     per_class.update({f" at {name}": nested["per_class"] for name, nested in coarser_levels(metrics).items()})
     for where, rows in per_class.items():
