@@ -113,3 +113,15 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
     path.write_text("epochs: [2\n")
     with pytest.raises(ConfigError, match=f"config {path}: not valid YAML"):
         load(path)
+
+
+def test_values_in_error_messages_are_cut_short(tmp_path):
+    # YAML aliases let a small file hold a huge value; the message wrote out every repeated reference
+    # (about 10x the time and memory per level of nesting)
+    lines = ['  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("model:\n  name: linear\n" + "\n".join(lines) + "\nepochs: *a6\n")
+    with pytest.raises(ConfigError, match=r"epochs: expected an integer >= 1, got \[\[\[") as caught:
+        load(path)
+    assert len(str(caught.value)) < 300

@@ -1070,19 +1070,23 @@ def test_load_follows_a_symbolic_link_through_a_save_and_refuses_odd_files(tmp_p
     os.rename(tmp_path / "data" / "idx", tmp_path / "data" / ".idx.old-1234")  # a save between its renames
     threading.Timer(0.3, os.rename, (tmp_path / "data" / ".idx.old-1234", tmp_path / "data" / "idx")).start()
     assert len(dmi.load(tmp_path / "current")) == 5
-    # a FIFO or a directory where a listed file should be: refused at once, naming it, no descriptor kept
+    # a FIFO, a directory, a symbolic link (to the real file outside, or a loop) where a listed file should
+    # be: refused at once, naming it, no descriptor kept; the manifest likewise
     directory = tmp_path / "data" / "idx"
     os.rename(directory / "ids.npy", tmp_path / "ids.npy")
     open_fds = len(os.listdir("/proc/self/fd"))
-    for odd in (os.mkfifo, os.mkdir):
+    for odd in (os.mkfifo, os.mkdir, lambda path: path.symlink_to(tmp_path / "ids.npy"),
+                lambda path: path.symlink_to("ids.npy")):
         odd(directory / "ids.npy")
         for _ in range(3):
-            with pytest.raises(FileNotFoundError, match=r"idx/ids\.npy: missing index file"):
+            with pytest.raises(ValueError, match=r"idx/ids\.npy: not a regular file"):
                 dmi.load(directory)
         os.rmdir(directory / "ids.npy") if odd is os.mkdir else os.unlink(directory / "ids.npy")
     assert len(os.listdir("/proc/self/fd")) == open_fds
-    os.symlink("ids.npy", directory / "ids.npy")  # a loop: the error names the file's path
-    with pytest.raises(OSError, match=r"idx/ids\.npy: Too many levels of symbolic links"):
+    os.rename(tmp_path / "ids.npy", directory / "ids.npy")
+    os.rename(directory / "manifest.json", tmp_path / "manifest.json")
+    os.symlink(tmp_path / "manifest.json", directory / "manifest.json")
+    with pytest.raises(ValueError, match=r"idx/manifest\.json: not a regular file"):
         dmi.load(directory)
 
 
@@ -1432,3 +1436,66 @@ def test_hnsw_returns_k_results_when_k_exceeds_ef_search():
         index = dmi.create("faiss", factory=factory, ef_search=16)
         index.add(x)
         assert (index.search(x[:20], 300)[1] >= 0).all(), factory
+
+
+def test_crafted_files_with_resealed_checksums_are_refused_clearly(tmp_path):
+    # whoever hands over an index can rewrite a file and recompute the manifest's checksums: a negative id
+    # hid a real item (searches gave -1), ids null with items broke later saves, deep JSON nesting was a
+    # RecursionError traceback, a NUL in ids.json was cut silently, an .npy header stating a huge shape
+    # was allocated before any check
+    from deepmetric.index.base import _manifest_checksum
+
+    def tamper(directory, name=None, data=None, **fields):
+        if name is not None:
+            (directory / name).write_bytes(data)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest.update(fields)
+        for listed in manifest["files"]:
+            content = (directory / listed).read_bytes()
+            manifest["files"][listed] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+        manifest["checksum"] = _manifest_checksum(manifest)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    def npy(array, stated=None):  # stated: the shape the header claims
+        with open(tmp_path / "scratch.npy", "wb") as f:
+            header = {"descr": array.dtype.str, "fortran_order": False, "shape": stated or array.shape}
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(array.tobytes())
+        return (tmp_path / "scratch.npy").read_bytes()
+
+    cases = [("ids.npy", npy(np.array([0, -1, 2, 3])), {}, r"ids\.npy: expected non-negative ids, got \[-1\]"),
+             (None, None, {"ids": None}, r"manifest\.json: ids null \(no id type\) with count 4"),
+             ("ids.json", b"[" * 100_000, {}, r"ids\.json: not valid JSON: RecursionError"),
+             ("ids.json", b'["a", "b", "c\\u0000", "d"]', {}, r"ids\.json: expected a list of 4 strings without NUL"),
+             ("ids.json", b"\xff", {}, r"ids\.json: not valid JSON: UnicodeDecodeError"),
+             ("vectors.npy", npy(np.zeros((4, 8), np.float32))[:-4], {}, r"vectors\.npy: 124 bytes of data for shape"),
+             ("vectors.npy", npy(np.zeros((4, 8), np.float32), stated=(2**32, 8)), {"count": 2**32},
+              r"vectors\.npy: 128 bytes of data for shape \(4294967296, 8\) of float32 \(truncated or modified\)")]
+    for case, (name, data, fields, message) in enumerate(cases):
+        directory = built("exact", n=4, ids=["a", "b", "c", "d"] if name == "ids.json" else None).save(
+            tmp_path / f"idx{case}")
+        tamper(directory, name, data, **fields)
+        with pytest.raises(ValueError, match=message):
+            dmi.load(directory)
+
+
+def test_a_faiss_file_stating_more_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):
+    # faiss allocates what a file states before reading it; std::bad_alloc came out as a bare MemoryError
+    from deepmetric.index import backends
+    directory = built("flat", n=4).save(tmp_path / "idx")
+
+    def read_index(reader):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(backends.faiss, "read_index", read_index)
+    with pytest.raises(ValueError, match=r"idx/index\.faiss: states sizes beyond the memory available"):
+        dmi.load(directory)
+
+
+def test_a_planted_symbolic_link_at_the_save_lock_is_refused(tmp_path):
+    # the lock file was opened through a link planted at its path: a save created a file elsewhere
+    (tmp_path / "dir").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "dir" / ".idx.lock")
+    with pytest.raises(ValueError, match=r"\.idx\.lock: is a symbolic link"):
+        built("exact", n=4).save(tmp_path / "dir" / "idx")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "dir" / "idx").exists()

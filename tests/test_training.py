@@ -279,6 +279,16 @@ def test_training_refuses_split_all_and_files_named_like_a_runs(tmp_path):
     assert (tmp_path / "b" / "metrics.json").read_text() == "{\"mine\": 1}"
 
 
+def test_weights_that_do_not_fit_the_config_name_the_checkpoint(tmp_path):
+    # a RuntimeError of load_state_dict (a 37-line traceback in the CLI) for a checkpoint whose weights are
+    # not those of the model its config describes
+    torch.save({"config": resolve({}), "model": {"linear.weight": torch.zeros(3, 3)}, "in_shape": [64],
+                "distance": "cosine"}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match=r"best\.pt: the weights do not fit the model its config describes \(.*"
+                                         r"size mismatch for linear\.weight"):
+        load_run(tmp_path)
+
+
 def test_exclude_groups_applies_to_validation_and_test_metrics(tmp_path):
     # items come in pairs of near-duplicates (one group each): without the exclusion P@1 is about 1
     g = np.random.default_rng(0)

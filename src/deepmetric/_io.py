@@ -103,7 +103,14 @@ def locked(path: str | Path, busy: str | None = None):
         return
     path = Path(path)
     while True:
-        f = open(path, "a")
+        try:  # not through a symbolic link: one planted at the path would make this create a file elsewhere
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ValueError(f"{path}: is a symbolic link; a lock file must be a regular file (remove the "
+                                 f"link)") from None
+            raise
+        f = os.fdopen(fd, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if busy is None else fcntl.LOCK_NB))
         except BlockingIOError:

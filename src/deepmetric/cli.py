@@ -255,13 +255,9 @@ def _read_vectors(path) -> dict:
     """Arrays of an embeddings .npz read without pickles: ``X`` (N, D), optional ``ids`` (integers or
     strings) and ``distance`` (the one the embeddings were trained for)."""
     from deepmetric.data.datasets import read_npz
-    try:
-        arrays = read_npz(path)
-    except ValueError:  # .npy arrays and other files are no archives; truncated archives are not either
-        raise ValueError(f"{path}: expected an .npz archive (numpy.savez) holding an (N, D) array 'X', "
-                         f"without pickled objects") from None
-    if "X" not in arrays or arrays["X"].ndim != 2:
-        raise ValueError(f"{path}: expected an (N, D) array 'X', got arrays {sorted(arrays)}")
+    arrays = read_npz(path, ("X",), ("ids", "distance"))
+    if arrays["X"].ndim != 2:
+        raise ValueError(f"{path}: expected an (N, D) array 'X', got shape {arrays['X'].shape}")
     if "distance" in arrays:
         distance = arrays["distance"]
         if distance.size != 1 or distance.dtype.kind != "U":

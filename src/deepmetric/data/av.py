@@ -446,11 +446,9 @@ def _read_cache(path: Path, n: int, length: int, n_mels: int) -> dict[str, np.nd
     if not path.is_file():
         return None
     try:
-        arrays = read_npz(path)
+        arrays = read_npz(path, ("audio", "mask", "digit", "speaker", "index"))
     except ValueError:
         return None  # unreadable or partial: recompute and overwrite
-    if any(k not in arrays for k in ("audio", "mask", "digit", "speaker", "index")):
-        return None
     if arrays["audio"].shape != (n, length, n_mels) or arrays["mask"].shape != (n, length):
         return None
     return arrays

@@ -310,28 +310,32 @@ def _from_arrays(path: Path, x, y, ids=None, groups=None, name: str = "") -> Arr
         raise type(err)(f"{path}: {err}") from None
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of an npz archive, never unpickling; a truncated or corrupt file, or a single .npy
-    array, is a ValueError naming it."""
+def read_npz(path: str | os.PathLike, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The ``required`` arrays of an npz archive and those of ``optional`` it holds, never unpickling
+    and never decompressing the others (an archive can hold a small file that inflates to gigabytes).
+    A truncated or corrupt file, a single .npy array, or a missing required array is a ValueError
+    naming the file."""
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an archive of named arrays")
         with archive as f:
-            return {k: f[k] for k in f.files}  # read here: a corrupt member fails on access
+            names = f.files
+            arrays = {k: f[k] for k in (*required, *optional) if k in names}  # read here: a corrupt member fails
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"{path}: cannot read as npz without pickles (truncated or corrupt?): {err}") from None
+        raise ValueError(f"{path}: expected an .npz archive (numpy.savez) without pickled objects; cannot read "
+                         f"it (truncated or corrupt?): {err}") from None
+    if any(k not in arrays for k in required):
+        also = f" (optional {', '.join(optional)})" if optional else ""
+        raise ValueError(f"{path}: expected arrays {', '.join(required)}{also}, got {sorted(names)}")
+    return arrays
 
 
 def load_npz(path: str | os.PathLike) -> ArrayDataset:
     """A feature file: ``X`` (N, D) numeric (stored as float32), ``y`` (N,) or (N, L) integer or
     (N, C) bool labels, optional ``ids`` and ``groups`` (N,) integer. Never unpickles."""
     path = _require(Path(path), "npz")
-    arrays = read_npz(path)
-    for key in ("X", "y"):
-        if key not in arrays:
-            raise ValueError(f"{path}: expected arrays 'X' and 'y' (optional 'ids', 'groups'), "
-                             f"got {sorted(arrays)}")
+    arrays = read_npz(path, ("X", "y"), ("ids", "groups"))
     return _from_arrays(path, arrays["X"], arrays["y"], arrays.get("ids"), arrays.get("groups"),
                         name=f"npz:{path}")
 
@@ -506,9 +510,7 @@ def _load_omniglot(root: Path, size: int | None = 28, hierarchical: bool = False
     label_offset, char_offset = 0, 1  # character id = label + 1 (background), label + 965 (evaluation)
     for part in ("background", "evaluation"):
         path = _require_builtin(root, f"omniglot/images_{part}.npz", "omniglot")
-        arrays = read_npz(path)
-        if "images" not in arrays or "labels" not in arrays:
-            raise ValueError(f"{path}: expected arrays 'images' and 'labels', got {sorted(arrays)}")
+        arrays = read_npz(path, ("images", "labels"))
         images, labels = arrays["images"], arrays["labels"]
         if images.ndim != 4 or labels.shape != images.shape[:2] or images.dtype != np.bool_:
             raise ValueError(f"{path}: expected images (C, 20, H, W) bool and labels (C, 20), "

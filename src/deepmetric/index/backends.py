@@ -140,9 +140,15 @@ def _write_faiss(write, index, path) -> None:
 
 
 def _read_faiss(read, held, name: str):
-    """faiss' ``read`` of the file ``name`` of a held index directory, through a Python file."""
+    """faiss' ``read`` of the file ``name`` of a held index directory, through a Python file. faiss
+    allocates the sizes a file states before reading them: a corrupt or crafted file that states more than
+    the memory there is gives a ValueError naming it."""
     with held.open(name) as f:
-        return read(faiss.PyCallbackIOReader(f.read))
+        try:
+            return read(faiss.PyCallbackIOReader(f.read))
+        except MemoryError:
+            raise ValueError(f"{held.path / name}: states sizes beyond the memory available (a corrupt or crafted "
+                             f"faiss file)") from None
 
 
 #: queries per faiss search call: faiss is slower on one call of very many queries

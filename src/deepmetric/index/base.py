@@ -91,19 +91,23 @@ class _Held:
                 raise NotADirectoryError(str(path))
 
     def open(self, name: str):
-        """The regular file ``name`` of the held directory, opened for reading in binary mode (errors name
-        its path; anything but a regular file, e.g. a directory or a FIFO, is FileNotFoundError)."""
+        """The regular file ``name`` of the held directory, opened for reading in binary mode. Errors name
+        its path; anything but a regular file (a symbolic link, which could lead out of the directory, a
+        directory, a FIFO) is a ValueError."""
         path = self.path / name
+        not_regular = f"{path}: not a regular file (a saved index holds only regular files)"
         try:
             if self.fd is None:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
             else:  # non-blocking: opening a FIFO would wait for a writer
-                fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=self.fd)
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=self.fd)
         except OSError as err:
+            if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+                raise ValueError(not_regular) from None
             raise OSError(err.errno, f"{path}: {err.strerror}") from None
         try:
             if not S_ISREG(os.fstat(fd).st_mode):
-                raise FileNotFoundError(errno.ENOENT, f"{path}: not a regular file")
+                raise ValueError(not_regular)
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)
@@ -262,16 +266,25 @@ def read_npy(held: _Held, name: str, shape: tuple, dtypes) -> np.ndarray:
     """The ``.npy`` file ``name`` of a held directory, read without pickles and checked against the
     manifest's shape and dtypes."""
     path = held.path / name
-    try:
-        with held.open(name) as f:
-            array = np.load(f, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: cannot read as .npy: {err}") from None
     names = "/".join(np.dtype(d).name for d in dtypes)
-    if array.shape != shape or array.dtype.name not in names.split("/"):
-        raise ValueError(f"{path}: expected shape {shape} and dtype {names} as the manifest says, "
-                         f"got {array.shape} {array.dtype}")
-    return array
+    with held.open(name) as f:
+        try:  # the header first: nothing is allocated for what it claims before it is checked
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            found, _, dtype = header(f)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: cannot read as .npy: {err}") from None
+        if found != shape or dtype.name not in names.split("/"):
+            raise ValueError(f"{path}: expected shape {shape} and dtype {names} as the manifest says, "
+                             f"got {found} {dtype}")
+        data = os.fstat(f.fileno()).st_size - f.tell()
+        if data != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"{path}: {data} bytes of data for shape {shape} of {dtype} (truncated or modified)")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -309,6 +322,9 @@ def _check_manifest_fields(manifest: dict, path: Path) -> None:
         wrong.append("files")
     if wrong:
         raise ValueError(f"{path}: missing or malformed fields {wrong} (the manifest was edited by hand?)")
+    if manifest["ids"] is None and manifest["count"]:
+        raise ValueError(f"{path}: ids null (no id type) with count {manifest['count']}: only an empty index has "
+                         f"no id type")
     needed = ["ids.npy"] + (["ids.json"] if manifest["ids"] == "string" else [])
     if any(name not in files for name in needed):
         raise ValueError(f"{path}: expected {needed} among the checked files, got {sorted(files)}")
@@ -324,6 +340,14 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         held.close()
 
 
+def _json(text: bytes):
+    """Parsed UTF-8 JSON; any failure (also nesting too deep for the parser) is a ValueError."""
+    try:
+        return json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+
+
 def _verified_manifest(held: _Held) -> dict:
     """:func:`read_manifest` of a held directory."""
     path = held.path / MANIFEST
@@ -333,9 +357,9 @@ def _verified_manifest(held: _Held) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing manifest (not a saved deepmetric index?)") from None
     try:
-        manifest = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: corrupt manifest (not valid JSON: {err})") from None
+        manifest = _json(text)
+    except ValueError as err:
+        raise ValueError(f"{path}: corrupt manifest ({err})") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: corrupt manifest (expected a JSON object)")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:  # before the
@@ -348,7 +372,7 @@ def _verified_manifest(held: _Held) -> dict:
     _check_manifest_fields(manifest, path)
     for name, entry in manifest["files"].items():
         file = held.path / name
-        if Path(name).name != name or name in (".", ".."):
+        if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"{path}: bad file name {name!r} (expected a plain file name)")
         try:
             f = held.open(name)
@@ -656,6 +680,8 @@ class Index:
         index._read(held, manifest)
         index._labels = read_npy(held, "ids.npy", (count,), [np.int64])
         try:
+            if count and index._labels.min() < 0:
+                raise ValueError(f"expected non-negative ids, got {index._labels[index._labels < 0][:5].tolist()}")
             index._labels_keys()
         except ValueError as err:
             raise ValueError(f"{directory / 'ids.npy'}: {err}") from None
@@ -667,9 +693,14 @@ class Index:
                              f"largest id {largest}")
         if index._string_ids:
             with held.open("ids.json") as f:
-                names = json.loads(f.read().decode("utf-8"))
-            if not isinstance(names, list) or len(names) != count or not all(isinstance(s, str) for s in names):
-                raise ValueError(f"{directory / 'ids.json'}: expected a list of {count} strings")
+                try:
+                    names = _json(f.read())
+                except ValueError as err:
+                    raise ValueError(f"{directory / 'ids.json'}: {err}") from None
+            if (not isinstance(names, list) or len(names) != count
+                    or not all(isinstance(s, str) and "\0" not in s for s in names)):
+                raise ValueError(f"{directory / 'ids.json'}: expected a list of {count} strings without NUL "
+                                 f"characters")
             index._names = np.array(names, dtype=str)
             try:
                 index._names_keys()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,16 @@ SELECTABLE = re.compile(r"(level_[0-9]+\.)?(r_precision|map_at_r|mrr|order_prese
                         r"|(recall|precision|map|ndcg)_at_[1-9][0-9]*)")
 CLUSTERING_KEYS = ("nmi", "ami", "f1")
 SECTIONS = ("sampler", "optimizer", "eval")
+
+
+def _show(value) -> str:
+    """A value's repr for an error message, cut short: YAML aliases can make a small file hold a huge value."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 80, 80
 
 
 class ConfigError(ValueError):
@@ -88,10 +99,10 @@ def _check_values(config: dict) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not number or (kind is int and not isinstance(value, int)) or value < least:
             what = "an integer" if kind is int else "a number"
-            raise ConfigError(f"{name}: expected {what} >= {least}, got {value!r}")
+            raise ConfigError(f"{name}: expected {what} >= {least}, got {_show(value)}")
     for section, key in FLAGS:
         if not isinstance(config[section][key], bool):
-            raise ConfigError(f"{section}.{key}: expected true or false, got {config[section][key]!r}")
+            raise ConfigError(f"{section}.{key}: expected true or false, got {_show(config[section][key])}")
 
 
 def _component(value, key: str):
@@ -102,7 +113,7 @@ def _component(value, key: str):
         return copy.deepcopy(value)
     if isinstance(value, str):
         return {"name": value}
-    raise ConfigError(f"{key}: expected a name or a mapping with 'name', got {value!r}")
+    raise ConfigError(f"{key}: expected a name or a mapping with 'name', got {_show(value)}")
 
 
 def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -128,7 +139,7 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "
                           f"recall_at_4, ndcg_at_10 or nmi, or a hierarchy level's such as level_0.map_at_r, "
-                          f"got {select!r}")
+                          f"got {_show(select)}")
     return out
 
 
@@ -138,7 +149,7 @@ def _loss_list(value):
         return None
     if not isinstance(value, list) or not value:
         raise ConfigError(f"losses: expected a non-empty list of losses (each a name or a mapping with 'name', "
-                          f"optional 'weight' and 'miner'), got {value!r}")
+                          f"optional 'weight' and 'miner'), got {_show(value)}")
     items = [_component(item, f"losses[{i}]") for i, item in enumerate(value)]
     for i, item in enumerate(items):
         if item.get("miner") is not None:
@@ -150,7 +161,7 @@ def _check_section(key: str, value) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
     unknown = sorted(set(value) - set(DEFAULTS[key]))
     if unknown:
         raise ConfigError(f"{key}: unknown key(s) {unknown}; known: {', '.join(DEFAULTS[key])}")
@@ -158,7 +169,7 @@ def _check_section(key: str, value) -> None:
 
 def _apply_override(config: dict, item: str) -> None:
     if "=" not in item:
-        raise ConfigError(f"--set: expected key=value, got {item!r}")
+        raise ConfigError(f"--set: expected key=value, got {_show(item)}")
     path, raw = item.split("=", 1)
     value = _yaml(raw, f"--set {item}") if raw != "" else None
     keys = path.strip().split(".")

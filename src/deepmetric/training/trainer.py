@@ -448,5 +448,10 @@ def load_run(run_dir: str | Path, which: str = "best"):
         raise ValueError(f"run: {path} is not a deepmetric run checkpoint (missing {missing})")
     config = state["config"]
     model = models_mod.create(config["model"], in_shape=tuple(state["in_shape"]))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # the weights are not those of the model its config describes
+        detail = " ".join(line.strip() for line in str(err).splitlines())
+        raise ValueError(f"run: {path}: the weights do not fit the model its config describes ({detail[:500]})") \
+            from None
     return model.eval(), state
