@@ -293,6 +293,8 @@ def test_pad_or_crop():
     y, m = audio.pad_or_crop(x, 10)
     assert y.shape == (10, 2) and torch.equal(y[:6], x) and (y[6:] == 0).all()
     assert m.tolist() == [True] * 6 + [False] * 4
+    y, m = audio.pad_or_crop(x, 8, value=-13.8)  # log-mel silence
+    assert torch.equal(y[:6], x) and (y[6:] == -13.8).all() and m.tolist() == [True] * 6 + [False] * 2
     y, m = audio.pad_or_crop(x, 4)
     assert torch.equal(y, x[1:5]) and m.all()
     y, m = audio.pad_or_crop(x, 3, dim=1)

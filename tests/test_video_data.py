@@ -115,13 +115,16 @@ def test_missing_data_names_the_file(tmp_path):
         av.read_notting_hill(tmp_path)
     with pytest.raises(FileNotFoundError, match="speakers.csv"):
         av.fsdd_log_mels(tmp_path, cache=False)
-    # a recording missing from a numbered run (2_theo_1 between 0 and 2) is named, not skipped
+    # every speaker says every digit equally often, numbered from 0: a recording missing inside a run, at
+    # its end, or a whole (digit, speaker) pair is named, not skipped (the last two loaded silently)
     recordings = tmp_path / "fsdd" / "recordings"
     recordings.mkdir(parents=True)
-    (tmp_path / "fsdd" / "speakers.csv").write_text("speaker,gender\ntheo,male\n")
-    for name in ("2_theo_0.wav", "2_theo_2.wav"):
+    (tmp_path / "fsdd" / "speakers.csv").write_text("speaker,gender\ntheo,male\nanna,female\n")
+    gone = {"2_theo_1.wav", "5_anna_0.wav", "5_anna_1.wav", "5_anna_2.wav", "9_anna_2.wav"}
+    for name in {f"{d}_{s}_{i}.wav" for d in range(10) for s in ("theo", "anna") for i in range(3)} - gone:
         shutil.copy(FSDD / "0_jackson_0.wav", recordings / name)
-    with pytest.raises(FileNotFoundError, match="1 recording\\(s\\) missing .*2_theo_1.wav"):
+    with pytest.raises(FileNotFoundError, match="5 recording\\(s\\) missing .*: 2_theo_1.wav, 5_anna_0.wav, "
+                                                "5_anna_1.wav, 5_anna_2.wav, 9_anna_2.wav"):
         av.fsdd_log_mels(tmp_path, cache=False)
 
 
@@ -200,7 +203,8 @@ def test_av_digits_speaker_ids_and_mask(digits):
         real = min(1 + (len(signal) - 200) // 80, 48)
         mask = d["audio_mask"][i]
         assert int(mask.sum()) == real and mask[:real].all()                 # a prefix of real frames
-        assert (d["audio"][i][~mask] == 0).all() and torch.isfinite(d["audio"][i]).all()
+        # padded with silence, log(1e-6) (was 0: louder than most real frames, a length cue without the mask)
+        assert (d["audio"][i][~mask] == np.float32(np.log(1e-6))).all() and torch.isfinite(d["audio"][i]).all()
     lengths = d["audio_mask"].sum(1)
     assert (lengths == 48).any() and (lengths < 48).any()                    # some cropped, some padded
 

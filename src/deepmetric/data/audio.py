@@ -171,11 +171,13 @@ def log_mel(signal, sample_rate: int, n_fft: int | None = None, hop_length: int 
     return torch.log(mel + eps).reshape(*batch_shape, mel.shape[1], n_mels)
 
 
-def pad_or_crop(x: torch.Tensor, length: int, dim: int = 0, random: bool = False, generator=None):
+def pad_or_crop(x: torch.Tensor, length: int, dim: int = 0, random: bool = False, generator=None,
+                value: float = 0.0):
     """Bring ``x`` to ``length`` along ``dim``; returns ``(y, mask)`` with ``mask`` bool ``(length,)``
     True on real (not padded) positions.
 
-    Shorter inputs are zero-padded at the end. Longer inputs are cropped: the centre when
+    Shorter inputs are padded at the end with ``value`` (for log-mel frames, the log of silence,
+    ``log(eps)`` of :func:`log_mel`: a 0 there would read as loud sound to a model that ignores the mask). Longer inputs are cropped: the centre when
     ``random=False``, a uniformly random window (``torch.randint`` with ``generator``) otherwise.
     Spoken digits (FSDD) last about 0.4 s, i.e. about 40 frames of 10 ms.
     """
@@ -188,7 +190,7 @@ def pad_or_crop(x: torch.Tensor, length: int, dim: int = 0, random: bool = False
     if n <= length:
         pad_shape = list(x.shape)
         pad_shape[dim] = length - n
-        y = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+        y = torch.cat([x, x.new_full(pad_shape, value)], dim=dim)
         mask[:n] = True
         return y, mask
     if random:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -67,7 +68,8 @@ NH_FILE = "notting-hill/Notting-Hill.mat"
 NH_SIZE = 60
 FSDD_RATE = 8000
 CACHE_ENV = "DEEPMETRIC_CACHE"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: log-mel padding is silence, log(eps), not 0
+LOG_MEL_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,11 +357,10 @@ def _fsdd_files(root: Path, speakers: list[str]) -> list[tuple[Path, int, int, i
         found.append((path, int(m.group(1)), speaker_id[m.group(2)], int(m.group(3))))
     if not found:
         raise FileNotFoundError(f"fsdd: no .wav recordings in {folder}")
-    indices: dict[tuple[int, int], set[int]] = {}
-    for _, digit, speaker, index in found:
-        indices.setdefault((digit, speaker), set()).add(index)
-    missing = [f"{digit}_{speakers[speaker]}_{i}.wav" for (digit, speaker), have in sorted(indices.items())
-               for i in range(max(have)) if i not in have]  # recordings are numbered from 0 without gaps
+    have = {(digit, speaker, index) for _, digit, speaker, index in found}
+    count = 1 + max(index for *_, index in have)  # every speaker says every digit this many times, from 0
+    missing = [f"{digit}_{name}_{i}.wav" for digit in range(10) for speaker, name in enumerate(speakers)
+               for i in range(count) if (digit, speaker, i) not in have]
     if missing:
         raise FileNotFoundError(f"fsdd: {len(missing)} recording(s) missing from {folder}: {', '.join(missing[:5])}")
     return sorted(found, key=lambda r: (r[1], r[2], r[3]))
@@ -382,7 +383,8 @@ def _compute_log_mels(files, duration: float, n_mels: int):
             raise ValueError(f"{path}: expected {FSDD_RATE} Hz audio, got {rate} Hz")
         if signal.ndim == 2:
             signal = signal.mean(0)
-        feats, m = pad_or_crop(log_mel(signal, rate, n_mels=n_mels), length)
+        feats, m = pad_or_crop(log_mel(signal, rate, n_mels=n_mels, eps=LOG_MEL_EPS), length,
+                               value=math.log(LOG_MEL_EPS))  # padded with silence
         audio[i], mask[i] = feats.numpy(), m.numpy()
     return audio, mask
 
@@ -408,7 +410,7 @@ def fsdd_log_mels(root=None, duration: float = 0.5, n_mels: int = 40, cache=True
     Each recording is read with :func:`deepmetric.data.audio.read_wav` (8 kHz), turned into
     :func:`deepmetric.data.audio.log_mel` frames (25 ms windows, 10 ms hop, ``n_mels`` bands) and
     brought to ``F = 1 + (duration * 8000 - 200) // 80`` frames by
-    :func:`deepmetric.data.audio.pad_or_crop` (zeros appended, or the centre kept). Returns numpy
+    :func:`deepmetric.data.audio.pad_or_crop` (silence, ``log(1e-6)``, appended, or the centre kept). Returns numpy
     arrays ``audio (R, F, n_mels)`` float32, ``mask (R, F)`` bool (True on real frames), ``digit``,
     ``speaker`` (id in ``speakers.csv`` order), ``index`` (R,) int64, sorted by (digit, speaker, index).
 

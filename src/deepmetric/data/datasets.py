@@ -1,9 +1,9 @@
 """In-memory data sets, the data root, built-in real sets, feature files and class splits.
 
-A data SPEC (DESIGN.md) is a built-in name (``digits``, ``omniglot``, ``mnist-test``) or
-``npz:PATH`` / ``csv:PATH`` for a feature file. :func:`load` turns a SPEC into the named parts the
-source ships (``{"background": ..., "evaluation": ...}`` for Omniglot, ``{"all": ...}`` for the
-others); :func:`load_split` turns it into a ``(train, test)`` pair:
+A data SPEC (DESIGN.md) is a built-in name (``digits``, ``omniglot``, ``mnist-test``,
+``notting-hill``) or ``npz:PATH`` / ``csv:PATH`` for a feature file. :func:`load` turns a SPEC into
+the named parts the source ships (``{"background": ..., "evaluation": ...}`` for Omniglot,
+``{"test": ...}`` for mnist-test, ``{"all": ...}`` for the others); :func:`load_split` turns it into a ``(train, test)`` pair:
 
 * ``split="zero-shot"``: train on the first ``ceil(C/2)`` of the sorted class ids, test on the rest
   (a ``seed`` shuffles the class order first), unless the set defines its own zero-shot split
