@@ -160,8 +160,9 @@ def test_evaluate_excludes_groups_and_uses_faiss_kmeans(run_dir, tmp_path):
 
 
 def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_path, monkeypatch):
-    # items in pairs of near-duplicates (one group each); the run validated with eval.exclude_groups,
-    # so evaluate must too unless told otherwise (it used to report the inflated P@1 silently)
+    # items in pairs of near-duplicates (one group each); the run validated without them (eval.exclude_groups
+    # unset: whenever the data have groups), so evaluate must too unless told otherwise (it used to report
+    # the inflated P@1 silently)
     monkeypatch.chdir(tmp_path)
     g = np.random.default_rng(0)
     base = g.normal(size=(200, 8)).astype(np.float32)
@@ -169,7 +170,7 @@ def test_evaluate_follows_the_runs_group_exclusion_and_refuses_other_data(tmp_pa
     np.savez("g.npz", X=x, y=np.repeat(np.arange(40), 10), groups=np.arange(400) // 2)
     result = run("train", FEATURES, "--set", "data=npz:g.npz", "--set", "epochs=1", "--set", "eval.nmi=false",
                  "--set", "sampler.m=4", "--set", "batch_size=16", "--set", "eval.val_classes=0.3",
-                 "--set", "eval.exclude_groups=true", "--out", "run", "--no-progress")
+                 "--out", "run", "--no-progress")
     assert result.exit_code == 0, result.output
     test = json.loads(Path("run/metrics.json").read_text())["test"]
     assert run("evaluate", "run", "--json", "same.json").exit_code == 0

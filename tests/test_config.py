@@ -105,7 +105,7 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
                           ("batch_size=true", "batch_size: expected an integer >= 1, got True"),
                           # eval.nmi is first used after the last epoch, so a bad value used to cost a whole run
                           ("eval.nmi=maybe", "eval.nmi: expected true or false, got 'maybe'"),
-                          ("eval.exclude_groups=1", "eval.exclude_groups: expected true or false, got 1")):
+                          ("eval.exclude_groups=1", "eval.exclude_groups: expected true or false, or null, got 1")):
         with pytest.raises(ConfigError, match=message):
             resolve({}, [item])
     with pytest.raises(ConfigError, match=r"--set optimizer.lr=\[1: not valid YAML"):

@@ -304,6 +304,14 @@ def test_exclude_groups_applies_to_validation_and_test_metrics(tmp_path):
     emb = embed(model, test.x, 1024)
     assert result["test"]["precision_at_1"] == evaluate(emb, test.y, nmi=False, groups=test.groups)["precision_at_1"]
     assert result["test"]["precision_at_1"] < evaluate(emb, test.y, nmi=False)["precision_at_1"]
+    # unset (the default): excluded too, since the data have groups (it was false: near-duplicate frames
+    # of the query's own track inflated P@1 from 0.59 to 1.0 on Notting-Hill); false: included
+    for setting, groups in (([], test.groups), (["eval.exclude_groups=false"], None)):
+        config = resolve({}, [f"data=npz:{tmp_path / 'g.npz'}", "epochs=1", "eval.nmi=false", "sampler.m=4",
+                              "batch_size=16", "eval.val_classes=0.3", *setting])
+        result = train(config, tmp_path / f"run{len(setting)}", progress=False, log=quiet)
+        emb = embed(load_run(tmp_path / f"run{len(setting)}")[0], test.x, 1024)
+        assert result["test"]["precision_at_1"] == evaluate(emb, test.y, nmi=False, groups=groups)["precision_at_1"]
     with pytest.raises(ValueError, match="eval.exclude_groups: true needs data with groups"):
         train(resolve({}, FAST + ["eval.exclude_groups=true"]), tmp_path / "digits", progress=False, log=quiet)
 

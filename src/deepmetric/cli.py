@@ -181,7 +181,7 @@ def _run_embeddings(ctx, run_dir, data, split):
                    "table shows the main metrics per class; --json and --report hold them all).")
 @click.option("--exclude-groups/--include-groups", default=None,
               help="A query never retrieves items of its own group (e.g. frames of one video); default: as "
-                   "the run was validated (eval.exclude_groups).")
+                   "the run was validated (eval.exclude_groups; unset: whenever the data have groups).")
 @click.option("--kmeans", type=click.Choice(["sklearn", "faiss"]), default="sklearn", show_default=True,
               help="k-means for NMI/AMI/F1 (faiss is much faster with many classes).")
 @click.pass_context
@@ -196,7 +196,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     if exclude_groups and test.groups is None:
         raise click.ClickException(f"--exclude-groups: the data {test.name!r} has no groups")
     if exclude_groups is None:
-        exclude_groups = bool(state["config"]["eval"].get("exclude_groups")) and test.groups is not None
+        exclude_groups = state["config"]["eval"].get("exclude_groups") is not False and test.groups is not None
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
                                   per_class=per_class, groups=test.groups if exclude_groups else None,
                                   kmeans=kmeans)

@@ -12,7 +12,8 @@ of :func:`deepmetric.evaluate` (``map_at_r``, ``precision_at_1``, ``r_precision`
 for hierarchical labels) or a clustering key (``nmi``, ``ami``, ``f1``: k-means then runs every epoch);
 ``eval.nmi`` adds the clustering keys to the final test metrics. ``eval.exclude_groups`` makes the
 validation and test searches skip the items of the query's own group (e.g. the other frames of its
-video track), for data that define groups.
+video track): null (the default) whenever the data define groups, true requires groups, false never
+(the query's near-duplicates then count as matches).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 60,
     "seed": 0,
-    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True, "exclude_groups": False},
+    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True, "exclude_groups": None},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 #: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set, or a
@@ -88,6 +89,8 @@ NUMBERS = {(None, "epochs"): (int, 1), (None, "batch_size"): (int, 1), (None, "s
 
 #: true/false settings (section, key)
 FLAGS = (("eval", "nmi"), ("eval", "exclude_groups"))
+#: flags that may also be null (decided by the data)
+NULLABLE = (("eval", "exclude_groups"),)
 
 
 def _check_values(config: dict) -> None:
@@ -101,8 +104,10 @@ def _check_values(config: dict) -> None:
             what = "an integer" if kind is int else "a number"
             raise ConfigError(f"{name}: expected {what} >= {least}, got {_show(value)}")
     for section, key in FLAGS:
-        if not isinstance(config[section][key], bool):
-            raise ConfigError(f"{section}.{key}: expected true or false, got {_show(config[section][key])}")
+        value = config[section][key]
+        if not isinstance(value, bool) and not (value is None and (section, key) in NULLABLE):
+            also = ", or null" if (section, key) in NULLABLE else ""
+            raise ConfigError(f"{section}.{key}: expected true or false{also}, got {_show(value)}")
 
 
 def _component(value, key: str):

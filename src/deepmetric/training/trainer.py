@@ -255,6 +255,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     if ev["exclude_groups"] and train_set.groups is None:
         raise ValueError(f"eval.exclude_groups: true needs data with groups (e.g. frames of one video); "
                          f"{train_set.name!r} has none")
+    exclude_groups = train_set.groups is not None if ev["exclude_groups"] is None else ev["exclude_groups"]
     hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
     select_level, _, select_key = str(select).rpartition(".")  # "level_0.map_at_r": a level's metric
@@ -352,7 +353,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         """The validation metrics of the model now; the selected one must be among them."""
         broadcast_parameters(core)  # rank 0's BatchNorm statistics (each rank's last batch updated its own)
         val = evaluate(embed(core, val_set.x, ev["batch_size"]), val_set.y, distance=distance, nmi=clustering,
-                       groups=val_set.groups if ev["exclude_groups"] else None,
+                       groups=val_set.groups if exclude_groups else None,
                        k=int(select_k[1]) if select_k else None)
         if metric_value(val, select) is None:
             defined = [key for key, value in val.items() if isinstance(value, float)] + [
@@ -422,7 +423,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     if main and best_path.exists():
         core.load_state_dict(ckpt.load(best_path)["model"])
         test_emb = embed(core, test_set.x, ev["batch_size"])
-        test_groups = test_set.groups if ev["exclude_groups"] else None
+        test_groups = test_set.groups if exclude_groups else None
         result["test"] = evaluate(test_emb, test_set.y, distance=distance, nmi=ev["nmi"], groups=test_groups)
         write_json(out / "metrics.json", result)
         distances = None
