@@ -1499,3 +1499,37 @@ def test_a_planted_symbolic_link_at_the_save_lock_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\.idx\.lock: is a symbolic link"):
         built("exact", n=4).save(tmp_path / "dir" / "idx")
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "dir" / "idx").exists()
+
+
+def test_concurrent_searches_give_the_results_of_one_thread():
+    # HNSW raised efSearch on the shared graph for a k above ef_search and put back what it had read, which
+    # could be another thread's raise: it stayed raised (111 of 200 later rows changed). The binary index's
+    # radius search set nflip on shared tables, and built them unguarded (missed hits, then a crash).
+    import threading
+    from deepmetric.index.backends import _innermost
+    hnsw = dmi.create("hnsw", M=16, ef_search=16)
+    hnsw.add(randn(4000, 32, seed=0))
+    q = randn(20, 32, seed=1)
+    alone = {k: hnsw.search(q, k)[1] for k in (5, 200, 10, 100)}
+    codes = dmi.create("binary")
+    codes.add(random_codes(20_000, 64, 0))
+    cq = random_codes(20, 64, 1)
+    within = {r: codes.radius_search(cq, r, method="scan")[1] for r in (2, 5, 8, 12)}
+    failures = []
+
+    def work(k, radius):
+        try:
+            for _ in range(10):
+                assert torch.equal(hnsw.search(q, k)[1], alone[k])
+                got = codes.radius_search(cq, radius, method="hash")[1]
+                assert all(torch.equal(a, b) for a, b in zip(got, within[radius]))
+        except AssertionError as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in ((5, 2), (200, 5), (10, 8), (100, 12))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures and _innermost(hnsw._index).hnsw.efSearch == 16
+    assert torch.equal(hnsw.search(q, 5)[1], alone[5])

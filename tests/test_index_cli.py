@@ -196,3 +196,20 @@ def test_a_full_disk_is_one_clear_line_and_keeps_the_old_index(backend, tmp_path
     assert "is unchanged" in done.stderr and (backend == "exact" or "File too large" in done.stderr)
     assert len(dmi.load(tmp_path / "idx")) == 3 and sorted(p.name for p in tmp_path.iterdir()) == [
         "big.npz", "idx", "small.npz"]
+
+
+def test_a_reader_that_leaves_early_ends_the_search_quietly(tmp_path):
+    # `deepmetric index search ... | head`: the broken pipe was reported as an error (exit 1, a message on
+    # stderr); a tool stopped by SIGPIPE ends quietly, with the shell's status 128 + 13
+    import os
+    import subprocess
+    import sys
+    x = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32)
+    emb = save_npz(tmp_path / "emb.npz", x, np.zeros(5000, dtype=np.int64))
+    assert run("index", "build", emb, "--out", tmp_path / "idx").exit_code == 0
+    search = subprocess.Popen([sys.executable, "-m", "deepmetric", "index", "search", str(tmp_path / "idx"),
+                               str(emb), "-k", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    search.stdout.readline()
+    search.stdout.close()  # as head does after its lines
+    assert search.wait(timeout=120) == 141 and search.stderr.read() == b""

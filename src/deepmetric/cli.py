@@ -44,6 +44,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader left (e.g. `| head`): end quietly, as a tool SIGPIPE stops would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            ctx.exit(128 + 13)
         except (ValueError, KeyError, TypeError, OSError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(f"{type(err).__name__}: {message}") from err

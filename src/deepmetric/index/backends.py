@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 
 import faiss
 import numpy as np
@@ -353,18 +354,22 @@ class FaissIndex(Index):
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         # an HNSW graph keeps ef_search candidates: fewer than k would leave slots empty although the
         # index holds more items (faiss does not raise it to k, as hnswlib does); raised for this search
+        # only, by its own parameters (the index is not changed: other threads may be searching it)
         graph = getattr(_innermost(self._index), "hnsw", None)  # inside transforms (PCA, L2norm) too
-        ef_search = graph.efSearch if graph is not None else None
-        if graph is not None and ef_search < k:
-            graph.efSearch = k
+        params = hnsw = None
+        if graph is not None and graph.efSearch < k:
+            hnsw = faiss.SearchParametersHNSW()  # kept referenced while the transform's parameters point to it
+            hnsw.efSearch = k
+            params = hnsw
+            if isinstance(self._index, faiss.IndexPreTransform):
+                params = faiss.SearchParametersPreTransform()
+                params.index_params = hnsw
         try:
             for s in range(0, queries.shape[0], SEARCH_CHUNK):
-                self._index.search(queries[s:s + SEARCH_CHUNK], k, D=d[s:s + SEARCH_CHUNK], I=ids[s:s + SEARCH_CHUNK])
+                self._index.search(queries[s:s + SEARCH_CHUNK], k, params=params, D=d[s:s + SEARCH_CHUNK],
+                                   I=ids[s:s + SEARCH_CHUNK])
         except RuntimeError as err:  # e.g. faiss' two-level "Residual" indexes cannot search
             raise ValueError(f"factory: faiss cannot search {self.factory!r}: {_faiss_message(err)}") from None
-        finally:
-            if graph is not None:
-                graph.efSearch = ef_search
         self._to_distances(d)
         d[ids < 0] = np.inf
         return d, ids
@@ -610,6 +615,7 @@ class BinaryIndex(Index):
         super().__init__(distance)
         self._index = None
         self._multi_hash = None  # faiss IndexBinaryMultiHash of radius_search, built on first use
+        self._hash_lock = threading.Lock()  # its build and its nflip, which faiss takes from the index, not the call
 
     def _prepare(self, codes, name):
         bits = to_bits(codes, name)
@@ -684,11 +690,13 @@ class BinaryIndex(Index):
         radius = min(int(radius), self._index.d)
         m, nflip, faster = self._hash_plan(radius)
         if method == "hash" or (method == "auto" and faster):
-            if self._multi_hash is None:
-                self._multi_hash = faiss.IndexBinaryMultiHash(self._index.d, m, self._index.d // m)
-                self._multi_hash.add(_padded(self._index.reconstruct_n(0, self._index.ntotal)))
-            self._multi_hash.nflip = nflip
-            lims, distances, positions = self._multi_hash.range_search(_padded(packed), radius + 1)
+            with self._hash_lock:  # searches from other threads: one table, built once, each its own nflip
+                if self._multi_hash is None:
+                    tables = faiss.IndexBinaryMultiHash(self._index.d, m, self._index.d // m)
+                    tables.add(_padded(self._index.reconstruct_n(0, self._index.ntotal)))
+                    self._multi_hash = tables
+                self._multi_hash.nflip = nflip
+                lims, distances, positions = self._multi_hash.range_search(_padded(packed), radius + 1)
         else:
             lims, distances, positions = self._index.range_search(packed, radius + 1)
         counts = np.diff(lims.astype(np.int64))

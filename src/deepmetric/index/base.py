@@ -434,6 +434,10 @@ class Index:
     A backend sets ``backend`` (its registry name) and ``options`` (the keyword arguments that
     rebuild it, stored in the manifest) and implements ``_prepare`` (validate and convert input,
     return it with its dimension), ``_add``, ``_search``, ``_remove``, ``_write`` and ``_read``.
+
+    Threads: ``search`` (and the binary index's ``radius_search``) may run from many threads at once.
+    ``add`` and ``remove`` must not overlap a search or each other, as with faiss' own indexes: guard
+    them with a lock of your own, or build the new index beside the one being searched and swap.
     """
 
     backend = ""
