@@ -55,6 +55,11 @@ class SGMLLoss(MetricLoss):
     :class:`~deepmetric.losses.BinomialDevianceLoss` with the same ``alpha, beta, cost`` (whose
     defaults ``2, 0.5, 25`` it shares).
 
+    ``s_ij`` comes from the labels only: the attribute head's predictions do not weight the pairs (the
+    paper describes the two tasks as linked through the granularity similarities; its equations were not
+    available, so that link is not implemented). With multi-label bool labels there is no identity
+    label: two items with the same attributes are full positives.
+
     ``L_attr`` is the multitask attribute term, on when ``num_attributes`` is given: a learnable
     linear classifier ``attribute_head`` (``nn.Linear(embedding_size, sum(num_attributes))``) on the
     embeddings of the batch. For integer labels ``num_attributes = [n_0, ..., n_{G-1}]`` gives one
