@@ -1533,3 +1533,16 @@ def test_concurrent_searches_give_the_results_of_one_thread():
         thread.join()
     assert not failures and _innermost(hnsw._index).hnsw.efSearch == 16
     assert torch.equal(hnsw.search(q, 5)[1], alone[5])
+
+
+def test_search_after_faiss_torch_utils_replaced_the_wrappers():
+    # faiss.contrib.torch_utils (imported by pytorch-metric-learning, among others) replaces faiss' Python
+    # search with one that takes no search parameters: HNSW searches with k above ef_search then failed
+    import faiss.contrib.torch_utils  # noqa: F401
+    index = dmi.create("hnsw", M=16, ef_search=16)
+    index.add(randn(500, 8))
+    exact = dmi.create("exact")
+    exact.add(randn(500, 8))
+    got, want = index.search(randn(3, 8, seed=1), 100), exact.search(randn(3, 8, seed=1), 100)
+    assert torch.isfinite(got[0]).all() and (got[1] >= 0).all()
+    assert len(set(got[1][0].tolist()) & set(want[1][0].tolist())) >= 90

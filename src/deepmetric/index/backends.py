@@ -364,10 +364,12 @@ class FaissIndex(Index):
             if isinstance(self._index, faiss.IndexPreTransform):
                 params = faiss.SearchParametersPreTransform()
                 params.index_params = hnsw
-        try:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        try:  # faiss' C++ search: its Python wrapper takes no parameters once faiss.contrib.torch_utils replaced it
             for s in range(0, queries.shape[0], SEARCH_CHUNK):
-                self._index.search(queries[s:s + SEARCH_CHUNK], k, params=params, D=d[s:s + SEARCH_CHUNK],
-                                   I=ids[s:s + SEARCH_CHUNK])
+                n = min(SEARCH_CHUNK, queries.shape[0] - s)
+                self._index.search_c(n, faiss.swig_ptr(queries[s:s + n]), k, faiss.swig_ptr(d[s:s + n]),
+                                     faiss.swig_ptr(ids[s:s + n]), params)
         except RuntimeError as err:  # e.g. faiss' two-level "Residual" indexes cannot search
             raise ValueError(f"factory: faiss cannot search {self.factory!r}: {_faiss_message(err)}") from None
         self._to_distances(d)
