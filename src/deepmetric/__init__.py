@@ -1,4 +1,4 @@
-"""deepmetric: deep metric learning for images, video, audio and interaction graphs.
+"""deepmetric: deep metric learning for images, video and audio.
 
 >>> import deepmetric as dm
 >>> loss = dm.losses.create("triplet", margin=0.2)

@@ -214,7 +214,8 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(
         "no data directory: pass --data-dir DIR (or data_dir in the config), or set "
         f"${ENV_VAR}, or run from a project checkout with ../shared/data next to it "
-        f"(looked upwards from {Path.cwd()} and at {_PACKAGE_ROOT})")
+        f"(looked upwards from {Path.cwd()}"
+        f"{f' and at the checkout {_PACKAGE_ROOT}' if (_PACKAGE_ROOT / 'pyproject.toml').is_file() else ''})")
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
