@@ -101,13 +101,22 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
     for item, message in (("epochs=abc", "epochs: expected an integer >= 1, got 'abc'"),
                           ("epochs=-1", "epochs: expected an integer >= 1, got -1"),
                           ("seed=1.5", "seed: expected an integer >= 0, got 1.5"),
-                          ("optimizer.lr=fast", "optimizer.lr: expected a number >= 0.0, got 'fast'"),
+                          ("optimizer.lr=fast", "optimizer.lr: expected a finite number >= 0.0, got 'fast'"),
+                          # a negative loss_lr made the proxies climb the loss; NaN passed every comparison
+                          ("optimizer.loss_lr=-1", r"optimizer.loss_lr: expected a finite number >= 0.0 \(or null\), "
+                                                   r"got -1"),
+                          ("optimizer.gamma=.nan", "optimizer.gamma: expected a finite number >= 0.0, got nan"),
+                          ("eval.val_classes=abc", "eval.val_classes: expected a finite number >= 0.0, got 'abc'"),
+                          # ignored settings: momentum under adam, a top-level miner or loss beside a loss list
+                          ("optimizer.momentum=0.5", "optimizer.momentum: used by sgd only; adam has its own"),
+                          ("miner=semi-hard", "losses: replaces loss and miner, so miner would be ignored"),
                           ("batch_size=true", "batch_size: expected an integer >= 1, got True"),
                           # eval.nmi is first used after the last epoch, so a bad value used to cost a whole run
                           ("eval.nmi=maybe", "eval.nmi: expected true or false, got 'maybe'"),
                           ("eval.exclude_groups=1", "eval.exclude_groups: expected true or false, or null, got 1")):
         with pytest.raises(ConfigError, match=message):
-            resolve({}, [item])
+            resolve({"losses": ["triplet"]} if item.startswith("miner") else {}, [item])
+    assert resolve({}, ["losses=[triplet]", "optimizer.loss_lr=0"])["optimizer"]["loss_lr"] == 0
     with pytest.raises(ConfigError, match=r"--set optimizer.lr=\[1: not valid YAML"):
         resolve({}, ["optimizer.lr=[1"])
     path.write_text("epochs: [2\n")

@@ -355,3 +355,52 @@ def test_a_level_metric_can_be_selected_and_undefined_selections_fail_before_tra
               log=quiet)
     with pytest.raises(ValueError, match="or a hierarchy level's such as level_0.map_at_r, got 'level_x.map_at_r'"):
         resolve({}, ["eval.select=level_x.map_at_r"])
+
+
+def test_settings_a_sweep_gets_wrong_fail_before_or_as_they_go_wrong(tmp_path):
+    # each used to run to the end (or to a misleading error) and leave checkpoints that looked like results
+    data = noisy_features(tmp_path / "f.npz", n_classes=12, per_class=10)
+    base = [f"data={data}", "epochs=2", "eval.nmi=false", "sampler.m=5", "batch_size=20"]
+    # a diverging learning rate: stopped at the step whose loss is not finite, naming epoch, step and rate
+    with pytest.raises(ValueError, match=r"epoch 1, step \d+: the loss is (nan|inf) at learning rate 1e\+38; the "
+                                         r"training diverged"):
+        train(resolve({}, base + ["optimizer.name=sgd", "optimizer.lr=1e38", "eval.val_classes=0"]), tmp_path / "nan",
+              progress=False, log=quiet)
+    # a test part with no scorable query: refused before training (it failed after the last epoch)
+    x = np.random.default_rng(0).normal(size=(130, 4)).astype(np.float32)
+    y = np.concatenate([np.repeat(np.arange(6), 20), np.arange(6, 16)])  # zero-shot test classes 8..15: one item each
+    np.savez(tmp_path / "single.npz", X=x, y=y)
+    with pytest.raises(ValueError, match=r"no item of the test part .* has an item of its class besides itself"):
+        train(resolve({}, [f"data=npz:{tmp_path / 'single.npz'}", "epochs=1", "eval.val_classes=0"]),
+              tmp_path / "single", progress=False, log=quiet)
+    assert not (tmp_path / "single").exists()
+    # one training class left after the validation classes
+    with pytest.raises(ValueError, match=r"the training part holds 1 class"):
+        train(resolve({}, base + ["eval.val_classes=0.9", "sampler.m=10"]), tmp_path / "one", progress=False, log=quiet)
+    # a miner that finds nothing: said at the end of each epoch
+    said = []
+    train(resolve({}, base + ["miner={name: semi-hard, margin: 0.0}", "loss.margin=0.0", "eval.val_classes=0"]),
+          tmp_path / "zero", progress=False, log=said.append)
+    assert any("the loss was 0 on every batch, so nothing was learned" in line for line in said)
+
+
+def test_loss_lr_zero_freezes_the_proxies():
+    # 0 was read as "not set": the proxies trained at the model's rate
+    model, loss = torch.nn.Linear(4, 3), trainer.losses_mod.create({"name": "proxy-anchor", "num_classes": 2,
+                                                                    "embedding_size": 3})
+    spec = resolve({}, ["optimizer.loss_lr=0"])["optimizer"]
+    optimizer = trainer.build_optimizer(spec, model, loss)
+    before, weight = loss.proxies.detach().clone(), model.weight.detach().clone()
+    loss(model(torch.randn(6, 4)), torch.tensor([0, 0, 0, 1, 1, 1])).backward()
+    optimizer.step()
+    assert torch.equal(loss.proxies, before) and not torch.equal(model.weight, weight)
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    # the data file replaced by other features: the resume trained on, then the run could not be evaluated
+    data = noisy_features(tmp_path / "f.npz", n_classes=12, per_class=10)
+    settings = [f"data={data}", "eval.nmi=false", "sampler.m=5", "batch_size=20", "eval.val_classes=0"]
+    train(resolve({}, settings + ["epochs=1"]), tmp_path / "run", progress=False, log=quiet)
+    noisy_features(tmp_path / "f.npz", n_classes=12, per_class=10, seed=1)
+    with pytest.raises(ValueError, match=r"resume: .*last.pt was trained on other data"):
+        train(resolve({}, settings + ["epochs=2"]), tmp_path / "run", progress=False, log=quiet)

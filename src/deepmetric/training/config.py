@@ -18,6 +18,7 @@ video track): null (the default) whenever the data define groups, true requires 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import reprlib
 from pathlib import Path
@@ -84,13 +85,14 @@ def _yaml(text, where: str):
 NUMBERS = {(None, "epochs"): (int, 1), (None, "batch_size"): (int, 1), (None, "seed"): (int, 0),
            ("optimizer", "lr"): (float, 0.0), ("optimizer", "weight_decay"): (float, 0.0),
            ("optimizer", "momentum"): (float, 0.0), ("optimizer", "step_size"): (int, 1),
-           ("optimizer", "gamma"): (float, 0.0), ("eval", "batch_size"): (int, 1)}
+           ("optimizer", "gamma"): (float, 0.0), ("optimizer", "loss_lr"): (float, 0.0),
+           ("eval", "batch_size"): (int, 1), ("eval", "val_classes"): (float, 0.0)}
 
 
 #: true/false settings (section, key)
 FLAGS = (("eval", "nmi"), ("eval", "exclude_groups"))
-#: flags that may also be null (decided by the data)
-NULLABLE = (("eval", "exclude_groups"),)
+#: settings that may also be null (the loss's learning rate: the model's; the groups: decided by the data)
+NULLABLE = (("optimizer", "loss_lr"), ("eval", "exclude_groups"))
 
 
 def _check_values(config: dict) -> None:
@@ -100,9 +102,12 @@ def _check_values(config: dict) -> None:
         value = (config[section] if section else config)[key]
         name = f"{section}.{key}" if section else key
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or (kind is int and not isinstance(value, int)) or value < least:
-            what = "an integer" if kind is int else "a number"
-            raise ConfigError(f"{name}: expected {what} >= {least}, got {_show(value)}")
+        if value is None and (section, key) in NULLABLE:
+            continue
+        if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value) or value < least:
+            what = "an integer" if kind is int else "a finite number"
+            also = " (or null)" if (section, key) in NULLABLE else ""
+            raise ConfigError(f"{name}: expected {what} >= {least}{also}, got {_show(value)}")
     for section, key in FLAGS:
         value = config[section][key]
         if not isinstance(value, bool) and not (value is None and (section, key) in NULLABLE):
@@ -140,6 +145,14 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
         out[key] = _component(out[key], key)
     out["losses"] = _loss_list(out["losses"])
     _check_values(out)
+    optimizer = out["optimizer"]
+    if optimizer["name"] in ("adam", "adamw") and optimizer["momentum"] != DEFAULTS["optimizer"]["momentum"]:
+        raise ConfigError(f"optimizer.momentum: used by sgd only; {optimizer['name']} has its own moments (betas)")
+    if out["losses"] is not None:  # the list replaces loss and miner: a setting of theirs would be ignored
+        ignored = [key for key in ("loss", "miner") if out[key] != _component(DEFAULTS[key], key)]
+        if ignored:
+            raise ConfigError(f"losses: replaces loss and miner, so {' and '.join(ignored)} would be ignored; give "
+                              f"each loss of the list its own miner (losses: [{{name: ..., miner: ...}}])")
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "

@@ -28,6 +28,7 @@ from deepmetric import models as models_mod
 from deepmetric._io import locked, write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
+from deepmetric.evaluation.ranking import count_relevant
 from deepmetric.evaluation.hierarchy import quadlet_distances
 from deepmetric.labels import is_hierarchical, is_multilabel, level_ids
 from deepmetric.report import metric_value, write_report
@@ -61,13 +62,25 @@ def embed(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024, progr
     return torch.cat(out) if out else torch.empty(0, getattr(model, "out_features", 0))
 
 
+def _check_scorable(test_set, exclude_groups: bool) -> None:
+    """Refuse, before training, a test part whose metrics would be undefined: no item has another item
+    of its class (the top level for hierarchical labels) outside itself and its group."""
+    y = test_set.y[:, :1] if is_hierarchical(test_set.y) else test_set.y
+    groups = test_set.groups if exclude_groups else None
+    if not bool((count_relevant(y, y, True, groups, groups) > 0).any()):
+        raise ValueError(f"data: no item of the test part ({test_set.name}, {len(test_set)} items) has an item of "
+                         f"its class besides itself{' and its group' if groups is not None else ''}, so no test "
+                         f"metric would be defined; the test classes need at least 2 items")
+
+
 def build_optimizer(spec: dict, model: torch.nn.Module, loss: torch.nn.Module):
     """Adam or SGD with two parameter groups: the model, and the loss's own parameters (proxies,
     centres, ...) at ``loss_lr`` (default: the model's learning rate)."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "model"}]
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
-        groups.append({"params": loss_params, "name": "loss", "lr": spec["loss_lr"] or spec["lr"]})
+        groups.append({"params": loss_params, "name": "loss", "lr": spec["lr"] if spec["loss_lr"] is None
+                       else spec["loss_lr"]})  # 0 freezes them
     name = spec["name"]
     if name == "adam":
         return torch.optim.Adam(groups, lr=spec["lr"], weight_decay=spec["weight_decay"])
@@ -256,6 +269,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         raise ValueError(f"eval.exclude_groups: true needs data with groups (e.g. frames of one video); "
                          f"{train_set.name!r} has none")
     exclude_groups = train_set.groups is not None if ev["exclude_groups"] is None else ev["exclude_groups"]
+    _check_scorable(test_set, exclude_groups)  # before training, not after it
     hierarchical = is_hierarchical(train_set.y)
     select = ev["select"]
     select_level, _, select_key = str(select).rpartition(".")  # "level_0.map_at_r": a level's metric
@@ -290,6 +304,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     else:  # no validation: the last epoch is kept
         fit_set, val_set = train_set, train_set.subset(torch.zeros(0, dtype=torch.long))
     classes = fit_set.classes.tolist()
+    if len(classes) < 2:
+        raise ValueError(f"data: the training part holds {len(classes)} class after the validation classes "
+                         f"(eval.val_classes {ev['val_classes']}); metric learning needs at least 2")
     y_fit = contiguous_labels(fit_set.y, classes)
 
     model = models_mod.create(config["model"], in_shape=tuple(fit_set.x.shape[1:]))
@@ -317,6 +334,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         if _comparable(state["config"]) != _comparable(config):
             raise ValueError(f"resume: {last_path} was trained with another config; use a new --out "
                              "directory or the same config (only 'epochs' may change)")
+        if state.get("data_files", {}) != {**train_set.files, **test_set.files} or state["classes"] != classes:
+            raise ValueError(f"resume: {last_path} was trained on other data (the files' checksums or the classes "
+                             f"differ); use a new --out directory")
         done, planned = state["epoch"], state["config"]["epochs"]
         if config["epochs"] < done:
             raise ValueError(f"epochs: {last_path} has trained {done} epochs already; resume with at least "
@@ -384,6 +404,10 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             emb = model(x)
             tuples = miner(emb, y) if miner is not None else None
             value = loss_fn(emb, y, tuples)
+            if not torch.isfinite(value):  # nothing after this can recover; the checkpoints so far are kept
+                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value)} at learning rate "
+                                 f"{optimizer.param_groups[0]['lr']:g}; the training diverged (lower optimizer.lr) "
+                                 f"or the inputs hold extreme values")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             average_gradients(loss_params)
@@ -418,6 +442,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         val_text = f" val {ev['select']} {score:.4f}" if len(val_set) else ""
         if main:
             log(f"epoch {epoch + 1}: loss {record['loss']:.4f}{val_text} ({seconds:.1f} s)")
+            if steps and total == 0:
+                log(f"epoch {epoch + 1}: the loss was 0 on every batch, so nothing was learned (did the miner find "
+                    f"no tuples, or does each batch hold one class?)")
 
     result = {"distance": distance, "select": select, "best_epoch": best_epoch, "epochs": history}
     if main and best_path.exists():
