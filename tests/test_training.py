@@ -80,8 +80,9 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
 
 def test_resume_with_another_config_is_refused(tmp_path):
     train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path, progress=False, log=quiet)
-    with pytest.raises(ValueError, match="trained with another config"):
-        train(resolve({}, [*FAST, "optimizer.lr=0.5"]), tmp_path, progress=False, log=quiet)
+    with pytest.raises(ValueError, match=r"trained with another config \(seed: 0 then, 3 now; "
+                                         r"optimizer.lr: 0.0003 then, 0.5 now\)"):  # the changed keys are named
+        train(resolve({}, [*FAST, "optimizer.lr=0.5", "seed=3"]), tmp_path, progress=False, log=quiet)
 
 
 def test_a_new_run_never_replaces_the_users_files(tmp_path):

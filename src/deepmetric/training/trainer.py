@@ -331,9 +331,15 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         state = ckpt.load(last_path)
-        if _comparable(state["config"]) != _comparable(config):
-            raise ValueError(f"resume: {last_path} was trained with another config; use a new --out "
-                             "directory or the same config (only 'epochs' may change)")
+        saved, now = _comparable(state["config"]), _comparable(config)
+        if saved != now:
+            changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
+                       if key not in SECTIONS and saved.get(key) != now.get(key)]
+            changed += [f"{section}.{key}: {saved[section].get(key)!r} then, {now[section].get(key)!r} now"
+                        for section in SECTIONS for key in sorted(set(saved[section]) | set(now[section]))
+                        if saved[section].get(key) != now[section].get(key)]
+            raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); use "
+                             f"a new --out directory or the same config (only 'epochs' may change)")
         if state.get("data_files", {}) != {**train_set.files, **test_set.files} or state["classes"] != classes:
             raise ValueError(f"resume: {last_path} was trained on other data (the files' checksums or the classes "
                              f"differ); use a new --out directory")
