@@ -1070,24 +1070,28 @@ def test_load_follows_a_symbolic_link_through_a_save_and_refuses_odd_files(tmp_p
     os.rename(tmp_path / "data" / "idx", tmp_path / "data" / ".idx.old-1234")  # a save between its renames
     threading.Timer(0.3, os.rename, (tmp_path / "data" / ".idx.old-1234", tmp_path / "data" / "idx")).start()
     assert len(dmi.load(tmp_path / "current")) == 5
-    # a FIFO, a directory, a symbolic link (to the real file outside, or a loop) where a listed file should
-    # be: refused at once, naming it, no descriptor kept; the manifest likewise
+    # a FIFO, a directory, or a link to one, where a listed file should be: refused at once, naming it, no
+    # descriptor kept
     directory = tmp_path / "data" / "idx"
     os.rename(directory / "ids.npy", tmp_path / "ids.npy")
+    os.mkfifo(tmp_path / "fifo")
     open_fds = len(os.listdir("/proc/self/fd"))
-    for odd in (os.mkfifo, os.mkdir, lambda path: path.symlink_to(tmp_path / "ids.npy"),
-                lambda path: path.symlink_to("ids.npy")):
+    for odd in (os.mkfifo, os.mkdir, lambda path: path.symlink_to(tmp_path / "fifo")):
         odd(directory / "ids.npy")
         for _ in range(3):
             with pytest.raises(ValueError, match=r"idx/ids\.npy: not a regular file"):
                 dmi.load(directory)
         os.rmdir(directory / "ids.npy") if odd is os.mkdir else os.unlink(directory / "ids.npy")
     assert len(os.listdir("/proc/self/fd")) == open_fds
-    os.rename(tmp_path / "ids.npy", directory / "ids.npy")
-    os.rename(directory / "manifest.json", tmp_path / "manifest.json")
-    os.symlink(tmp_path / "manifest.json", directory / "manifest.json")
-    with pytest.raises(ValueError, match=r"idx/manifest\.json: not a regular file"):
+    os.symlink("ids.npy", directory / "ids.npy")  # a loop: the error names the file's path
+    with pytest.raises(OSError, match=r"idx/ids\.npy: Too many levels of symbolic links"):
         dmi.load(directory)
+    # files stored as links to a content-addressed cache (a model hub's, DVC's) are followed and checked
+    os.unlink(directory / "ids.npy")
+    for name in ("ids.npy", "manifest.json"):
+        os.rename(directory / name if name != "ids.npy" else tmp_path / name, tmp_path / f"blob-{name}")
+        os.symlink(tmp_path / f"blob-{name}", directory / name)
+    assert len(dmi.load(directory)) == 5
 
 
 def test_saves_to_one_path_take_turns(tmp_path):

@@ -324,6 +324,11 @@ def test_a_run_saved_before_a_section_key_existed_still_resumes(tmp_path):
     ckpt.save(tmp_path / "last.pt", state)
     result = train(resolve({}, FAST), tmp_path, progress=False, log=quiet)
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    state = ckpt.load(tmp_path / "last.pt")
+    state["config"]["eval"]["exclude_groups"] = False  # the default before null: the same on data without groups
+    ckpt.save(tmp_path / "last.pt", state)
+    result = train(resolve({}, ["epochs=3", *FAST[1:]]), tmp_path, progress=False, log=quiet)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
 
 
 def test_a_level_metric_can_be_selected_and_undefined_selections_fail_before_training(tmp_path):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -359,10 +360,12 @@ def _fsdd_files(root: Path, speakers: list[str]) -> list[tuple[Path, int, int, i
         raise FileNotFoundError(f"fsdd: no .wav recordings in {folder}")
     have = {(digit, speaker, index) for _, digit, speaker, index in found}
     count = 1 + max(index for *_, index in have)  # every speaker says every digit this many times, from 0
-    missing = [f"{digit}_{name}_{i}.wav" for digit in range(10) for speaker, name in enumerate(speakers)
-               for i in range(count) if (digit, speaker, i) not in have]
-    if missing:
-        raise FileNotFoundError(f"fsdd: {len(missing)} recording(s) missing from {folder}: {', '.join(missing[:5])}")
+    if len(have) < 10 * len(speakers) * count:
+        missing = (f"{digit}_{name}_{i}.wav" for digit in range(10) for speaker, name in enumerate(speakers)
+                   for i in range(count) if (digit, speaker, i) not in have)
+        raise FileNotFoundError(f"fsdd: {10 * len(speakers) * count - len(have)} recording(s) missing from {folder} "
+                                f"(each speaker says each digit {count} times, numbered from 0): "
+                                f"{', '.join(itertools.islice(missing, 5))}")
     return sorted(found, key=lambda r: (r[1], r[2], r[3]))
 
 

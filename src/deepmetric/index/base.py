@@ -35,7 +35,6 @@ two: the load starts again on the new index.
 """
 from __future__ import annotations
 
-import errno
 import glob
 import hashlib
 import json
@@ -92,22 +91,19 @@ class _Held:
 
     def open(self, name: str):
         """The regular file ``name`` of the held directory, opened for reading in binary mode. Errors name
-        its path; anything but a regular file (a symbolic link, which could lead out of the directory, a
-        directory, a FIFO) is a ValueError."""
+        its path; anything but a regular file (a directory, a FIFO, a device) is a ValueError. A symbolic
+        link is followed (hub and DVC caches store files so); its target is checked like any file."""
         path = self.path / name
-        not_regular = f"{path}: not a regular file (a saved index holds only regular files)"
         try:
             if self.fd is None:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             else:  # non-blocking: opening a FIFO would wait for a writer
-                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=self.fd)
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=self.fd)
         except OSError as err:
-            if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
-                raise ValueError(not_regular) from None
             raise OSError(err.errno, f"{path}: {err.strerror}") from None
         try:
             if not S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError(not_regular)
+                raise ValueError(f"{path}: not a regular file (a saved index holds only regular files)")
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)

@@ -161,13 +161,16 @@ def _versions() -> dict:
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
-def _comparable(config: dict) -> dict:
+def _comparable(config: dict, has_groups: bool) -> dict:
     """The config without ``epochs``, its sections completed with the defaults of keys added since a
-    run was saved (so that such runs still resume)."""
+    run was saved, and ``eval.exclude_groups`` as it acts on the data (false was the default before
+    null), so that such runs still resume."""
     out = {k: v for k, v in config.items() if k != "epochs"}
     for section in SECTIONS:
         if isinstance(out.get(section), dict):
             out[section] = {**DEFAULTS[section], **out[section]}
+    if isinstance(out.get("eval"), dict) and out["eval"]["exclude_groups"] is None:
+        out["eval"]["exclude_groups"] = has_groups
     return out
 
 
@@ -331,7 +334,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         state = ckpt.load(last_path)
-        saved, now = _comparable(state["config"]), _comparable(config)
+        saved, now = (_comparable(c, train_set.groups is not None) for c in (state["config"], config))
         if saved != now:
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
                        if key not in SECTIONS and saved.get(key) != now.get(key)]
