@@ -124,7 +124,8 @@ class BatchHardMiner(Miner):
 
 @MINERS.register("triplet-margin")
 class TripletMarginMiner(Miner):
-    """Triplets selected by their margin ``m = D(a,n) - D(a,p)`` against ``margin`` (alpha).
+    """Triplets selected by their margin ``m = D(a,n) - D(a,p)`` against ``margin`` (alpha); the
+    semi-hard case is FaceNet's (Schroff, Kalenichenko, Philbin, CVPR 2015).
 
     ``type_of_triplets``: ``"all"`` (``m <= alpha``), ``"hard"`` (``m <= min(0, alpha)``),
     ``"semihard"`` (``0 < m <= alpha``) or ``"easy"`` (``m > alpha``), the inequalities of
