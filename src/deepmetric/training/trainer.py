@@ -343,7 +343,8 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
                         if saved[section].get(key) != now[section].get(key)]
             raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); use "
                              f"a new --out directory or the same config (only 'epochs' may change)")
-        if state.get("data_files", {}) != {**train_set.files, **test_set.files} or state["classes"] != classes:
+        if (state.get("data_files", train_set.files | test_set.files) != train_set.files | test_set.files
+                or state.get("classes", classes) != classes):  # (checkpoints that predate either are taken)
             raise ValueError(f"resume: {last_path} was trained on other data (the files' checksums or the classes "
                              f"differ); use a new --out directory")
         done, planned = state["epoch"], state["config"]["epochs"]
