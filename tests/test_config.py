@@ -117,6 +117,10 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
         with pytest.raises(ConfigError, match=message):
             resolve({"losses": ["triplet"]} if item.startswith("miner") else {}, [item])
     assert resolve({}, ["losses=[triplet]", "optimizer.loss_lr=0"])["optimizer"]["loss_lr"] == 0
+    assert resolve({"losses": ["triplet"], "loss": None, "miner": None})["loss"] is None  # null: not set
+    # a saved run's config predates these checks: read as it is (deepmetric evaluate of an older run)
+    saved = {"losses": ["triplet"], "miner": "semi-hard", "optimizer": {"momentum": 0.5}}
+    assert resolve(saved, strict=False)["miner"] == {"name": "semi-hard"}
     with pytest.raises(ConfigError, match=r"--set optimizer.lr=\[1: not valid YAML"):
         resolve({}, ["optimizer.lr=[1"])
     path.write_text("epochs: [2\n")

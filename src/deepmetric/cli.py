@@ -156,7 +156,7 @@ def _run_embeddings(ctx, run_dir, data, split):
     config = dict(state["config"])
     if data:  # the SPEC as given (not read as YAML, where "npz:" would be a mapping)
         config["data"] = data
-    config = _config_with_data_dir(resolve(config, [f"split={split}"] if split else []), ctx)
+    config = _config_with_data_dir(resolve(config, [f"split={split}"] if split else [], strict=False), ctx)
     _, test = load_data(config)
     if not data:
         _check_run_data(test.files, state.get("data_files") or {}, run_dir)

@@ -126,8 +126,11 @@ def _component(value, key: str):
     raise ConfigError(f"{key}: expected a name or a mapping with 'name', got {_show(value)}")
 
 
-def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Merge ``config`` over the defaults, apply ``key=value`` overrides and validate every key."""
+def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] = (), strict: bool = True) -> dict:
+    """Merge ``config`` over the defaults, apply ``key=value`` overrides and validate every key.
+
+    ``strict``: also refuse settings that training would ignore (momentum under adam, a loss or miner
+    beside a ``losses`` list); False for the config of a saved run, which may predate these checks."""
     config = dict(config or {})
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
@@ -146,13 +149,13 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     out["losses"] = _loss_list(out["losses"])
     _check_values(out)
     optimizer = out["optimizer"]
-    if optimizer["name"] in ("adam", "adamw") and optimizer["momentum"] != DEFAULTS["optimizer"]["momentum"]:
+    if strict and optimizer["name"] in ("adam", "adamw") and optimizer["momentum"] != DEFAULTS["optimizer"]["momentum"]:
         raise ConfigError(f"optimizer.momentum: used by sgd only; {optimizer['name']} has its own moments (betas)")
-    if out["losses"] is not None:  # the list replaces loss and miner: a setting of theirs would be ignored
-        ignored = [key for key in ("loss", "miner") if out[key] != _component(DEFAULTS[key], key)]
+    if strict and out["losses"] is not None:  # the list replaces loss and miner: a setting of theirs is ignored
+        ignored = [key for key in ("loss", "miner") if out[key] not in (None, _component(DEFAULTS[key], key))]
         if ignored:
             raise ConfigError(f"losses: replaces loss and miner, so {' and '.join(ignored)} would be ignored; give "
-                              f"each loss of the list its own miner (losses: [{{name: ..., miner: ...}}])")
+                              f"each loss of the list its own miner (losses: [{{name: ..., miner: ...}}]), and set {ignored[0]} to null")
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "

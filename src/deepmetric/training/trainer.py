@@ -338,12 +338,14 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         if saved != now:
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
                        if key not in SECTIONS and saved.get(key) != now.get(key)]
-            changed += [f"{section}.{key}: {saved[section].get(key)!r} then, {now[section].get(key)!r} now"
-                        for section in SECTIONS for key in sorted(set(saved[section]) | set(now[section]))
-                        if saved[section].get(key) != now[section].get(key)]
+            before, after = ({s: c.get(s) or {} for s in SECTIONS} for c in (saved, now))  # a section may be missing
+            changed += [f"{section}.{key}: {before[section].get(key)!r} then, {after[section].get(key)!r} now"
+                        for section in SECTIONS for key in sorted(set(before[section]) | set(after[section]))
+                        if before[section].get(key) != after[section].get(key)]
             raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); use "
                              f"a new --out directory or the same config (only 'epochs' may change)")
-        if (state.get("data_files", train_set.files | test_set.files) != train_set.files | test_set.files
+        files = train_set.files | test_set.files  # by checksum: the data root may have moved since
+        if (sorted(state.get("data_files", files).values()) != sorted(files.values())
                 or state.get("classes", classes) != classes):  # (checkpoints that predate either are taken)
             raise ValueError(f"resume: {last_path} was trained on other data (the files' checksums or the classes "
                              f"differ); use a new --out directory")
@@ -415,7 +417,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             tuples = miner(emb, y) if miner is not None else None
             value = loss_fn(emb, y, tuples)
             if not torch.isfinite(value):  # nothing after this can recover; the checkpoints so far are kept
-                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value)} at learning rate "
+                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value.detach())} at learning rate "
                                  f"{optimizer.param_groups[0]['lr']:g}; the training diverged (lower optimizer.lr) "
                                  f"or the inputs hold extreme values")
             optimizer.zero_grad(set_to_none=True)
