@@ -49,7 +49,7 @@ def test_evaluate_prints_and_writes_every_metric(run_dir, tmp_path):
     written = json.loads(out.read_text())
     # what was evaluated is recorded beside the metrics
     assert written.pop("evaluated") == {
-        "run": str(run_dir), "checkpoint": "best", "data": test.name, "split": "zero-shot",
+        "run": str(run_dir), "checkpoint": "best", "data": test.name, "split": "zero-shot", "items": len(test),
         "data_files": test.files, "distance": "euclidean", "exclude_groups": False}
     assert written == expected
     for key in ("precision_at_5", "map_at_5", "ndcg_at_5", "map", "mrr", "nmi", "ami"):

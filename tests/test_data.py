@@ -621,3 +621,14 @@ def test_npz_arrays_nobody_asked_for_are_not_read(tmp_path):
                          b"False, 'shape': (1000,), }".ljust(70) + b"\n")
     data = load(f"npz:{path}")["all"]
     assert data.x.shape == (4, 2) and data.y.tolist() == [0, 1, 2, 3]
+
+
+def test_item_ids_are_those_an_index_takes(tmp_path):
+    # embed wrote such ids and index build refused them; ids beyond int64 were wrapped to negatives silently
+    x, y = np.zeros((3, 2), np.float32), np.array([0, 0, 1])
+    for ids, message in ((np.array([1, 2, 2**63 + 5], dtype=np.uint64), "ids: expected values that fit in int64"),
+                         (np.array([0, -1, 2]), r"ids: expected non-negative ids .* got \[-1\]"),
+                         (np.array([0, 1, 1]), r"ids: expected unique ids, got duplicates: \[1\]")):
+        np.savez(tmp_path / "f.npz", X=x, y=y, ids=ids)
+        with pytest.raises(ValueError, match=f"f.npz.*{message}"):
+            load(f"npz:{tmp_path / 'f.npz'}")

@@ -213,3 +213,22 @@ def test_a_reader_that_leaves_early_ends_the_search_quietly(tmp_path):
     search.stdout.readline()
     search.stdout.close()  # as head does after its lines
     assert search.wait(timeout=120) == 141 and search.stderr.read() == b""
+
+
+def test_search_checks_the_queries_file_against_the_index(tmp_path):
+    # the distance `embed` records in the queries' file was never read by search: a wrong name passed, and
+    # queries embedded for another distance than the index's went without a word; a wrong dimension did not
+    # name the file
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    emb = save_npz(tmp_path / "emb.npz", x, np.zeros(20, dtype=np.int64), distance="cosine")
+    assert run("index", "build", emb, "--out", tmp_path / "idx").exit_code == 0
+    np.savez(tmp_path / "bad.npz", X=x, distance=np.array("manhattan"))
+    result = run("index", "search", tmp_path / "idx", tmp_path / "bad.npz")
+    assert result.exit_code != 0 and f"{tmp_path / 'bad.npz'}: distance: unknown name 'manhattan'" in result.output
+    other = save_npz(tmp_path / "dot.npz", x, np.zeros(20, dtype=np.int64), distance="dot")
+    with pytest.warns(UserWarning, match="dot.npz: the queries were embedded for the dot distance; the index "
+                                         "measures cosine"):
+        assert run("index", "search", tmp_path / "idx", other).exit_code == 0
+    narrow = save_npz(tmp_path / "narrow.npz", x[:, :3], np.zeros(20, dtype=np.int64))
+    result = run("index", "search", tmp_path / "idx", narrow)
+    assert result.exit_code != 0 and f"{narrow}: queries: expected dimension 4" in result.output

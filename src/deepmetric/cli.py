@@ -203,7 +203,7 @@ def evaluate(ctx, run_dir, data, split, json_file, report_file, k, full_map, per
     metrics = evaluate_embeddings(emb, test.y, distance=state["distance"], k=k, full_map=full_map,
                                   per_class=per_class, groups=test.groups if exclude_groups else None,
                                   kmeans=kmeans)
-    evaluated = {"run": str(run_dir), "checkpoint": "best", "data": test.name, "split": split,
+    evaluated = {"run": str(run_dir), "checkpoint": "best", "data": test.name, "split": split, "items": len(test),
                  "data_files": test.files, "distance": state["distance"], "exclude_groups": exclude_groups}
     about = (f"{run_dir} (best checkpoint) on {test.name}, split {split} "
              f"({'all items' if split == 'all' else 'its test part'}), {test.y.shape[0]} items, "
@@ -348,11 +348,24 @@ def index_search(index_dir, queries, k, as_json, nprobe, ef_search):
         if not hasattr(index, "set_search_options"):
             raise ValueError(f"--nprobe/--ef-search: the {index.backend} index has no search-time options")
         index.set_search_options(nprobe=nprobe, ef_search=ef_search)
-    x = _read_vectors(queries)["X"]
+    arrays = _read_vectors(queries)
+    x = arrays["X"]
+    if "distance" in arrays and arrays["distance"] != index.distance:  # recorded by `embed`; an index may differ
+        from deepmetric._checks import warn
+        from deepmetric.distances import check_distance
+        try:
+            check_distance(arrays["distance"])
+        except ValueError as err:
+            raise ValueError(f"{queries}: {err}") from None
+        warn(f"{queries}: the queries were embedded for the {arrays['distance']} distance; the index measures "
+             f"{index.distance}")
     if x.shape[0] * k > _MAX_RESULTS:
         raise ValueError(f"-k: {x.shape[0]} queries x {k} neighbours are more than {_MAX_RESULTS:,} results "
                          f"(the index holds {len(index)} items)")
-    distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x)), k)
+    try:
+        distances, ids = index.search(torch.from_numpy(x if index.backend == "binary" else _float_array(x)), k)
+    except ValueError as err:  # e.g. queries of another dimension than the index's
+        raise ValueError(f"{queries}: {err}") from None
     names = index.names(ids)
     rows = [[None if math.isinf(v) else v for v in row] for row in distances.tolist()]
     if as_json:

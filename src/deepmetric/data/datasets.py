@@ -63,7 +63,21 @@ def _int_vector(value, n: int, name: str) -> torch.Tensor | None:
         raise TypeError(f"{name}: expected integer values, got {value.dtype}")
     if value.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},) to match x, got {tuple(value.shape)}")
+    if value.dtype == torch.uint64 and n and int(value.numpy().max()) > torch.iinfo(torch.int64).max:
+        raise ValueError(f"{name}: expected values that fit in int64, got {int(value.numpy().max())}")
     return value.long()
+
+
+def _check_ids(ids: torch.Tensor | None) -> None:
+    """Item ids as an index takes them: unique and non-negative (an index marks empty slots with -1)."""
+    if ids is None or not len(ids):
+        return
+    if bool((ids < 0).any()):
+        raise ValueError(f"ids: expected non-negative ids (an index marks empty result slots with -1), got "
+                         f"{ids[ids < 0][:5].tolist()}")
+    values, counts = torch.unique(ids, return_counts=True)
+    if bool((counts > 1).any()):
+        raise ValueError(f"ids: expected unique ids, got duplicates: {values[counts > 1][:5].tolist()}")
 
 
 @dataclass(eq=False, repr=False)
@@ -108,6 +122,7 @@ class ArrayDataset:
         self.y = check_labels(as_tensor(self.y, "y"), n, "y")
         self.groups = _int_vector(self.groups, n, "groups")
         self.ids = _int_vector(self.ids, n, "ids")
+        _check_ids(self.ids)
         self.coarse = _int_vector(self.coarse, n, "coarse")
         self.files = dict(self.files)
         self.meta = dict(self.meta)
