@@ -84,8 +84,8 @@ def test_resume_with_another_config_is_refused(tmp_path):
     state = ckpt.load(tmp_path / "last.pt")
     del state["config"]["sampler"]  # a section the saved config lacks: named, not a KeyError
     ckpt.save(tmp_path / "last.pt", state)
-    with pytest.raises(ValueError, match=r"trained with another config \(seed: 0 then, 3 now; sampler.m: None "
-                                         r"then, 20 now; .*optimizer.lr: 0.0003 then, 0.5 now"):  # the changed keys are named
+    with pytest.raises(ValueError, match=r"trained with another config \(optimizer.lr: 0.0003 then, 0.5 now; "
+                                         r"sampler.m: None then, 20 now; .*seed: 0 then, 3 now"):  # the changed keys are named
         train(resolve({}, [*FAST, "optimizer.lr=0.5", "seed=3"]), tmp_path, progress=False, log=quiet)
 
 

@@ -177,8 +177,9 @@ def pad_or_crop(x: torch.Tensor, length: int, dim: int = 0, random: bool = False
     True on real (not padded) positions.
 
     Shorter inputs are padded at the end with ``value`` (for log-mel frames, the log of silence,
-    ``log(eps)`` of :func:`log_mel`: a 0 there would read as loud sound to a model that ignores the mask). Longer inputs are cropped: the centre when
-    ``random=False``, a uniformly random window (``torch.randint`` with ``generator``) otherwise.
+    ``log(eps)`` of :func:`log_mel`: a 0 there would read as loud sound to a model that ignores the
+    mask). Longer inputs are cropped: the centre when ``random=False``, a uniformly random window
+    (``torch.randint`` with ``generator``) otherwise.
     Spoken digits (FSDD) last about 0.4 s, i.e. about 40 frames of 10 ms.
     """
     if length < 1:

@@ -3,7 +3,8 @@
 A data SPEC (DESIGN.md) is a built-in name (``digits``, ``omniglot``, ``mnist-test``,
 ``notting-hill``) or ``npz:PATH`` / ``csv:PATH`` for a feature file. :func:`load` turns a SPEC into
 the named parts the source ships (``{"background": ..., "evaluation": ...}`` for Omniglot,
-``{"test": ...}`` for mnist-test, ``{"all": ...}`` for the others); :func:`load_split` turns it into a ``(train, test)`` pair:
+``{"test": ...}`` for mnist-test, ``{"all": ...}`` for the others); :func:`load_split` turns it into
+a ``(train, test)`` pair:
 
 * ``split="zero-shot"``: train on the first ``ceil(C/2)`` of the sorted class ids, test on the rest
   (a ``seed`` shuffles the class order first), unless the set defines its own zero-shot split
@@ -326,7 +327,8 @@ def _from_arrays(path: Path, x, y, ids=None, groups=None, name: str = "") -> Arr
         raise type(err)(f"{path}: {err}") from None
 
 
-def read_npz(path: str | os.PathLike, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike, required: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The ``required`` arrays of an npz archive and those of ``optional`` it holds, never unpickling
     and never decompressing the others (an archive can hold a small file that inflates to gigabytes).
     A truncated or corrupt file, a single .npy array, or a missing required array is a ValueError

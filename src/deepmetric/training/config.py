@@ -149,13 +149,15 @@ def resolve(config: dict | None = None, overrides: list[str] | tuple[str, ...] =
     out["losses"] = _loss_list(out["losses"])
     _check_values(out)
     optimizer = out["optimizer"]
-    if strict and optimizer["name"] in ("adam", "adamw") and optimizer["momentum"] != DEFAULTS["optimizer"]["momentum"]:
+    ignored_momentum = optimizer["momentum"] != DEFAULTS["optimizer"]["momentum"]
+    if strict and optimizer["name"] in ("adam", "adamw") and ignored_momentum:
         raise ConfigError(f"optimizer.momentum: used by sgd only; {optimizer['name']} has its own moments (betas)")
     if strict and out["losses"] is not None:  # the list replaces loss and miner: a setting of theirs is ignored
         ignored = [key for key in ("loss", "miner") if out[key] not in (None, _component(DEFAULTS[key], key))]
         if ignored:
             raise ConfigError(f"losses: replaces loss and miner, so {' and '.join(ignored)} would be ignored; give "
-                              f"each loss of the list its own miner (losses: [{{name: ..., miner: ...}}]), and set {ignored[0]} to null")
+                              f"each loss of the list its own miner (losses: [{{name: ..., miner: ...}}]), and set "
+                              f"{ignored[0]} to null")
     select = out["eval"]["select"]  # used only with validation classes
     if out["eval"]["val_classes"] and (not isinstance(select, str) or not SELECTABLE.fullmatch(select)):
         raise ConfigError(f"eval.select: expected a validation metric such as map_at_r, precision_at_1, "

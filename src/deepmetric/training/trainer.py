@@ -162,15 +162,15 @@ def _versions() -> dict:
 
 
 def _comparable(config: dict, has_groups: bool) -> dict:
-    """The config without ``epochs``, its sections completed with the defaults of keys added since a
-    run was saved, and ``eval.exclude_groups`` as it acts on the data (false was the default before
-    null), so that such runs still resume."""
-    out = {k: v for k, v in config.items() if k != "epochs"}
+    """The config without ``epochs`` as flat ``{"seed": ..., "optimizer.lr": ...}``, its sections completed
+    with the defaults of keys added since a run was saved, and ``eval.exclude_groups`` as it acts on the
+    data (false was the default before null), so that such runs still resume."""
+    out = {k: v for k, v in config.items() if k not in ("epochs", *SECTIONS)}
     for section in SECTIONS:
-        if isinstance(out.get(section), dict):
-            out[section] = {**DEFAULTS[section], **out[section]}
-    if isinstance(out.get("eval"), dict) and out["eval"]["exclude_groups"] is None:
-        out["eval"]["exclude_groups"] = has_groups
+        if isinstance(config.get(section), dict):
+            out.update({f"{section}.{k}": v for k, v in {**DEFAULTS[section], **config[section]}.items()})
+    if out.get("eval.exclude_groups", False) is None:
+        out["eval.exclude_groups"] = has_groups
     return out
 
 
@@ -337,13 +337,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         saved, now = (_comparable(c, train_set.groups is not None) for c in (state["config"], config))
         if saved != now:
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
-                       if key not in SECTIONS and saved.get(key) != now.get(key)]
-            before, after = ({s: c.get(s) or {} for s in SECTIONS} for c in (saved, now))  # a section may be missing
-            changed += [f"{section}.{key}: {before[section].get(key)!r} then, {after[section].get(key)!r} now"
-                        for section in SECTIONS for key in sorted(set(before[section]) | set(after[section]))
-                        if before[section].get(key) != after[section].get(key)]
-            raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); use "
-                             f"a new --out directory or the same config (only 'epochs' may change)")
+                       if saved.get(key) != now.get(key)]
+            raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); "
+                             f"use a new --out directory or the same config (only 'epochs' may change)")
         files = train_set.files | test_set.files  # by checksum: the data root may have moved since
         if (sorted(state.get("data_files", files).values()) != sorted(files.values())
                 or state.get("classes", classes) != classes):  # (checkpoints that predate either are taken)
@@ -417,9 +413,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             tuples = miner(emb, y) if miner is not None else None
             value = loss_fn(emb, y, tuples)
             if not torch.isfinite(value):  # nothing after this can recover; the checkpoints so far are kept
-                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value.detach())} at learning rate "
-                                 f"{optimizer.param_groups[0]['lr']:g}; the training diverged (lower optimizer.lr) "
-                                 f"or the inputs hold extreme values")
+                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value.detach())} at "
+                                 f"learning rate {optimizer.param_groups[0]['lr']:g}; the training diverged (lower "
+                                 f"optimizer.lr) or the inputs hold extreme values")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             average_gradients(loss_params)
