@@ -226,9 +226,15 @@ def test_search_checks_the_queries_file_against_the_index(tmp_path):
     result = run("index", "search", tmp_path / "idx", tmp_path / "bad.npz")
     assert result.exit_code != 0 and f"{tmp_path / 'bad.npz'}: distance: unknown name 'manhattan'" in result.output
     other = save_npz(tmp_path / "dot.npz", x, np.zeros(20, dtype=np.int64), distance="dot")
-    with pytest.warns(UserWarning, match="dot.npz: the queries were embedded for the dot distance; the index "
-                                         "measures cosine"):
-        assert run("index", "search", tmp_path / "idx", other).exit_code == 0
+    result = run("index", "search", tmp_path / "idx", other)
+    assert result.exit_code == 0 and ("warning: " + f"{other}: the queries were embedded for the dot distance; the "
+                                      "index measures cosine") in result.output
+    result = run("index", "search", tmp_path / "idx", emb)  # the same distance: no warning
+    assert result.exit_code == 0 and "warning" not in result.output
+    codes = save_npz(tmp_path / "codes.npz", np.sign(x), np.zeros(20, dtype=np.int64), distance="cosine")
+    assert run("index", "build", codes, "--backend", "binary", "--out", tmp_path / "bin").exit_code == 0
+    result = run("index", "search", tmp_path / "bin", codes)  # binary codes: hamming, whatever the embedding's
+    assert result.exit_code == 0 and "warning" not in result.output
     narrow = save_npz(tmp_path / "narrow.npz", x[:, :3], np.zeros(20, dtype=np.int64))
     result = run("index", "search", tmp_path / "idx", narrow)
     assert result.exit_code != 0 and f"{narrow}: queries: expected dimension 4" in result.output

@@ -428,3 +428,14 @@ def test_a_resume_on_other_data_is_refused(tmp_path):
     noisy_features(tmp_path / "f.npz", n_classes=12, per_class=10, seed=1)
     with pytest.raises(ValueError, match=r"resume: .*last.pt was trained on other data"):
         train(resolve({}, settings + ["epochs=2"]), tmp_path / "run", progress=False, log=quiet)
+
+
+def test_a_run_saved_before_a_top_level_key_existed_still_resumes(tmp_path):
+    # only the sections got the defaults of keys added since; a missing top-level key (losses, data_dir)
+    # made an unchanged config "another config", naming nothing
+    train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path, progress=False, log=quiet)
+    state = ckpt.load(tmp_path / "last.pt")
+    del state["config"]["losses"]
+    ckpt.save(tmp_path / "last.pt", state)
+    result = train(resolve({}, FAST), tmp_path, progress=False, log=quiet)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]

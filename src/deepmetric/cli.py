@@ -350,15 +350,15 @@ def index_search(index_dir, queries, k, as_json, nprobe, ef_search):
         index.set_search_options(nprobe=nprobe, ef_search=ef_search)
     arrays = _read_vectors(queries)
     x = arrays["X"]
-    if "distance" in arrays and arrays["distance"] != index.distance:  # recorded by `embed`; an index may differ
-        from deepmetric._checks import warn
+    if "distance" in arrays and index.backend != "binary":  # recorded by `embed`; binary codes are hamming
         from deepmetric.distances import check_distance
         try:
             check_distance(arrays["distance"])
         except ValueError as err:
             raise ValueError(f"{queries}: {err}") from None
-        warn(f"{queries}: the queries were embedded for the {arrays['distance']} distance; the index measures "
-             f"{index.distance}")
+        if arrays["distance"] != index.distance:  # the index may have been built for another on purpose
+            click.echo(f"warning: {queries}: the queries were embedded for the {arrays['distance']} distance; the "
+                       f"index measures {index.distance}", err=True)
     if x.shape[0] * k > _MAX_RESULTS:
         raise ValueError(f"-k: {x.shape[0]} queries x {k} neighbours are more than {_MAX_RESULTS:,} results "
                          f"(the index holds {len(index)} items)")

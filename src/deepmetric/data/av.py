@@ -479,7 +479,7 @@ def av_digits(root=None, n_pairs_per_digit: int | None = None, seed: int = 0, du
 
     * ``image`` ``(N, 1, 28, 28)`` float32 in ``[0, 1]``;
     * ``audio`` ``(N, F, n_mels)`` float32 log-mels (``F = 48`` for 0.5 s; see :func:`fsdd_log_mels`),
-      ``audio_mask`` ``(N, F)`` bool, True on real frames (padding is zeros at the end);
+      ``audio_mask`` ``(N, F)`` bool, True on real frames (padding is silence, ``log(1e-6)``, at the end);
     * ``y`` ``(N, 2)`` int64 ``(digit, speaker)``: speaker ids 0..5 in ``speakers.csv`` order, a
       sub-class meaningful only with its digit;
     * ``image_index`` ``(N,)`` int64 row of the image in the MNIST test file, ``recording`` ``(N,)``

@@ -90,7 +90,8 @@ class ArrayDataset:
     * ``y``: ``(N,)`` int64 flat labels, ``(N, L)`` int64 hierarchy (column 0 the coarsest) or
       ``(N, C)`` bool multi-label; other integer dtypes become int64, float labels are a TypeError;
     * ``groups``, ``ids``: optional ``(N,)`` int64 (items of one group are excluded from each other's
-      results when asked; ids name the items in search results);
+      results when asked; ids name the items in search results, so they are unique and non-negative, as
+      an index takes them);
     * ``coarse``: optional ``(N,)`` int64 super-class (e.g. the Omniglot alphabet);
     * ``files``: ``{path: sha256}`` of the files the items were read from, for run records;
     * ``meta``: free-form facts about the source (class names, image size, ...).
@@ -351,7 +352,7 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...],
 
 def load_npz(path: str | os.PathLike) -> ArrayDataset:
     """A feature file: ``X`` (N, D) numeric (stored as float32), ``y`` (N,) or (N, L) integer or
-    (N, C) bool labels, optional ``ids`` and ``groups`` (N,) integer. Never unpickles."""
+    (N, C) bool labels, optional ``ids`` (unique, non-negative) and ``groups`` (N,) integer. Never unpickles."""
     path = _require(Path(path), "npz")
     arrays = read_npz(path, ("X", "y"), ("ids", "groups"))
     return _from_arrays(path, arrays["X"], arrays["y"], arrays.get("ids"), arrays.get("groups"),

@@ -31,7 +31,9 @@ replaced. Saves to one path take turns (a lock file beside it) and remove what k
 Loading checks every file's presence, size and checksum before reading anything, never unpickles,
 and names the bad file. It reads every file from the one directory it opened first, so a save that
 replaces the index meanwhile (a nightly rebuild beside a running service) never gives a mix of the
-two: the load starts again on the new index.
+two: the load starts again on the new index. The checksums catch damage, not tampering (whoever can
+write the files can recompute them), and faiss allocates the sizes its file states: load indexes only
+from sources you trust.
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@ A component (``data``, ``model``, ``loss``, ``miner``) is a name or a mapping ``
 ``--set loss=radial`` picks the name with its defaults and ``--set loss.c=3.0`` sets one argument.
 Fixed sections (``sampler``, ``optimizer``, ``eval``) only accept the keys listed in ``DEFAULTS``.
 ``losses:`` (a list of loss components, each with optional ``weight`` and its own ``miner``) trains on
-their weighted sum and replaces ``loss`` and ``miner``.
+their weighted sum and replaces ``loss`` and ``miner``, which must then be left at their defaults or
+null. Settings training would ignore are refused: ``optimizer.momentum`` other than its default under
+``adam``/``adamw`` (sgd only). ``optimizer.loss_lr`` (the loss's own parameters): null, the model's
+rate; 0 keeps them fixed.
 
 ``eval.select`` is the validation metric that picks the checkpoint kept as ``best.pt``: a ranking key
 of :func:`deepmetric.evaluate` (``map_at_r``, ``precision_at_1``, ``r_precision``, ``mrr``,

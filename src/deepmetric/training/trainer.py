@@ -162,10 +162,11 @@ def _versions() -> dict:
 
 
 def _comparable(config: dict, has_groups: bool) -> dict:
-    """The config without ``epochs`` as flat ``{"seed": ..., "optimizer.lr": ...}``, its sections completed
-    with the defaults of keys added since a run was saved, and ``eval.exclude_groups`` as it acts on the
+    """The config without ``epochs`` as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
+    defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups`` as it acts on the
     data (false was the default before null), so that such runs still resume."""
-    out = {k: v for k, v in config.items() if k not in ("epochs", *SECTIONS)}
+    top = {**{k: v for k, v in DEFAULTS.items() if k not in SECTIONS}, **config}  # keys added since: defaults
+    out = {k: v for k, v in top.items() if k not in ("epochs", *SECTIONS)}
     for section in SECTIONS:
         if isinstance(config.get(section), dict):
             out.update({f"{section}.{k}": v for k, v in {**DEFAULTS[section], **config[section]}.items()})
