@@ -163,8 +163,8 @@ def _versions() -> dict:
 
 def _comparable(config: dict, has_groups: bool) -> dict:
     """The config without ``epochs`` as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
-    defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups`` as it acts on the
-    data (false was the default before null), so that such runs still resume."""
+    defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups``
+    as it acts on the data (false was the default before null), so that such runs still resume."""
     top = {**{k: v for k, v in DEFAULTS.items() if k not in SECTIONS}, **config}  # keys added since: defaults
     out = {k: v for k, v in top.items() if k not in ("epochs", *SECTIONS)}
     for section in SECTIONS:
