@@ -327,7 +327,9 @@ def fine_grained(config: dict, data: dict, seed: int) -> dict:
     """(b): ``{loss: scores}`` for one fold, labels (actor, track)."""
     cfg, steps, lr = config["fine_grained"], int(config["steps"]), float(config["lr"])
     tr, te = data["train"], data["test"]
-    results = {}
+    # what the metrics give with no training: neighbouring clips of a track share frames
+    results = {"no training (frozen PCA, mean over frames)": fine_grained_scores(
+        te["clips"].mean(1), te["clip_y"], tr["clips"].mean(1), tr["clip_y"], int(cfg["ndcg_k"]))}
     for name, spec in cfg["losses"].items():
         spec = copy.deepcopy(spec)
         loss = dm.losses.create(spec["loss"].pop("name"), **spec["loss"])
