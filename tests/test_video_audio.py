@@ -545,3 +545,51 @@ def test_feature_cache_module_encoder(nh, tmp_path):
         enc.net[1].weight.add_(1.0)  # new weights -> new description -> recomputed
     second = features.cache_features(tmp_path / "m", vids, enc, progress=False)["v"]
     assert not torch.allclose(first, second)
+
+
+def test_the_cache_key_sees_bound_arguments_and_captured_values(tmp_path):
+    # every functools.partial was "functools.partial" and a closure only its name: a changed argument or
+    # captured value returned the stale features
+    import functools
+
+    def scaled(frames, k=1.0):
+        return torch.as_tensor(frames).flatten(1).float()[:, :2] * k
+
+    def make(k):
+        return lambda frames: scaled(frames, k)
+
+    frames = torch.arange(12.0).reshape(3, 2, 2)
+    first = features.cache_features(tmp_path / "p", [("x", frames)], functools.partial(scaled, k=2.0), progress=False)
+    again = features.cache_features(tmp_path / "p", [("x", frames)], functools.partial(scaled, k=3.0), progress=False)
+    assert torch.equal(first["x"] * 1.5, again["x"])
+    weights = torch.ones(2)
+    described = features.encoder_description(make(weights))
+    assert described != features.encoder_description(make(torch.full((2,), 2.0)))
+    assert described == features.encoder_description(make(torch.ones(2)))  # the values, not the objects
+    close = features.cache_features(tmp_path / "c", [("x", frames)], make(1.0), progress=False)
+    far = features.cache_features(tmp_path / "c", [("x", frames)], make(100.0), progress=False)
+    assert torch.equal(close["x"] * 100, far["x"])
+
+
+def test_two_writers_of_one_cache_take_turns(tmp_path):
+    # unlocked, a writer's manifest could describe the other writer's features (and pass the checksum)
+    import threading
+    frames = torch.arange(48.0).reshape(12, 2, 2)
+    results, errors = {}, []
+
+    def write(scale):
+        try:
+            encoder = lambda f: torch.as_tensor(f).flatten(1).float() * scale  # noqa: E731
+            results[scale] = features.cache_features(tmp_path / "c", [("x", frames)], encoder, batch_size=1,
+                                                     progress=False)["x"].clone()
+        except Exception as err:  # noqa: BLE001 - any failure of either writer fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in (1.0, 2.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and torch.equal(results[2.0], 2 * results[1.0])
+    final = features.FeatureCache.open(tmp_path / "c")  # the manifest describes the features beside it
+    assert torch.equal(final["x"], results[1.0]) or torch.equal(final["x"], results[2.0])

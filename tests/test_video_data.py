@@ -98,6 +98,28 @@ def test_encode_decode_round_trip(tracks, tmp_path, codec, max_mae):
         assert torch.equal(d.argmin(1), torch.arange(len(got)))
 
 
+def test_an_interrupted_re_encode_leaves_no_manifest(tracks, tmp_path, monkeypatch):
+    # the old manifest stayed valid while the videos were overwritten: decode gave other frames without error
+    from deepmetric.data import video
+    a, s, _ = tracks.tracks[0]
+    spans = [(a, s, s + 8), (a, s + 8, s + 16)]
+    av.encode_tracks(tracks.frames, spans, tmp_path, codec="ffv1")
+    written = []
+
+    def write_then_stop(path, frames, **options):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, frames, **options)
+
+    real = video.write_video
+    monkeypatch.setattr(video, "write_video", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        av.encode_tracks(tracks.frames.flip(1), spans, tmp_path, codec="ffv1")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        av.decode_tracks(tmp_path)
+
+
 def test_decode_names_the_bad_file(tracks, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         av.decode_tracks(tmp_path)

@@ -200,7 +200,7 @@ def test_notting_hill_end_to_end_one_fold(tmp_path, capsys):
     folds_a, folds_b = nh.main(args)
     out = capsys.readouterr().out
     assert "encoded 22 tracks with libx264" in out and "largest grey-level change" in out
-    assert set(folds_b[0]) == {"triplet", "quadlet"}
+    assert set(folds_b[0]) == {"no training (frozen PCA, mean over frames)", "triplet", "quadlet"}
     for scores in folds_b[0].values():
         assert 0 <= scores["actor_map_at_r"] <= 1 and 0 <= scores["track_map_at_r"] <= 1
         assert 0 <= scores["ndcg_at_10"] <= 1

@@ -181,7 +181,9 @@ def encode_tracks(frames, tracks, out_dir, codec: str = "libx264", fps: float = 
     ``track_{id:04d}.mp4`` (``.mkv`` for the lossless ``ffv1``), written with
     :func:`deepmetric.data.video.write_video`; ``libx264`` is ``crf=0`` (grey within one level).
     ``manifest.json`` lists codec, fps, frame size and per track ``file``, ``actor``, ``track``,
-    ``start``, ``end`` and ``frames``; it is written last, atomically, and returned as a dict.
+    ``start``, ``end`` and ``frames``; a previous manifest is removed first and the new one written
+    last, atomically, and returned as a dict (an interrupted re-encode leaves no manifest that would
+    describe a mix of old and new files).
     """
     from deepmetric.data.video import write_video
 
@@ -193,6 +195,7 @@ def encode_tracks(frames, tracks, out_dir, codec: str = "libx264", fps: float = 
         raise ValueError(f"track_ids: expected {len(tracks)} distinct ids, got {track_ids}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     entries = []
     for tid, (a, s, e) in zip(track_ids, tracks):
         if not 0 <= s < e <= len(frames):

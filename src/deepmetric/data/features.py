@@ -9,6 +9,7 @@ torch.Size([41, 512])
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric._checks import warn
-from deepmetric._io import atomic_path, write_json
+from deepmetric._io import atomic_path, locked, write_json
 from deepmetric.data.datasets import sha256_file
 
 __all__ = [
@@ -42,8 +43,10 @@ def encoder_description(encoder) -> str:
     """A string that identifies ``encoder`` for the cache manifest.
 
     Uses ``encoder.description`` when present; for an ``nn.Module`` its class, ``repr`` and the
-    sha256 of its state dict (so changed weights invalidate the cache); otherwise the function's
-    module and qualified name.
+    sha256 of its state dict (so changed weights invalidate the cache); for ``functools.partial`` the
+    function's description and the bound arguments; otherwise the function's module and qualified name,
+    and the values a closure captured (tensors and arrays by sha256). State that none of these shows (a
+    module's plain attribute read by ``forward``) is not seen: pass ``description`` then.
     """
     desc = getattr(encoder, "description", None)
     if isinstance(desc, str):
@@ -54,9 +57,28 @@ def encoder_description(encoder) -> str:
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return f"{type(encoder).__module__}.{type(encoder).__qualname__} {repr(encoder)} state:{h.hexdigest()[:16]}"
+    if isinstance(encoder, functools.partial):
+        return (f"partial({encoder_description(encoder.func)}, {[_value(a) for a in encoder.args]}, "
+                f"{ {k: _value(v) for k, v in encoder.keywords.items()} })")
     fn = getattr(encoder, "__qualname__", type(encoder).__qualname__)
     mod = getattr(encoder, "__module__", None) or inspect.getmodule(encoder)
-    return f"{mod}.{fn}"
+    cells = getattr(encoder, "__closure__", None) or ()
+    captured = f" closure:{[_value(c.cell_contents) for c in cells]}" if cells else ""
+    return f"{mod}.{fn}{captured}"
+
+
+def _value(value) -> str:
+    """A captured or bound value as the cache key sees it: tensors and arrays by the sha256 of their bytes,
+    modules by their description, functions by their name (not their own closures, which may hold
+    themselves), anything else by its repr."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        return f"array{array.shape}:{hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]}"
+    if isinstance(value, torch.nn.Module):
+        return encoder_description(value)
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    return repr(value)
 
 
 def _fingerprint(item) -> tuple[str, str, object]:
@@ -131,17 +153,22 @@ def cache_features(name_or_dir, videos, encoder, out_dir=None, batch_size: int =
         raise ValueError(f"video keys must be unique; repeated: {dup}")
     desc = description if description is not None else encoder_description(encoder)
     fingerprints = [f for _, f, _ in items]
+    directory.mkdir(parents=True, exist_ok=True)
+    with locked(directory / ".lock"):  # writers take turns: a manifest must describe the features beside it
+        existing = _try_open(directory)
+        if existing is not None:
+            m = existing.manifest
+            if m.get("keys") == keys and m.get("inputs") == fingerprints and m.get("encoder") == desc:
+                return existing
+        return _write_cache(directory, items, keys, fingerprints, desc, encoder, batch_size, progress)
 
-    existing = _try_open(directory)
-    if existing is not None:
-        m = existing.manifest
-        if m.get("keys") == keys and m.get("inputs") == fingerprints and m.get("encoder") == desc:
-            return existing
 
+def _write_cache(directory: Path, items, keys, fingerprints, desc: str, encoder, batch_size: int,
+                 progress: bool) -> "FeatureCache":
+    """Encode every item into ``directory``'s feature file and write its manifest (under the lock)."""
     was_training = isinstance(encoder, torch.nn.Module) and encoder.training
     if was_training:
         encoder.eval()
-    directory.mkdir(parents=True, exist_ok=True)
     offsets, lengths, dim, total = [], [], None, 0
     try:
         with atomic_path(directory / _FEATURES) as tmp, open(tmp, "wb") as f:
