@@ -23,6 +23,9 @@ import torch
 
 __all__ = ["read_wav", "hz_to_mel", "mel_to_hz", "mel_filterbank", "log_mel", "pad_or_crop"]
 
+#: the floor :func:`log_mel` adds before the log: ``log(LOG_MEL_EPS)`` is the log-mel of silence
+LOG_MEL_EPS = 1e-6
+
 
 def read_wav(path):
     """Read a PCM WAV file into float32 in ``[-1, 1]``.
@@ -131,7 +134,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: float, f_min: float = 0
 
 def log_mel(signal, sample_rate: int, n_fft: int | None = None, hop_length: int | None = None,
             win_length: int | None = None, n_mels: int = 40, f_min: float = 0.0, f_max: float | None = None,
-            eps: float = 1e-6) -> torch.Tensor:
+            eps: float = LOG_MEL_EPS) -> torch.Tensor:
     """Log-mel spectrogram ``log(M |STFT(x)|^2 + eps)``, ``(..., frames, n_mels)`` float32.
 
     Defaults suit 8 kHz speech (FSDD): ``win_length`` 25 ms (200 samples), ``hop_length`` 10 ms (80),

@@ -53,7 +53,7 @@ import torch
 
 from deepmetric._checks import check_int
 from deepmetric._io import atomic_path, write_json
-from deepmetric.data.audio import log_mel, pad_or_crop, read_wav
+from deepmetric.data.audio import LOG_MEL_EPS, log_mel, pad_or_crop, read_wav
 from deepmetric.data.datasets import (
     ArrayDataset, _builtin, _require_builtin, data_root, load, read_npz, sha256_file,
 )
@@ -70,7 +70,6 @@ NH_SIZE = 60
 FSDD_RATE = 8000
 CACHE_ENV = "DEEPMETRIC_CACHE"
 _CACHE_VERSION = 2  # 2: log-mel padding is silence, log(eps), not 0
-LOG_MEL_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,7 +388,7 @@ def _compute_log_mels(files, duration: float, n_mels: int):
             raise ValueError(f"{path}: expected {FSDD_RATE} Hz audio, got {rate} Hz")
         if signal.ndim == 2:
             signal = signal.mean(0)
-        feats, m = pad_or_crop(log_mel(signal, rate, n_mels=n_mels, eps=LOG_MEL_EPS), length,
+        feats, m = pad_or_crop(log_mel(signal, rate, n_mels=n_mels), length,
                                value=math.log(LOG_MEL_EPS))  # padded with silence
         audio[i], mask[i] = feats.numpy(), m.numpy()
     return audio, mask
