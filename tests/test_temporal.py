@@ -267,6 +267,8 @@ def test_fusion_errors_name_what_was_expected():
     for fusion in (EarlyFusion(DIMS, hidden=4, out_features=2), LateFusion(DIMS, hidden=4, out_features=2)):
         with pytest.raises(KeyError, match=r"missing modality \['audio'\].*expected keys \['visual', 'audio'\]"):
             fusion({"visual": x["visual"]})
+        with pytest.raises(KeyError, match=r"unknown modality \['vision'\]; expected keys \['visual', 'audio'\]"):
+            fusion({**x, "vision": x["visual"]})  # a misspelt or extra modality is not silently dropped
         with pytest.raises(ValueError, match=r"inputs\['audio'\]: expected shape \(B, 5\), got \(4, 6\)"):
             fusion({"visual": x["visual"], "audio": torch.randn(4, 6)})
         with pytest.raises(ValueError, match=r"expected 4 rows"):

@@ -4,7 +4,7 @@ Pooling modules map frame features ``x`` of shape ``(B, T, D)`` and an optional 
 (bool, ``True`` = a real frame, ``None`` = every frame is real) to one vector per item ``(B, D')``.
 Padded frames never change the result, whatever their values, and a row with no real frame
 gives a zero vector (never NaN). Fusion modules map a dict of per-modality vectors ``{name: (B, D_m)}``
-to one embedding ``(B, out_features)``.
+(exactly the modalities they were built for) to one embedding ``(B, out_features)``.
 
 >>> pool = POOLINGS.create("netvlad", in_features=16, clusters=4)
 >>> pool(torch.randn(2, 5, 16), mask=torch.ones(2, 5, dtype=torch.bool)).shape
@@ -238,8 +238,10 @@ def _check_inputs(inputs, dims: Mapping[str, int], who: str) -> list[torch.Tenso
         raise TypeError(f"{who}: expected a dict of modality -> (B, D) tensors with keys {list(dims)}, "
                         f"got {type(inputs).__name__}")
     missing = [m for m in dims if m not in inputs]
-    if missing:
-        raise KeyError(f"{who}: missing modality {missing}; expected keys {list(dims)}, got {list(inputs)}")
+    unknown = [m for m in inputs if m not in dims]
+    if missing or unknown:
+        what = f"missing modality {missing}" if missing else f"unknown modality {unknown}"
+        raise KeyError(f"{who}: {what}; expected keys {list(dims)}, got {list(inputs)}")
     out, batch = [], None
     for m, d in dims.items():
         x = inputs[m]
