@@ -316,6 +316,11 @@ def test_video_model_with_a_pooling_module_and_bad_inputs():
     assert model(x, mask).shape == (3, 3)
     with pytest.raises(ValueError, match=r"D = 6.*\(3, 5, 4\)"):
         model(torch.randn(3, 5, 4))
+    # a clip with no real frame pools to 0 and would embed to the head's bias, like every other empty clip
+    with pytest.raises(ValueError, match=r"rows \[1\] have no real frame"):
+        model(x, mask & torch.tensor([True, False, True]).unsqueeze(1))
+    with pytest.raises(ValueError, match=r"rows \[0, 1\] have no real frame.*T = 0"):
+        model(torch.randn(2, 0, D))
     with pytest.raises(ValueError, match=r"in_shape: expected \(T, D\)"):
         MODELS.create("video", in_shape=(D,))
     with pytest.raises(KeyError, match="unknown pooling 'sum'"):

@@ -360,7 +360,8 @@ class ModalityEncoders(nn.Module):
 @MODELS.register("video")
 class VideoEmbedder(Embedder):
     """Frame features to a video embedding: ``f(x, mask) = head(pool(x, mask))``, L2-normalised if
-    ``normalize``. ``x`` is ``(B, T, D)`` frame features, ``mask`` ``(B, T)`` bool (``None`` = all real).
+    ``normalize``. ``x`` is ``(B, T, D)`` frame features, ``mask`` ``(B, T)`` bool (``None`` = all real);
+a clip with no real frame is refused (pooled to 0, it would land where every other empty clip does).
 
     ``pool`` is a pooling name (``mean``, ``max``, ``attention``, ``netvlad``, ``recurrent``), a
     mapping ``{"name": ..., **kwargs}`` (e.g. ``{"name": "netvlad", "clusters": 16}``) or a module
@@ -398,9 +399,11 @@ class VideoEmbedder(Embedder):
                             activation=activation, dropout=dropout)
 
     def embed(self, x, mask=None):
-        if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] != self.in_features:
-            raise ValueError(f"VideoEmbedder: x: expected D = {self.in_features} features per frame, "
-                             f"got shape {tuple(x.shape)}")
+        x, mask = check_frames(x, mask, self.in_features, "VideoEmbedder: x")
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:  # its pooled vector is 0, so every empty clip would embed to the same point
+            raise ValueError(f"VideoEmbedder: rows {empty[:10]}{' ...' if len(empty) > 10 else ''} have no real "
+                             "frame (mask all False, or T = 0); a clip needs at least one frame to be embedded")
         return self.head(self.pool(x, mask))
 
     def forward(self, x, mask=None):
