@@ -354,12 +354,13 @@ def fold_summary(values) -> str:
     return text + (f" ({len(kept)}/{len(values)} folds)" if len(kept) < len(values) else "")
 
 
-def tables(config: dict, folds_a: list, folds_b: list, n_tracks: int, n_folds: int) -> str:
-    """The markdown tables of (a) and (b)."""
+def tables(config: dict, folds_a: list, folds_b: list, n_tracks: int, n_folds: int, chosen: list) -> str:
+    """The markdown tables of (a) and (b) over the folds ``chosen``."""
+    over = "folds" if len(chosen) == n_folds else f"folds {chosen} only"
     lines = [f"Notting-Hill, threshold {config['threshold']}, min_length {config['min_length']}: {n_tracks} tracks, "
              f"{n_folds}-fold cross-validation over tracks; clips of {config['clip']['length']} frames, stride "
              f"{config['clip']['stride']}; frozen encoder PCA-{config['pca_components']} per fold; "
-             f"{config['steps']} steps per model; mean ± std over folds.", "",
+             f"{config['steps']} steps per model; mean ± std over {over}.", "",
              "(a) Actor retrieval: test clips / test tracks against training clips / tracks", "",
              "| embedding | clip P@1 | clip MAP@R | track P@1 | track MAP@R |", "|---|---|---|---|---|"]
     for method in folds_a[0]:
@@ -387,11 +388,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = load_config(args.config, args.overrides)
+    k = int(config["folds"])
+    chosen = list(range(k)) if args.folds_only is None else sorted(set(args.folds_only))
+    if not set(chosen) <= set(range(k)):
+        parser.error(f"--folds-only: expected fold numbers 0 to {k - 1}, got {args.folds_only}")
     out = Path(config["out"])
     start = time.time()
     ft, decoded = prepare_tracks(config, out)
-    folds = track_folds(ft.tracks, k=int(config["folds"]), seed=int(config["fold_seed"]))
-    chosen = range(len(folds)) if args.folds_only is None else args.folds_only
+    folds = track_folds(ft.tracks, k=k, seed=int(config["fold_seed"]))
     folds_a, folds_b = [], []
     for f in tqdm(chosen, desc="folds"):
         train_ids, test_ids = folds[f]
@@ -402,7 +406,7 @@ def main(argv=None):
                          int(config["clip"]["stride"]))
         folds_a.append(track_level(config, data, int(config["seed"])))
         folds_b.append(fine_grained(config, data, int(config["seed"])))
-    text = tables(config, folds_a, folds_b, len(ft.tracks), len(folds))
+    text = tables(config, folds_a, folds_b, len(ft.tracks), len(folds), chosen)
     common.report(text, start, args.out_md)
     return folds_a, folds_b
 

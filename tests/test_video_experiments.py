@@ -205,7 +205,11 @@ def test_notting_hill_end_to_end_one_fold(tmp_path, capsys):
         assert 0 <= scores["actor_map_at_r"] <= 1 and 0 <= scores["track_map_at_r"] <= 1
         assert 0 <= scores["ndcg_at_10"] <= 1
     assert len(folds_a[0]) == 3
-    assert "| frozen PCA, mean over frames |" in (tmp_path / "t.md").read_text()
+    table = (tmp_path / "t.md").read_text()
+    assert "| frozen PCA, mean over frames |" in table and "mean ± std over folds [1] only." in table
+    with pytest.raises(SystemExit):  # refused before any work
+        nh.main(["--folds-only", "5"])
+    assert "--folds-only: expected fold numbers 0 to 4, got [5]" in capsys.readouterr().err
 
 
 def test_standardise_audio_uses_training_frames_and_zeroes_padding():
