@@ -315,6 +315,16 @@ IE_CASES = [({}, "flat"), ({"gamma": 0.5, "margin": 2.0, "exclude_weight": 0.3},
             ({"margin": 0.0}, "hier2"), ({"level": 0, "gamma": 2.0}, "hier2"), ({"level": 1}, "hier3")]
 
 
+def nested(labels, level=-1):
+    """Hierarchical labels whose ids at ``level`` are unique across the hierarchy, as the IE loss needs:
+    the parent columns follow from them."""
+    if labels.dim() == 2:
+        column = level % labels.shape[1]
+        labels = labels.clone()
+        labels[:, :column] = labels[:, column:column + 1] // 2
+    return labels
+
+
 def build_ie(kwargs, num_classes=3, dim=4, dtype=torch.float64):
     torch.manual_seed(0)
     return IELoss(num_classes=num_classes, embedding_size=dim, **kwargs).to(dtype)
@@ -324,12 +334,23 @@ def build_ie(kwargs, num_classes=3, dim=4, dtype=torch.float64):
 def test_ie_matches_loop(kwargs, kind):
     loss = build_ie(kwargs)
     x, labels = make_batch(kind, seed=9, batch=8)
+    labels = nested(labels, loss.level)
     flat = labels if labels.dim() == 1 else labels[:, loss.level]
     value = loss(x, labels)
     expected = ref_ie(x, loss.centers, flat, loss.gamma, loss.margin, loss.exclude_weight)
     close(value, expected)
     for got, want in zip(grads(value, [x, loss.centers]), grads(expected, [x, loss.centers])):
         close(got, want)
+
+
+def test_ie_refuses_ids_that_recur_under_different_parents():
+    # sub-class 0 of alphabet 0 and sub-class 0 of alphabet 1 would share centre 0
+    local = torch.tensor([[a, c] for a in range(2) for c in range(2) for _ in range(2)])
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"class ids \[0, 1\] of level 1 recur under different parents"):
+        build_ie({}, num_classes=4)(x, local)
+    build_ie({}, num_classes=4)(x, torch.stack([local[:, 0], 2 * local[:, 0] + local[:, 1]], 1))  # global ids
+    build_ie({"level": 0}, num_classes=2)(x, local)  # the top level has no parent
 
 
 def test_ie_minimal_on_centres_far_apart():
@@ -430,6 +451,7 @@ def test_sgml_permutation_invariant(seed, batch, kind):
 @given(seed=st.integers(0, 10_000), batch=st.integers(1, 8), kind=st.sampled_from(["flat", "hier2", "hier3"]))
 def test_ie_permutation_invariant(seed, batch, kind):
     x, labels = make_batch(kind, seed=seed, batch=batch)
+    labels = nested(labels)
     loss = build_ie({})
     perm = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
     close(loss(x, labels), loss(x[perm], labels[perm]), tol=1e-10)
@@ -447,7 +469,7 @@ def test_finite_gradients_with_duplicated_rows(seed, batch, kind, scale, dup):
     finite_grads(sgml(x, labels), [x] + list(sgml.parameters()))
     if kind != "multi":
         ie = build_ie({})
-        finite_grads(ie(x, labels), [x, ie.centers])
+        finite_grads(ie(x, nested(labels)), [x, ie.centers])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +503,7 @@ def test_labels_out_of_range():
     with pytest.raises(ValueError, match=r"level 0 expected class ids"):
         SGMLLoss(num_attributes=[2], embedding_size=4)(x, labels - 1)
     with pytest.raises(ValueError, match=r"class ids in \[0, 2\)"):
-        IELoss(num_classes=2, embedding_size=4)(x, labels)  # finest level has ids up to 2
+        IELoss(num_classes=2, embedding_size=4)(x, nested(labels))  # finest level has ids up to 2
     with pytest.raises(ValueError, match=r"class ids in \[0, 3\)"):
         IELoss(num_classes=3, embedding_size=4)(x, labels[:, 1] - 1)
 
@@ -532,7 +554,7 @@ def test_float32_and_state_dict_roundtrip():
     copy.load_state_dict(sgml.state_dict())
     assert torch.equal(copy(x, labels), sgml(x, labels))
     ie = IELoss(num_classes=3, embedding_size=4)
-    assert ie(x.double(), labels).dtype == torch.float64  # centres cast to the embeddings' dtype
+    assert ie(x.double(), nested(labels)).dtype == torch.float64  # centres cast to the embeddings' dtype
 
 
 @pytest.mark.parametrize("module", [gran_mod, FG])

@@ -228,7 +228,15 @@ class IELoss(ProxyLoss):
             if labels.shape[0] != n:
                 raise ValueError(f"labels: expected {n} rows to match the embeddings, got {labels.shape[0]}")
             levels = labels.shape[1]
-            labels = labels[:, check_int(self.level, "level", -levels, levels - 1, f" for {levels}-level labels")]
+            column = check_int(self.level, "level", -levels, levels - 1, f" for {levels}-level labels") % levels
+            classes = torch.unique(labels[:, :column + 1], dim=0)  # (prefix, id) pairs of the batch
+            ids, counts = torch.unique(classes[:, -1], return_counts=True)
+            if bool((counts > 1).any()):  # one centre would serve classes of several parents
+                raise ValueError(f"labels: class ids {ids[counts > 1][:5].tolist()} of level {column} recur under "
+                                 "different parents; the IE loss needs ids unique across the hierarchy at its level "
+                                 "(number them over the whole data set, as the trainer does with "
+                                 "deepmetric.labels.level_ids)")
+            labels = labels[:, column]
         elif isinstance(labels, torch.Tensor) and labels.dtype == torch.bool:
             raise TypeError("labels: the IE loss needs class ids (flat or hierarchical int64), got multi-label bool "
                             "labels")
