@@ -89,6 +89,19 @@ def loss_precision(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def check_magnitude(x: torch.Tensor, name: str = "embeddings") -> None:
+    """Refuse rows too long for a loss or miner: they compute ``|x|^2`` and ``x.y`` in ``x``'s dtype
+    (float32 for half precision, :func:`loss_precision`), and once ``(2 max_i |x_i|)^2`` exceeds it
+    the distances overflow to inf and NaN, and a normalised row becomes 0 (a wrong, finite loss)."""
+    if x.numel():
+        dtype = loss_precision(x[:0]).dtype
+        longest = float(x.detach().double().norm(dim=1).max())
+        if not (2 * longest) ** 2 < torch.finfo(dtype).max:
+            raise ValueError(f"{name}: rows too long for distances in {dtype} (the longest has norm {longest:.3g}, "
+                             f"the limit is {(torch.finfo(dtype).max ** 0.5) / 2:.3g}); scale the embeddings "
+                             "down or normalise them")
+
+
 def check_seed(seed) -> int:
     """A random seed: an integer in ``[0, 2^32)`` (what scikit-learn, faiss and torch all accept)."""
     return check_int(seed, "seed", 0, 2 ** 32 - 1)
@@ -137,6 +150,8 @@ def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_nam
     if ref_embeddings is None:
         return embeddings, labels, embeddings, labels
     ref_embeddings = check_embeddings(ref_embeddings, ref_name)
+    dtype = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)  # e.g. a float64 memory of float32 batches
+    embeddings, ref_embeddings = embeddings.to(dtype), ref_embeddings.to(dtype)
     ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name).to(embeddings.device)
     if ref_embeddings.shape[1] != embeddings.shape[1]:
         raise ValueError(

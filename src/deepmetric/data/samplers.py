@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from deepmetric._checks import check_int, check_labels
+from deepmetric._checks import as_tensor, check_int, check_labels
 from deepmetric.labels import item_classes
 
 __all__ = ["MPerClassSampler", "HierarchicalBatchSampler"]
@@ -114,8 +114,7 @@ class MPerClassSampler(_EpochBatchSampler):
     """
 
     def __init__(self, labels, m: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        if not isinstance(labels, torch.Tensor):
-            labels = torch.as_tensor(np.asarray(labels))
+        labels = as_tensor(labels if isinstance(labels, torch.Tensor) else np.asarray(labels), "labels")
         if labels.dim() == 0 or labels.shape[0] == 0:
             raise ValueError(f"labels: expected a non-empty (N,) or (N, L) tensor, got shape {tuple(labels.shape)}")
         labels = check_labels(labels, labels.shape[0], "labels")
@@ -281,8 +280,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
 
     def __init__(self, labels, super_classes_per_batch: int, classes_per_super_class: int,
                  samples_per_class: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        if not isinstance(labels, torch.Tensor):
-            labels = torch.as_tensor(np.asarray(labels))
+        labels = as_tensor(labels if isinstance(labels, torch.Tensor) else np.asarray(labels), "labels")
         if labels.dim() != 2 or labels.shape[0] == 0 or labels.shape[1] < 2:
             raise ValueError(f"labels: expected a non-empty (N, 2) hierarchical tensor (super-class, class), "
                              f"got shape {tuple(labels.shape)}")

@@ -50,6 +50,9 @@ def kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, n_init: int
         raise ValueError("embeddings: expected at least one item to cluster, got an empty (0, D) tensor")
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters: expected 1..{x.shape[0]} (the number of embeddings), got {n_clusters}")
+    top = float(np.abs(x).max())
+    if top > 0:  # k-means is scale-invariant; a power of two brings any data in range with no rounding, so the
+        x = np.ldexp(x, -np.frexp(top)[1])  # squared distances cannot overflow (faiss aborted the process)
     if backend == "sklearn":  # scikit-learn and faiss are imported when used: each costs memory and time
         from sklearn.cluster import KMeans
 

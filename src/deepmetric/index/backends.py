@@ -108,7 +108,11 @@ class ExactIndex(Index):
             queries = _cast_finite(queries, self._vectors.dtype, "queries", f"{self._vectors.dtype}, the stored "
                                    "vectors' type")
         distances, positions = search_chunks(self._searcher, queries, k)
-        return distances.float(), torch.from_numpy(self._labels).to(positions.device)[positions]
+        rounded = distances.float()
+        if bool((torch.isinf(rounded) & torch.isfinite(distances)).any()):  # +inf marks an empty slot
+            raise ValueError(f"queries: {self.distance} distances beyond the range of float32, in which an index "
+                             "returns them (the stored vectors are float64); scale the vectors down")
+        return rounded, torch.from_numpy(self._labels).to(positions.device)[positions]
 
     def _remove(self, labels, positions, keep):
         self._vectors = self._vectors[torch.from_numpy(keep).to(self._vectors.device)]

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_embeddings, check_int, loss_precision
+from deepmetric._checks import check_embeddings, check_int, check_magnitude, loss_precision
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
 from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
@@ -47,6 +47,7 @@ class ProxyLoss(nn.Module):
             raise ValueError(f"{owner}: ref_embeddings / ref_labels are not supported (the proxies are the "
                              "reference set)")
         x = check_embeddings(embeddings, "embeddings")
+        check_magnitude(x)
         if x.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings: expected dimension embedding_size={self.embedding_size}, got {x.shape[1]}")
         labels = self.check_class_labels(labels, x.shape[0])

@@ -1,0 +1,119 @@
+"""Extreme but finite values, mixed dtypes and label forms: a clear error or the right answer, never NaN,
+a silently wrong value or a crashed process."""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import deepmetric as dm
+from deepmetric.data.samplers import HierarchicalBatchSampler, MPerClassSampler
+from deepmetric.evaluation.clustering import kmeans
+from deepmetric.evaluation.verification import pair_distances, verification_scores
+
+B, D, C = 16, 8, 4
+HIERARCHICAL = {"quadlet", "pentuplet", "radial", "sgml", "ie"}
+
+
+def unit_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1)
+    flat = torch.arange(C).repeat_interleave(B // C)
+    return x, flat, torch.stack([flat // 2, flat], 1)
+
+
+def make_loss(name):
+    kwargs = {}
+    params = inspect.signature(dm.losses.LOSSES.get(name)).parameters
+    for arg, value in (("num_classes", C), ("embedding_size", D)):
+        if arg in params and params[arg].default is inspect.Parameter.empty:
+            kwargs[arg] = value
+    if name == "xbm":
+        kwargs.update(loss=dm.losses.create("contrastive"), memory_size=64)
+    torch.manual_seed(1)
+    return dm.losses.create(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", dm.losses.LOSSES.names())
+def test_every_loss_refuses_rows_whose_distances_overflow(name):
+    x, flat, hier = unit_batch()
+    labels = hier if name in HIERARCHICAL else flat
+    loss = make_loss(name)
+    if name != "fast-ap":  # it needs unit rows (its own error)
+        # 1e17: (2 |x|)^2 fits float32 (sums over many tuples may not: the hierarchical losses reach inf at 1e18)
+        assert torch.isfinite(loss(x * 1e17, labels))
+        # half precision is computed in float32 (loss_precision), so its whole range is fine
+        assert torch.isfinite(make_loss(name)(x.half() * 6e4, labels))
+    # 1e19: squared distances overflow float32; triplet gave NaN, nt-xent a finite value of zero rows
+    with pytest.raises(ValueError, match=r"embeddings: rows too long for distances in torch.float32 \(the longest "
+                                         r"has norm 1e\+19"):
+        loss(x * 1e19, labels)
+
+
+def test_reference_sets_too_long_and_of_another_dtype():
+    x, flat, _ = unit_batch()
+    loss = dm.losses.create("contrastive")
+    with pytest.raises(ValueError, match="ref_embeddings: rows too long"):
+        loss(x, flat, None, x * 1e19, flat)
+    # a float64 reference set of a float32 batch: computed in float64, as if both were given so
+    ref = unit_batch(1)[0].double()
+    torch.testing.assert_close(loss(x, flat, None, ref, flat), loss(x.double(), flat, None, ref, flat))
+    miner = dm.mining.create("batch-hard")
+    for got, want in zip(miner(x, flat, ref, flat), miner(x.double(), flat, ref, flat)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", dm.mining.MINERS.names())
+def test_every_miner_refuses_rows_whose_distances_overflow(name):
+    x, flat, hier = unit_batch()
+    labels = hier if name == "quadlet" else flat
+    miner = dm.mining.create(name)
+    if name != "distance-weighted":  # it needs unit rows (its own error)
+        miner(x * 1e18, labels)
+    with pytest.raises(ValueError, match="embeddings: rows too long"):
+        miner(x * 1e19, labels)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_kmeans_is_scale_invariant_at_any_magnitude(backend):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, D, generator=g) * 5).repeat_interleave(8, 0) + torch.randn(32, D, generator=g)
+    expected = kmeans(x, 4, backend=backend)
+    # faiss aborted the process at 1e20 (its float32 squares overflow); scikit-learn gave nmi 0 at 1e160
+    for scaled in (x * 1e20, x.double() * 1e160, x.double() * 1e-200):
+        assert np.array_equal(kmeans(scaled, 4, backend=backend), expected)
+    assert np.array_equal(kmeans(torch.zeros(5, 3), 2, backend=backend) >= 0, np.ones(5, dtype=bool))
+
+
+def test_exact_index_refuses_float64_distances_beyond_float32():
+    x = torch.randn(10, 4, dtype=torch.float64) * 1e30
+    index = dm.index.create("exact")
+    index.add(x)
+    with pytest.raises(ValueError, match="queries: euclidean distances beyond the range of float32"):
+        index.search(x[:1] * 1e10, 3)  # they were returned as +inf, the mark of an empty slot
+    distances, ids = index.search(x[:1], 3)
+    assert ids[0, 0] == 0 and torch.isfinite(distances).all()
+
+
+def test_cosine_pairs_of_identical_rows_tie_at_zero():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, D, generator=g)
+    assert torch.equal(pair_distances(a, a * 4, "cosine"), torch.zeros(40))  # float32 noise was up to 1.2e-7
+    scores = verification_scores(a, a, torch.arange(40) % 2 == 0, distance="cosine")
+    assert scores["roc_auc"] == 0.5  # every distance is 0: no threshold tells the pairs apart (it was 0.431)
+    b = torch.randn(40, D, generator=g)
+    want = 1 - (a.double() @ b.double().T).diagonal() / (a.double().norm(dim=1) * b.double().norm(dim=1))
+    torch.testing.assert_close(pair_distances(a, b, "cosine"), want.float())
+    zero = torch.zeros(2, D)
+    assert torch.equal(pair_distances(zero, torch.cat([zero[:1], a[:1]]), "cosine"), torch.ones(2))
+    # rows shorter than 1e-12 are divided by 1e-12, as the losses and indexes do (distances.l2_normalize)
+    tiny = a[:1] * 1e-14
+    torch.testing.assert_close(pair_distances(tiny, a[:1], "cosine"), 1 - (tiny / 1e-12 * a[:1] / a[:1].norm()).sum(1))
+
+
+def test_samplers_name_string_labels():
+    with pytest.raises(TypeError, match="labels: expected a numeric or bool array, got dtype <U3"):
+        MPerClassSampler(["cat", "cat", "dog", "dog"], 2, 4)
+    with pytest.raises(TypeError, match="labels: expected a numeric or bool array"):
+        HierarchicalBatchSampler([["a", "x"], ["a", "y"]], 1, 1, 1)
+    assert [sorted(b) for b in MPerClassSampler([0, 0, 1, 1], 2, 4)] == [[0, 1, 2, 3]]
