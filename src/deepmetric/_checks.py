@@ -45,6 +45,11 @@ def as_tensor(x, name: str) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
+class ExtremeValuesError(ValueError):
+    """Embeddings holding NaN or infinite values, or rows too long to compute distances with: in
+    training, the sign of a diverged run (the trainer names the step and the learning rate)."""
+
+
 def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
     """Return ``x`` if it is a finite floating ``(B, D)`` tensor, else raise a clear error."""
     if not isinstance(x, torch.Tensor):
@@ -57,7 +62,7 @@ def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
         raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{name}: contains NaN or infinite values (first bad rows: {bad})")
+        raise ExtremeValuesError(f"{name}: contains NaN or infinite values (first bad rows: {bad})")
     return x
 
 
@@ -97,7 +102,7 @@ def check_magnitude(x: torch.Tensor, name: str = "embeddings") -> None:
         dtype = loss_precision(x[:0]).dtype
         longest = float(x.detach().double().norm(dim=1).max())
         if not (2 * longest) ** 2 < torch.finfo(dtype).max:
-            raise ValueError(f"{name}: rows too long for distances in {dtype} (the longest has norm {longest:.3g}, "
+            raise ExtremeValuesError(f"{name}: rows too long for distances in {dtype} (the longest has norm {longest:.3g}, "
                              f"the limit is {(torch.finfo(dtype).max ** 0.5) / 2:.3g}); scale the embeddings "
                              "down or normalise them")
 

@@ -25,6 +25,7 @@ import deepmetric
 from deepmetric import losses as losses_mod
 from deepmetric import mining
 from deepmetric import models as models_mod
+from deepmetric._checks import ExtremeValuesError
 from deepmetric._io import locked, write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
 from deepmetric.evaluation import evaluate
@@ -411,12 +412,16 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             index = torch.as_tensor(batch, dtype=torch.long)
             x, y = fit_set.x[index], y_fit[index]
             emb = model(x)
-            tuples = miner(emb, y) if miner is not None else None
-            value = loss_fn(emb, y, tuples)
-            if not torch.isfinite(value):  # nothing after this can recover; the checkpoints so far are kept
-                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(value.detach())} at "
-                                 f"learning rate {optimizer.param_groups[0]['lr']:g}; the training diverged (lower "
-                                 f"optimizer.lr) or the inputs hold extreme values")
+            try:
+                tuples = miner(emb, y) if miner is not None else None
+                value = loss_fn(emb, y, tuples)
+                what = None if torch.isfinite(value) else f"the loss is {float(value.detach())}"
+            except ExtremeValuesError as error:
+                what = f"the embeddings are unusable ({error})"
+            if what is not None:  # nothing after this can recover; the checkpoints so far are kept
+                raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: {what} at learning rate "
+                                 f"{optimizer.param_groups[0]['lr']:g}; the training diverged (lower optimizer.lr) "
+                                 "or the inputs hold extreme values")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             average_gradients(loss_params)
