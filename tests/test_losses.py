@@ -651,12 +651,23 @@ def test_multi_similarity_rejects_a_pair_both_positive_and_negative():
     (lambda: DDMLLoss(tau=0.0), "tau: expected a number > 0.0, got 0.0"),
     (lambda: DDMLLoss(beta=-1.0), "beta: expected a number > 0.0"),
     (lambda: MultiSimilarityLoss(alpha=0), "alpha: expected a number > 0.0"),
-    (lambda: MultiSimilarityLoss(base="0.5"), "base: expected a finite number, got '0.5'"),
+    (lambda: MultiSimilarityLoss(base=float("inf")), "base: expected a finite number, got inf"),
     (lambda: MultiSimilarityLoss(distance="euclidean"), "MultiSimilarityLoss: distance 'euclidean' is not"),
 ])
 def test_bad_hyper_parameters_raise(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_hyper_parameters_are_real_numbers_of_any_kind():
+    with pytest.raises(ValueError, match="base: expected a number, got '0.5'"):
+        MultiSimilarityLoss(base="0.5")
+    with pytest.raises(ValueError, match="margin: expected a number, got True"):
+        TripletMarginLoss(margin=True)
+    # numpy scalars, as a sweep over np.linspace gives them (they were refused by the losses, not the miners)
+    assert TripletMarginLoss(margin=np.float32(0.25)).margin == 0.25
+    assert dm.losses.create("contrastive", neg_margin=np.int64(2)).neg_margin == 2.0
+    assert dm.mining.create("triplet-margin", margin=np.float32(0.25)).margin == 0.25
 
 
 def test_triplet_soft_margin_must_be_bool():

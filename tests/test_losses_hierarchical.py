@@ -448,7 +448,7 @@ def test_bad_hyper_parameters():
         PentupletLoss(reduction="mean_nonzero")
     with pytest.raises(ValueError, match="strategy"):
         QuadletMiner("easy")
-    with pytest.raises(TypeError, match="margin1"):
+    with pytest.raises(ValueError, match="margin1: expected a number, got '1'"):
         QuadletMiner(margin1="1")
     with pytest.raises(ValueError, match="max_quadlets"):
         QuadletMiner(max_quadlets=0)

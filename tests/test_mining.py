@@ -548,11 +548,11 @@ def test_bad_parameters_are_clear_errors():
         BatchHardMiner(distance="manhattan")
     with pytest.raises(ValueError, match="type_of_triplets: expected one of"):
         TripletMarginMiner(type_of_triplets="semi-hard")
-    with pytest.raises(TypeError, match="margin: expected a number"):
+    with pytest.raises(ValueError, match="margin: expected a number, got '0.2'"):
         SemiHardMiner(margin="0.2")
     with pytest.raises(ValueError, match="epsilon: expected a finite number"):
         MultiSimilarityMiner(epsilon=float("nan"))
-    with pytest.raises(ValueError, match="cutoff: expected a positive number"):
+    with pytest.raises(ValueError, match=r"cutoff: expected a number > 0.0, got 0"):
         DistanceWeightedMiner(cutoff=0)
     with pytest.raises(ValueError, match="nonzero_loss_cutoff: expected a value above cutoff"):
         DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=0.4)

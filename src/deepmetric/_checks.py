@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 import os
 import sys
@@ -64,6 +65,18 @@ def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ExtremeValuesError(f"{name}: contains NaN or infinite values (first bad rows: {bad})")
     return x
+
+
+def check_number(name: str, value, low: float | None = None, strict: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (numpy's too, bools not), ``> low`` if ``strict``
+    else ``>= low`` (``low`` None: any); else a ValueError naming ``name`` (as :func:`check_int`)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {low}, got {value!r}")
+    return float(value)
 
 
 def check_int(value, name: str, low: int | None = None, high: int | None = None, why: str = "") -> int:

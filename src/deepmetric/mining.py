@@ -24,7 +24,7 @@ import numbers
 import torch
 
 from deepmetric import distances
-from deepmetric._checks import check_int, check_magnitude, check_pair
+from deepmetric._checks import check_int, check_magnitude, check_number, check_pair
 from deepmetric.functional import mining as F
 from deepmetric.functional.hierarchical import hierarchy_masks
 from deepmetric.labels import pair_masks
@@ -38,16 +38,6 @@ names = MINERS.names
 __all__ = ["MINERS", "create", "names", "Miner", "BatchHardMiner", "SemiHardMiner", "TripletMarginMiner",
            "DistanceWeightedMiner", "MultiSimilarityMiner", "PairMarginMiner", "BatchEasyHardMiner", "AngularMiner",
            "UniformHistogramMiner", "QuadletMiner", "Pairs", "Triplets", "Quadlets"]
-
-
-def _check_number(name: str, value, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    if positive and not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value}")
-    return float(value)
 
 
 class Miner:
@@ -139,7 +129,7 @@ class TripletMarginMiner(Miner):
     def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", distance: str = "euclidean",
                  hardest_only: bool = False):
         super().__init__(distance)
-        self.margin = _check_number("margin", margin)
+        self.margin = check_number("margin", margin)
         if type_of_triplets not in F.TRIPLET_TYPES:
             raise ValueError(f"type_of_triplets: expected one of {', '.join(F.TRIPLET_TYPES)}, "
                              f"got {type_of_triplets!r}")
@@ -202,8 +192,8 @@ class DistanceWeightedMiner(Miner):
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                  seed: int | torch.Generator | None = None):
         super().__init__("euclidean")
-        self.cutoff = _check_number("cutoff", cutoff, positive=True)
-        self.nonzero_loss_cutoff = _check_number("nonzero_loss_cutoff", nonzero_loss_cutoff, positive=True)
+        self.cutoff = check_number("cutoff", cutoff, low=0.0, strict=True)
+        self.nonzero_loss_cutoff = check_number("nonzero_loss_cutoff", nonzero_loss_cutoff, low=0.0, strict=True)
         if self.nonzero_loss_cutoff <= self.cutoff:
             raise ValueError(f"nonzero_loss_cutoff: expected a value above cutoff={self.cutoff}, "
                              f"got {self.nonzero_loss_cutoff}")
@@ -245,7 +235,7 @@ class MultiSimilarityMiner(Miner):
 
     def __init__(self, epsilon: float = 0.1, distance: str = "cosine"):
         super().__init__(distance)
-        self.epsilon = _check_number("epsilon", epsilon)
+        self.epsilon = check_number("epsilon", epsilon)
 
     def similarities(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
         if self.distance == "cosine":  # the similarity itself, not 1 - (1 - cos), to agree bit for bit
@@ -278,8 +268,8 @@ class PairMarginMiner(Miner):
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: str = "euclidean"):
         super().__init__(distance)
-        self.pos_margin = _check_number("pos_margin", pos_margin)
-        self.neg_margin = _check_number("neg_margin", neg_margin)
+        self.pos_margin = check_number("pos_margin", pos_margin)
+        self.neg_margin = check_number("neg_margin", neg_margin)
 
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
         matrix = distances.pairwise(embeddings, ref_embeddings, self.distance)
@@ -295,7 +285,7 @@ def _check_range(name: str, value):
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name}: expected None or a (low, high) pair, got {value!r}")
-    low, high = (_check_number(name, v) for v in value)
+    low, high = (check_number(name, v) for v in value)
     if low > high:
         raise ValueError(f"{name}: expected low <= high, got {value!r}")
     return (low, high)
@@ -355,7 +345,7 @@ class AngularMiner(Miner):
 
     def __init__(self, angle: float = 20.0):
         super().__init__("euclidean")
-        self.angle = _check_number("angle", angle)
+        self.angle = check_number("angle", angle)
         if not 0.0 <= self.angle < 90.0:
             raise ValueError(f"angle: expected degrees in [0, 90), got {angle}")
 
@@ -438,8 +428,8 @@ class QuadletMiner(Miner):
         if strategy not in F.QUADLET_STRATEGIES:
             raise ValueError(f"strategy: expected one of {', '.join(F.QUADLET_STRATEGIES)}, got {strategy!r}")
         self.strategy = strategy
-        self.margin1 = _check_number("margin1", margin1)
-        self.margin2 = _check_number("margin2", margin2)
+        self.margin1 = check_number("margin1", margin1)
+        self.margin2 = check_number("margin2", margin2)
         if self.margin1 < 0 or self.margin2 < 0:
             raise ValueError(f"margin1, margin2: expected numbers >= 0, got {margin1}, {margin2}")
         self.level = check_int(level, "level")

@@ -8,7 +8,6 @@ is the batch itself unless ``ref_embeddings`` is given (then nothing is excluded
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -20,16 +19,6 @@ from deepmetric.registry import Registry
 from deepmetric.tuples import Pairs, Quadlets, Triplets
 
 LOSSES = Registry("loss", "losses")
-
-
-def check_number(name: str, value, low: float | None = None, strict: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite real number (``> low`` if ``strict`` else
-    ``>= low``), else raise a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {low}, got {value!r}")
-    return float(value)
 
 
 def check_loss_distance(owner: str, distance: str, allowed: tuple[str, ...]) -> str:

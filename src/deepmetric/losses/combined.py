@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from deepmetric import mining
-from deepmetric.losses.base import LOSSES, check_number
+from deepmetric._checks import check_number
+from deepmetric.losses.base import LOSSES
 
 
 class CombinedLoss(nn.Module):

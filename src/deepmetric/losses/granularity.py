@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deepmetric._checks import check_int
+from deepmetric._checks import check_int, check_number
 from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import granularity as F
 from deepmetric.labels import is_multilabel, num_levels
-from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, check_number, tuple_masks
+from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, tuple_masks
 from deepmetric.losses.proxy import ProxyLoss
 
 

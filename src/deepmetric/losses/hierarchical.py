@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric._checks import check_int
+from deepmetric._checks import check_int, check_number
 from deepmetric.distances import pairwise
 from deepmetric.functional import hierarchical as H
-from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, check_number
+from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance
 from deepmetric.tuples import Quadlets, Triplets
 
 __all__ = ["QuadletLoss", "PentupletLoss", "RadialLoss"]

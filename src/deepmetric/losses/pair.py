@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from deepmetric._checks import check_int
+from deepmetric._checks import check_int, check_number
 from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import losses as F
-from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance, check_number
+from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance
 from deepmetric.tuples import Triplets
 
 

@@ -20,10 +20,10 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_embeddings, check_int, check_magnitude, loss_precision
+from deepmetric._checks import check_embeddings, check_int, check_magnitude, check_number, loss_precision
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
-from deepmetric.losses.base import LOSSES, check_loss_distance, check_number
+from deepmetric.losses.base import LOSSES, check_loss_distance
 
 
 class ProxyLoss(nn.Module):

@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from deepmetric._checks import check_int
+from deepmetric._checks import check_int, check_number
 from deepmetric.distances import DISTANCES, as_ascending, cosine_similarity, dot, pairwise
 from deepmetric.functional import losses as F
 from deepmetric.functional import triplet_family as TF
 from deepmetric.labels import item_classes, pair_masks
-from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance, check_number
+from deepmetric.losses.base import LOSSES, MetricLoss, as_pairs, check_loss_distance
 from deepmetric.tuples import Triplets
 
 
