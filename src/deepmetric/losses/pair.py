@@ -109,8 +109,34 @@ class DDMLLoss(MetricLoss):
         return f"tau={self.tau}, beta={self.beta}, reduction={self.reduction!r}"
 
 
+def _similarity(x, ref_x, distance):
+    """``(B, R)`` similarity: cosine (computed directly) or the raw dot product."""
+    return cosine_similarity(x, ref_x) if distance == "cosine" else pairwise(x, ref_x, "dot")
+
+
+def _check_disjoint(pos, neg):
+    both = torch.logical_and(pos, neg)
+    if both.numel() and bool(both.view(torch.uint8).amax()):
+        i, j = both.nonzero()[0].tolist()
+        raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
+
+
+class _MaskedPairLoss(MetricLoss):
+    """Shared ``compute``: the ``(B, R)`` matrix and masks (all valid pairs, or the pairs of the
+    given tuples, each once) handed to ``self._loss(matrix, pos, neg, same_set)``."""
+
+    similarity = False
+
+    def compute(self, x, labels, tuples, ref_x, ref_labels):
+        mat = _similarity(x, ref_x, self.distance) if self.similarity else pairwise(x, ref_x, self.distance)
+        pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
+        if tuples is not None:
+            _check_disjoint(pos, neg)
+        return self._loss(mat, pos, neg, ref_labels is None)
+
+
 @LOSSES.register("multi-similarity")
-class MultiSimilarityLoss(MetricLoss):
+class MultiSimilarityLoss(_MaskedPairLoss):
     """Multi-similarity loss (Wang, Han, Huang, Dong, Scott, CVPR 2019), for each anchor ``i``::
 
         L_i = 1/alpha log(1 + sum_{k in P_i} exp(-alpha (S_ik - lambda)))
@@ -139,6 +165,8 @@ class MultiSimilarityLoss(MetricLoss):
     True
     """
 
+    similarity = True
+
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, distance: str = "cosine",
                  reduction: str = "mean"):
         super().__init__()
@@ -148,17 +176,7 @@ class MultiSimilarityLoss(MetricLoss):
         self.distance = check_loss_distance("MultiSimilarityLoss", distance, ("cosine", "dot"))
         self.reduction = F.check_reduction(reduction)
 
-    def compute(self, x, labels, tuples, ref_x, ref_labels):
-        if self.distance == "cosine":  # S = cos directly (pairwise gives the distance 1 - cos)
-            sim = cosine_similarity(x, ref_x)
-        else:
-            sim = pairwise(x, ref_x, self.distance)
-        pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
-        if tuples is not None:
-            both = torch.logical_and(pos, neg)
-            if both.numel() and bool(both.view(torch.uint8).amax()):  # (faster than both.any())
-                i, j = both.nonzero()[0].tolist()
-                raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
+    def _loss(self, sim, pos, neg, same_set):
         return F.multi_similarity_loss(sim, pos, neg, self.alpha, self.beta, self.base, self.reduction)
 
     def extra_repr(self) -> str:
@@ -170,32 +188,6 @@ class MultiSimilarityLoss(MetricLoss):
 # Pair-based losses on the whole (B, R) matrix (issue 4): binomial deviance, lifted structure,
 # margin, circle, NT-Xent, SupCon, FastAP, histogram.
 # ----------------------------------------------------------------------------------------------
-
-
-def _similarity(x, ref_x, distance):
-    """``(B, R)`` similarity: cosine (computed directly) or the raw dot product."""
-    return cosine_similarity(x, ref_x) if distance == "cosine" else pairwise(x, ref_x, "dot")
-
-
-def _check_disjoint(pos, neg):
-    both = torch.logical_and(pos, neg)
-    if both.numel() and bool(both.view(torch.uint8).amax()):
-        i, j = both.nonzero()[0].tolist()
-        raise ValueError(f"tuples: pair ({i}, {j}) is given both as a positive and as a negative pair")
-
-
-class _MaskedPairLoss(MetricLoss):
-    """Shared ``compute``: the ``(B, R)`` matrix and masks (all valid pairs, or the pairs of the
-    given tuples, each once) handed to ``self._loss(matrix, pos, neg, same_set)``."""
-
-    similarity = False
-
-    def compute(self, x, labels, tuples, ref_x, ref_labels):
-        mat = _similarity(x, ref_x, self.distance) if self.similarity else pairwise(x, ref_x, self.distance)
-        pos, neg = self.masks(x, labels, tuples, ref_x, ref_labels)
-        if tuples is not None:
-            _check_disjoint(pos, neg)
-        return self._loss(mat, pos, neg, ref_labels is None)
 
 
 @LOSSES.register("binomial-deviance")

@@ -176,8 +176,6 @@ class NPairsLoss(MetricLoss):
             if a.numel():
                 first = _first_per_class(item_classes(labels[a])[1], torch.arange(a.numel(), device=a.device))
                 a, p = a[first], p[first]
-        if a.numel() == 0:
-            return TF.n_pairs_loss(x.new_zeros(0, 0)) + x.reshape(-1)[:0].sum() + ref_x.reshape(-1)[:0].sum()
         sim = -as_ascending(pairwise(x[a], ref_x[p], self.distance), self.distance)
         return TF.n_pairs_loss(sim)
 
