@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def sha256_stream(f) -> str:
+    """Hex sha256 of an open binary file, read from its current position to its end in 1 MB blocks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

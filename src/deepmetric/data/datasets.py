@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import math
 import os
 import zipfile
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from deepmetric._checks import as_tensor, check_int, check_labels
-from deepmetric._io import atomic_path
+from deepmetric._io import atomic_path, sha256_stream
 from deepmetric.distances import check_distance
 from deepmetric.labels import item_classes
 from deepmetric.registry import Registry
@@ -244,11 +243,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+            _SHA_CACHE[key] = sha256_stream(f)
     return _SHA_CACHE[key]
 
 

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from deepmetric._checks import check_int
-from deepmetric._io import locked, sync, usual_mode
+from deepmetric._io import locked, sha256_stream, sync, usual_mode
 from deepmetric.registry import Registry
 
 INDEXES = Registry("index", "indexes")
@@ -65,12 +65,10 @@ FORMAT_VERSION = 1
 def _sha256(f) -> str:
     """Hex sha256 of an open binary file from its start, read afresh (no cache: a verification must see
     the bytes on disk); the file is left at its start."""
-    h = hashlib.sha256()
     f.seek(0)
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
+    digest = sha256_stream(f)
     f.seek(0)
-    return h.hexdigest()
+    return digest
 
 
 class _Held:
