@@ -89,8 +89,10 @@ def hierarchy_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None
 
 # -- all tuples, decomposed ------------------------------------------------------------------------
 
-def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor, margin: float) -> torch.Tensor:
-    """Per row ``r``: ``sum_{a in A(r)} sum_{b in B(r)} [margin + D_ra - D_rb]_+`` (a ``(B,)`` tensor).
+def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor, margin: float,
+                   with_count: bool = False):
+    """Per row ``r``: ``sum_{a in A(r)} sum_{b in B(r)} [margin + D_ra - D_rb]_+`` (a ``(B,)`` tensor;
+    with ``with_count``, also the number of non-zero terms over all rows).
 
     With ``t = D_ra + margin`` and ``k = #{b in B(r): D_rb < t}``, the inner sum is ``k t`` minus the
     sum of the ``k`` smallest ``D_rb``: one sort of each row's ``B`` entries, a prefix sum and a binary
@@ -98,14 +100,16 @@ def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tenso
     subgradient: 0 where the hinge is exactly 0).
     """
     if dist.shape[1] == 0:
-        return dist.sum(dim=1)
+        sums = dist.sum(dim=1)
+        return (sums, torch.zeros((), dtype=torch.long, device=dist.device)) if with_count else sums
     key, order = dist.detach().masked_fill(~b_mask, float("inf")).sort(dim=1)
     b_sorted = dist.gather(1, order).masked_fill(~b_mask.gather(1, order), 0.0)
     prefix = F.pad(b_sorted.cumsum(1), (1, 0))  # prefix[:, k] = sum of the k smallest D_rb
     threshold = dist + margin
     k = torch.searchsorted(key, threshold.detach().contiguous()).masked_fill(~a_mask, 0)
     terms = k.to(dist.dtype) * threshold - prefix.gather(1, k)
-    return torch.where(a_mask, terms, torch.zeros_like(terms)).sum(dim=1)
+    sums = torch.where(a_mask, terms, torch.zeros_like(terms)).sum(dim=1)
+    return (sums, k.sum()) if with_count else sums
 
 
 def _counts(pos, inter, neg):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepmetric.functional.hierarchical import row_hinge_sums
+
 REDUCTIONS = ("mean_nonzero", "mean", "sum")
 
 # Largest number of elements of one (anchors, positives, reference) block of the soft-margin
@@ -265,24 +267,6 @@ def given_triplets_margin_loss(dist: torch.Tensor, anchors: torch.Tensor, positi
     return reduce_sum(total, n_nonzero, n_terms, reduction)
 
 
-def _hinge_sum_all_triplets(dist, pos_mask, neg_mask, margin):
-    """Sum and number of non-zero terms of ``[D_ap - D_an + margin]_+`` over all valid triplets.
-
-    For an anchor ``a`` and a positive ``p`` let ``t = D_ap + margin`` and ``k = #{n : D_an < t}``;
-    then ``sum_n [t - D_an]_+ = k t - (sum of the k smallest D_an)``. One sort of each row's
-    negatives, a prefix sum and a binary search give it for every ``(a, p)`` at once:
-    ``O(B R log R)`` time and ``O(B R)`` memory, differentiable by autograd (the gradient is ``k``
-    for ``D_ap`` and ``-1`` for each of the ``k`` closest negatives, the hinge's subgradient).
-    """
-    key, order = dist.detach().masked_fill(~neg_mask, float("inf")).sort(dim=1)
-    neg_sorted = dist.gather(1, order).masked_fill(~neg_mask.gather(1, order), 0.0)
-    prefix = F.pad(neg_sorted.cumsum(1), (1, 0))  # prefix[:, k] = sum of the k smallest D_an
-    threshold = dist + margin
-    k = torch.searchsorted(key, threshold.detach().contiguous()).masked_fill(~pos_mask, 0)
-    total = (k.to(dist.dtype) * threshold - prefix.gather(1, k)).sum()
-    return total, k.sum()
-
-
 class _SoftMarginSumAllTriplets(torch.autograd.Function):
     """Sum of ``log(1 + exp(D_ap - D_an))`` over all valid triplets, in bounded memory.
 
@@ -352,7 +336,8 @@ def all_triplets_margin_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mas
     if soft_margin:
         total, n_nonzero = _SoftMarginSumAllTriplets.apply(dist, pos_mask, neg_mask, int(max_elements))
     else:
-        total, n_nonzero = _hinge_sum_all_triplets(dist, pos_mask, neg_mask, float(margin))
+        sums, n_nonzero = row_hinge_sums(dist, pos_mask, neg_mask, float(margin), with_count=True)
+        total = sums.sum()
     return reduce_sum(total, n_nonzero, n_terms, reduction)
 
 
