@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from deepmetric.distances import squared_euclidean
+from deepmetric.functional.hierarchical import check_reduction
 from deepmetric.labels import is_multilabel, num_levels, shared_levels
 
 
@@ -67,8 +68,7 @@ def soft_binomial_deviance_loss(sim: torch.Tensor, similarity: torch.Tensor, mas
     :func:`deepmetric.functional.losses.binomial_deviance_loss` (``reduction="mean"``).
     ``reduction="sum"`` drops the ``1/P`` and ``1/N`` normalisers.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected one of mean, sum, got {reduction!r}")
+    check_reduction(reduction)
     s = similarity.to(sim.dtype)
     if mask is not None:
         s_pos = torch.where(mask, s, 0.0)

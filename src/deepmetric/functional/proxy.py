@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from deepmetric.distances import l2_normalize
+from deepmetric.functional.hierarchical import check_reduction
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,6 @@ def center_loss(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, re
     ``reduction="sum"`` is the paper's sum over the mini-batch; ``"mean"`` divides it by ``m``.
     ``centers`` is ``(C, D)``; the gather ``centers[labels]`` is ``(B, D)``.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected one of mean, sum, got {reduction!r}")
+    check_reduction(reduction)
     total = 0.5 * ((x - centers[labels]) ** 2).sum()
     return total if reduction == "sum" else total / max(x.shape[0], 1)

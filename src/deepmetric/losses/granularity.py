@@ -17,6 +17,7 @@ from torch import nn
 from deepmetric._checks import check_int, check_number
 from deepmetric.distances import cosine_similarity, pairwise
 from deepmetric.functional import granularity as F
+from deepmetric.functional.hierarchical import check_reduction
 from deepmetric.labels import is_multilabel, num_levels
 from deepmetric.losses.base import LOSSES, MetricLoss, check_loss_distance, tuple_masks
 from deepmetric.losses.proxy import ProxyLoss
@@ -103,8 +104,7 @@ class SGMLLoss(MetricLoss):
         self.cost = check_number("cost", cost, low=0.0, strict=True)
         self.attribute_weight = check_number("attribute_weight", attribute_weight, low=0.0)
         self.distance = check_loss_distance("SGMLLoss", distance, ("cosine", "dot"))
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction: expected one of mean, sum, got {reduction!r}")
+        check_reduction(reduction)
         self.reduction = reduction
         self.num_attributes = _check_attributes(num_attributes)
         self.embedding_size = None if embedding_size is None else check_int(embedding_size, "embedding_size", 1)

@@ -23,6 +23,7 @@ from torch import nn
 from deepmetric._checks import check_embeddings, check_int, check_magnitude, check_number, loss_precision
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
+from deepmetric.functional.hierarchical import check_reduction
 from deepmetric.losses.base import LOSSES, check_loss_distance
 
 
@@ -434,8 +435,7 @@ class CenterLoss(ProxyLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, reduction: str = "mean"):
         super().__init__(num_classes, embedding_size)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction: expected one of mean, sum, got {reduction!r}")
+        check_reduction(reduction)
         self.reduction = reduction
         self.centers = nn.Parameter(torch.randn(self.num_classes, self.embedding_size))
 
