@@ -112,12 +112,13 @@ def check_magnitude(x: torch.Tensor, name: str = "embeddings") -> None:
     (float32 for half precision, :func:`loss_precision`), and once ``(2 max_i |x_i|)^2`` exceeds it
     the distances overflow to inf and NaN, and a normalised row becomes 0 (a wrong, finite loss)."""
     if x.numel():
-        dtype = loss_precision(x[:0]).dtype
-        longest = float(x.detach().double().norm(dim=1).max())
-        if not (2 * longest) ** 2 < torch.finfo(dtype).max:
-            raise ExtremeValuesError(f"{name}: rows too long for distances in {dtype} (the longest has norm {longest:.3g}, "
-                             f"the limit is {(torch.finfo(dtype).max ** 0.5) / 2:.3g}); scale the embeddings "
-                             "down or normalise them")
+        x = loss_precision(x.detach())
+        limit = torch.finfo(x.dtype).max
+        if not (2 * float(x.norm(dim=1).max())) ** 2 < limit:  # an inf norm (overflowed squares) fails too
+            longest = float(x.double().norm(dim=1).max())
+            raise ExtremeValuesError(f"{name}: rows too long for distances in {x.dtype} (the longest has norm "
+                                     f"{longest:.3g}, the limit is {limit ** 0.5 / 2:.3g}); scale the embeddings "
+                                     "down or normalise them")
 
 
 def check_seed(seed) -> int:
