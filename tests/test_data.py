@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -585,8 +587,13 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     np.savez_compressed(tmp_path / "f.npz", X=x, y=np.arange(50) % 5)
     (tmp_path / "cut.npz").write_bytes((tmp_path / "f.npz").read_bytes()[:300])
-    with pytest.raises(ValueError, match=r"cut.npz: expected an .npz archive .*cannot read it \(truncated or corrupt\?\)"):
-        dsmod.load_npz(tmp_path / "cut.npz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"cut.npz: expected an .npz archive .*cannot read it \(truncated or "
+                                             r"corrupt\?\)"):
+            dsmod.load_npz(tmp_path / "cut.npz")
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # numpy's NpzFile left it open
     with open(tmp_path / "single.npz", "wb") as f:  # one .npy array under an .npz name: was a TypeError
         np.save(f, x)
     with pytest.raises(ValueError, match=r"single.npz: .* a single .npy array, not an archive"):

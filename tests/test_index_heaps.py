@@ -120,8 +120,9 @@ def test_a_read_only_install_imports_and_compiles_without_a_cache(tmp_path):
         "    import deepmetric as dm\n"
         "    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0]]).bool()\n"
         "    print(dm.evaluation.ranking.count_relevant(labels, labels, True).tolist())\n"
-        "print(len(caught), caught[0].message)\n"
-        "print(caught[0].filename)\n")
+        "ours = [w for w in caught if str(w.message).startswith('deepmetric:')]  # faiss < 1.14 warns too\n"
+        "print(len(ours), ours[0].message)\n"
+        "print(ours[0].filename)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     counts, warning, where = done.stdout.splitlines()

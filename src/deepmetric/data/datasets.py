@@ -331,12 +331,13 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...],
     A truncated or corrupt file, a single .npy array, or a missing required array is a ValueError
     naming the file."""
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an archive of named arrays")
-        with archive as f:
-            names = f.files
-            arrays = {k: f[k] for k in (*required, *optional) if k in names}  # read here: a corrupt member fails
+        with open(path, "rb") as handle:  # closed also when numpy fails on a truncated file (it leaked it)
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an archive of named arrays")
+            with archive as f:
+                names = f.files
+                arrays = {k: f[k] for k in (*required, *optional) if k in names}  # read here: a corrupt member fails
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path}: expected an .npz archive (numpy.savez) without pickled objects; cannot read "
                          f"it (truncated or corrupt?): {err}") from None
