@@ -27,10 +27,11 @@ TRIPLET_TYPES = ("semihard", "hard", "easy", "all")
 CHUNK_ELEMENTS = 1 << 22
 
 
-def _check_masks(matrix: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor) -> None:
+def _check_masks(matrix: torch.Tensor, **masks: torch.Tensor) -> None:
+    """``matrix`` is ``(B, R)`` and every mask a bool tensor of its shape (errors name the mask)."""
     if matrix.dim() != 2:
         raise ValueError(f"dist: expected a (B, R) matrix, got shape {tuple(matrix.shape)}")
-    for name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
+    for name, mask in masks.items():
         if mask.dtype != torch.bool or mask.shape != matrix.shape:
             raise ValueError(f"{name}: expected a bool tensor of shape {tuple(matrix.shape)}, "
                              f"got {mask.dtype} {tuple(mask.shape)}")
@@ -164,7 +165,7 @@ def batch_hard_triplets(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: to
     ``dist`` is ascending (smaller is closer). Ties go to the smallest reference index.
     Returns one triplet per such anchor, ordered by anchor.
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     if dist.shape[1] == 0:
         return _empty_triplets(dist.device)
     ops, d, (pos, neg), to_torch = _backend(dist, pos_mask, neg_mask)
@@ -212,7 +213,7 @@ def margin_triplets(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.
     ``(chunk, R)`` masked row comparison of at most ``chunk_elements`` entries. Triplets come out in
     lexicographic ``(a, p, n)`` order.
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     if type_of_triplets not in TRIPLET_TYPES:
         raise ValueError(f"type_of_triplets: expected one of {', '.join(TRIPLET_TYPES)}, got {type_of_triplets!r}")
     if dist.shape[1] == 0:
@@ -279,9 +280,7 @@ def distance_weighted_log_weights(dist: torch.Tensor, neg_mask: torch.Tensor, di
     instead of NaN. ``dist`` must be the euclidean distance between L2-normalised embeddings of
     dimension ``dim``. Returns a ``(B, R)`` tensor.
     """
-    if dist.shape != neg_mask.shape or neg_mask.dtype != torch.bool:
-        raise ValueError(f"neg_mask: expected a bool tensor of shape {tuple(dist.shape)}, "
-                         f"got {neg_mask.dtype} {tuple(neg_mask.shape)}")
+    _check_masks(dist, neg_mask=neg_mask)
     d = dist.clamp_min(cutoff)
     one_minus = (1.0 - 0.25 * d * d).clamp_min(torch.finfo(dist.dtype).eps)
     log_w = -(dim - 2.0) * d.log() - ((dim - 3.0) / 2.0) * one_minus.log()
@@ -312,7 +311,7 @@ def distance_weighted_negatives(dist: torch.Tensor, pos_mask: torch.Tensor, neg_
     ``a``. Anchors with no negative are skipped. Deterministic given ``generator``'s state; triplets
     come out in lexicographic ``(a, p)`` order.
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     pos_mask = pos_mask & neg_mask.any(dim=1, keepdim=True)
     n_pos = pos_mask.sum(dim=1)
     anchors = (n_pos > 0).nonzero().flatten()
@@ -339,7 +338,7 @@ def multi_similarity_pairs(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: 
     (a max over no negatives is -inf and a min over no positives is +inf, so anchors lacking one
     side keep nothing). Pairs come out in lexicographic order.
     """
-    _check_masks(sim, pos_mask, neg_mask)
+    _check_masks(sim, pos_mask=pos_mask, neg_mask=neg_mask)
     if sim.shape[1] == 0:
         empty = empty_index(sim.device)
         return Pairs(empty, empty, empty, empty)
@@ -370,7 +369,7 @@ def pair_margin_pairs(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torc
     pytorch-metric-learning's ``PairMarginMiner`` inequalities. ``dist`` is in its own units (not
     made ascending). Pairs come out in lexicographic order.
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     if dist.shape[1] == 0:
         return _empty_pairs(dist.device)
     ops, d, (pos, neg), to_torch = _backend(dist, pos_mask, neg_mask)
@@ -427,7 +426,7 @@ def batch_easy_hard(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.
     when a side is ``"all"``, :class:`Pairs`: every pair of that side and the chosen pair of each
     anchor on the other.
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     check_easy_hard_strategies(pos_strategy, neg_strategy)
     d = dist.detach()
     values = d if range_values is None else range_values.detach()
@@ -478,7 +477,7 @@ def angular_triplets(gram: torch.Tensor, ref_gram: torch.Tensor, pos_mask: torch
     ``||x_n - x_c||`` gives an angle of pi/2 (0/0 gives no triplet), as pytorch-metric-learning's
     ``AngularMiner``. Triplets come out in lexicographic ``(a, p, n)`` order.
     """
-    _check_masks(gram, pos_mask, neg_mask)
+    _check_masks(gram, pos_mask=pos_mask, neg_mask=neg_mask)
     g, h = gram.detach(), ref_gram.detach()
     sq_a = torch.diagonal(g) if sq_norms is None else sq_norms.detach()
     sq_ref = torch.diagonal(h)
@@ -512,7 +511,7 @@ def uniform_histogram_pairs(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask
     ``pos_per_bin`` (or ``neg_per_bin``) pairs uniformly *with replacement* from each non-empty bin.
     Deterministic given ``generator``'s state. Pairs come out bin by bin (ascending distances).
     """
-    _check_masks(dist, pos_mask, neg_mask)
+    _check_masks(dist, pos_mask=pos_mask, neg_mask=neg_mask)
     d = dist.detach()
     out = []
     for mask, k in ((pos_mask, pos_per_bin), (neg_mask, neg_per_bin)):
@@ -583,16 +582,6 @@ def _expand_ranges(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, colum
     return prefix, columns[rows[prefix], rank]
 
 
-def _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist=None) -> None:
-    shape = pos_mask.shape if dist is None else dist.shape
-    if len(shape) != 2:
-        raise ValueError(f"dist: expected a (B, R) matrix, got shape {tuple(shape)}")
-    for name, mask in (("pos_mask", pos_mask), ("inter_mask", inter_mask), ("neg_mask", neg_mask)):
-        if mask.dtype != torch.bool or mask.shape != shape:
-            raise ValueError(f"{name}: expected a bool tensor of shape {tuple(shape)}, "
-                             f"got {mask.dtype} {tuple(mask.shape)}")
-
-
 def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: torch.Tensor,
                  max_quadlets: int | None = None, generator: torch.Generator | None = None) -> Quadlets:
     """Every valid quadlet ``(q, p, i, n)``: ``pos_mask[q, p]``, ``inter_mask[q, i]``,
@@ -603,7 +592,7 @@ def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: tor
     drawn uniformly without replacement (deterministic given ``generator``). Order: lexicographic
     ``(q, p, i, n)`` (of the kept ones).
     """
-    _check_quadlet_masks(pos_mask, inter_mask, neg_mask)
+    _check_masks(pos_mask, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = pos_mask.device
     has_neg = neg_mask.any(dim=1)
     q, p, i = (pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & has_neg.view(-1, 1, 1)).nonzero(as_tuple=True)
@@ -621,7 +610,7 @@ def all_triplets(pos_mask: torch.Tensor, neg_mask: torch.Tensor, max_triplets: i
     """Every valid triplet ``(a, p, n)`` (``pos_mask[a, p]``, ``neg_mask[a, n]``), in lexicographic
     order; with ``max_triplets``, at most that many drawn uniformly without replacement. Memory: the
     output plus ``O(B R)``."""
-    _check_masks(pos_mask, pos_mask, neg_mask)
+    _check_masks(pos_mask, pos_mask=pos_mask, neg_mask=neg_mask)
     device = pos_mask.device
     a, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
     if a.numel() == 0:
@@ -641,7 +630,7 @@ def hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: torch.
     violate ``D(q,i) < D(q,n)`` (both depend on ``q`` only). Pairs whose query has no intermediate or
     no negative give nothing. Ties: the smallest column. ``O(B R)`` memory; order: by ``(q, p)``.
     """
-    _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist)
+    _check_masks(dist, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     if dist.shape[1] == 0:
         return _empty_quadlets(dist.device)
     d = dist.detach()
@@ -666,7 +655,7 @@ def semi_hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: t
     boolean). ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p, i)``
     in lexicographic order, negatives by increasing distance.
     """
-    _check_quadlet_masks(pos_mask, inter_mask, neg_mask, dist)
+    _check_masks(dist, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = dist.device
     if dist.shape[1] == 0:
         return _empty_quadlets(device)
