@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import deepmetric as dm
+from deepmetric._checks import ExtremeValuesError
 from deepmetric.data.samplers import HierarchicalBatchSampler, MPerClassSampler
 from deepmetric.evaluation.clustering import kmeans
 from deepmetric.evaluation.verification import pair_distances, verification_scores
@@ -35,26 +36,44 @@ def make_loss(name):
 
 
 @pytest.mark.parametrize("name", dm.losses.LOSSES.names())
-def test_every_loss_refuses_rows_whose_distances_overflow(name):
+def test_every_loss_refuses_embeddings_it_cannot_compute_with(name):
     x, flat, hier = unit_batch()
     labels = hier if name in HIERARCHICAL else flat
-    loss = make_loss(name)
     if name != "fast-ap":  # it needs unit rows (its own error)
-        # 1e17: (2 |x|)^2 fits float32 (sums over many tuples may not: the hierarchical losses reach inf at 1e18)
-        assert torch.isfinite(loss(x * 1e17, labels))
+        assert torch.isfinite(make_loss(name)(x * 1e17, labels))
         # half precision is computed in float32 (loss_precision), so its whole range is fine
         assert torch.isfinite(make_loss(name)(x.half() * 6e4, labels))
-    # 1e19: squared distances overflow float32; triplet gave NaN, nt-xent a finite value of zero rows
-    with pytest.raises(ValueError, match=r"embeddings: rows too long for distances in torch.float32 \(the longest "
-                                         r"has norm 1e\+19"):
-        loss(x * 1e19, labels)
+        # near the limits: a finite value or a clear error, never NaN or inf (angular and quadlet gave NaN at 9e18)
+        for scale in (1e18, 5e18, 9e18, 1.5e19):
+            try:
+                value = make_loss(name)(x * scale, labels)
+            except ExtremeValuesError as error:
+                assert "rows too long" in str(error) or "the loss is" in str(error)
+            else:
+                assert torch.isfinite(value)
+        if make_loss(name).distance == "cosine":  # normalising losses are exact up to |x|^2 = float32's largest
+            torch.testing.assert_close(make_loss(name)(x * 1e19, labels), make_loss(name)(x, labels))
+    # beyond every limit: triplet gave NaN, nt-xent the finite value of zero rows
+    with pytest.raises(ExtremeValuesError, match=r"embeddings: rows too long for \w+ distances in torch.float32 "
+                                                 r"\(the longest has norm 2e\+19"):
+        make_loss(name)(x * 2e19, labels)
+
+
+def test_a_loss_that_overflows_on_accepted_embeddings_says_so():
+    x, _, hier = unit_batch()
+    # (2 |x|)^2 = 4e36 fits float32, but the quadlet loss sums such terms past it (it returned inf)
+    with pytest.raises(ExtremeValuesError, match="QuadletLoss: the loss is inf on finite embeddings"):
+        dm.losses.create("quadlet")(x * 1e18, hier)
+    with pytest.raises(ExtremeValuesError, match="rows too long for euclidean distances in torch.float64"):
+        dm.losses.create("contrastive")(torch.tensor([[1e154, 0.0], [0.0, 1.0]], dtype=torch.float64),
+                                        torch.tensor([0, 0]))  # its square overflowed Python's float
 
 
 def test_reference_sets_too_long_and_of_another_dtype():
     x, flat, _ = unit_batch()
     loss = dm.losses.create("contrastive")
     with pytest.raises(ValueError, match="ref_embeddings: rows too long"):
-        loss(x, flat, None, x * 1e19, flat)
+        loss(x, flat, None, x * 2e19, flat)
     # a float64 reference set of a float32 batch: computed in float64, as if both were given so
     ref = unit_batch(1)[0].double()
     torch.testing.assert_close(loss(x, flat, None, ref, flat), loss(x.double(), flat, None, ref, flat))
@@ -70,8 +89,8 @@ def test_every_miner_refuses_rows_whose_distances_overflow(name):
     miner = dm.mining.create(name)
     if name != "distance-weighted":  # it needs unit rows (its own error)
         miner(x * 1e18, labels)
-    with pytest.raises(ValueError, match="embeddings: rows too long"):
-        miner(x * 1e19, labels)
+    with pytest.raises(ExtremeValuesError, match="embeddings: rows too long"):
+        miner(x * 2e19, labels)
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "faiss"])

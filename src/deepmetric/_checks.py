@@ -107,18 +107,29 @@ def loss_precision(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def check_magnitude(x: torch.Tensor, name: str = "embeddings") -> None:
-    """Refuse rows too long for a loss or miner: they compute ``|x|^2`` and ``x.y`` in ``x``'s dtype
-    (float32 for half precision, :func:`loss_precision`), and once ``(2 max_i |x_i|)^2`` exceeds it
-    the distances overflow to inf and NaN, and a normalised row becomes 0 (a wrong, finite loss)."""
+def check_magnitude(x: torch.Tensor, distance: str, name: str = "embeddings") -> None:
+    """Refuse rows too long for a loss or miner computing ``distance`` in ``x``'s dtype (float32 for
+    half precision, :func:`loss_precision`): cosine and dot need ``|x|^2`` within the dtype (the norm
+    of a longer row overflows, and normalising it gives 0: a wrong, finite loss); euclidean distances
+    need ``(|x| + |y|)^2``, up to ``(2 max |x|)^2`` (beyond, inf and NaN). Necessary, not sufficient:
+    sums of many huge terms can still overflow, which the losses report from their value."""
     if x.numel():
         x = loss_precision(x.detach())
-        limit = torch.finfo(x.dtype).max
-        if not (2 * float(x.norm(dim=1).max())) ** 2 < limit:  # an inf norm (overflowed squares) fails too
+        limit = math.sqrt(torch.finfo(x.dtype).max) / (1 if distance in ("cosine", "dot") else 2)
+        if not float(x.norm(dim=1).max()) < limit:  # an overflowed (inf) norm fails too
             longest = float(x.double().norm(dim=1).max())
-            raise ExtremeValuesError(f"{name}: rows too long for distances in {x.dtype} (the longest has norm "
-                                     f"{longest:.3g}, the limit is {limit ** 0.5 / 2:.3g}); scale the embeddings "
+            raise ExtremeValuesError(f"{name}: rows too long for {distance} distances in {x.dtype} (the longest "
+                                     f"has norm {longest:.3g}, the limit is {limit:.3g}); scale the embeddings "
                                      "down or normalise them")
+
+
+def check_loss_value(value: torch.Tensor, owner: str) -> torch.Tensor:
+    """``value`` if it is finite, else an :class:`ExtremeValuesError`: finite embeddings can still make
+    a loss overflow (e.g. sums of squared distances near the dtype's limit)."""
+    if not bool(torch.isfinite(value).all()):
+        raise ExtremeValuesError(f"{owner}: the loss is {value.detach().flatten()[:1].item()} on finite embeddings: "
+                                 "its terms overflow their dtype; scale the embeddings down or normalise them")
+    return value
 
 
 def check_seed(seed) -> int:
@@ -169,7 +180,7 @@ def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_nam
     if ref_embeddings is None:
         return embeddings, labels, embeddings, labels
     ref_embeddings = check_embeddings(ref_embeddings, ref_name)
-    dtype = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)  # e.g. a float64 memory of float32 batches
+    dtype = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)  # e.g. a float64 reference set
     embeddings, ref_embeddings = embeddings.to(dtype), ref_embeddings.to(dtype)
     ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name).to(embeddings.device)
     if ref_embeddings.shape[1] != embeddings.shape[1]:

@@ -51,9 +51,9 @@ class Miner:
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
                  ref_labels: torch.Tensor | None = None) -> Pairs | Triplets | Quadlets:
         embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-        check_magnitude(embeddings)
+        check_magnitude(embeddings, self.distance)
         if ref_emb is not embeddings:
-            check_magnitude(ref_emb, "ref_embeddings")
+            check_magnitude(ref_emb, self.distance, "ref_embeddings")
         with torch.no_grad():
             same = ref_emb is embeddings
             embeddings = embeddings.detach()

@@ -17,7 +17,6 @@ import torch
 
 from deepmetric._checks import check_int
 from deepmetric.distances import check_distance
-from deepmetric.evaluation.verification import pair_distances
 from deepmetric.labels import is_hierarchical, level_ids
 
 __all__ = ["sample_quadlets", "quadlet_distances", "order_preservation"]
@@ -68,6 +67,16 @@ def sample_quadlets(labels: torch.Tensor, samples: int = 1_000_000, seed: int = 
     return q, order[p], order[i], order[n]
 
 
+def _paired(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    xa, xb = x[a], x[b]
+    if distance in ("euclidean", "squared_euclidean"):
+        d = (xa - xb).pow(2).sum(1)
+        return d.sqrt() if distance == "euclidean" else d
+    if distance == "cosine":
+        return 1 - torch.nn.functional.cosine_similarity(xa, xb, dim=1, eps=1e-12)
+    return -(xa * xb).sum(1)  # dot: a larger product is nearer
+
+
 @torch.no_grad()
 def quadlet_distances(embeddings: torch.Tensor, labels: torch.Tensor, distance: str = "euclidean",
                       samples: int = 1_000_000, seed: int = 0, level: int = 0, chunk: int = 1 << 16):
@@ -81,7 +90,7 @@ def quadlet_distances(embeddings: torch.Tensor, labels: torch.Tensor, distance: 
     for s in range(0, q.numel(), chunk):
         qs = q[s:s + chunk]
         for out, other in zip(parts, (p, i, n)):
-            out.append(pair_distances(embeddings[qs], embeddings[other[s:s + chunk]], distance))
+            out.append(_paired(embeddings, qs, other[s:s + chunk], distance))
     return tuple(torch.cat(d) if d else embeddings.new_zeros(0) for d in parts)
 
 

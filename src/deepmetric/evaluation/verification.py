@@ -224,7 +224,8 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean"
     The definitions of :mod:`deepmetric.distances`: ``euclidean`` ``||a_i - b_i||``,
     ``squared_euclidean`` ``||a_i - b_i||^2``, ``cosine`` ``1 - cos(a_i, b_i)`` (a zero vector has
     cosine 0), and ``dot`` as its negative ``-a_i.b_i`` (DESIGN.md: dot ranks as its negative).
-    Computed in at least float32 (cosine so that parallel rows tie at exactly 0): half-precision
+    Computed in at least float32 (cosine so that rows normalising to the same vector, e.g. a row and
+    itself, tie at exactly 0): half-precision
     arithmetic would round the distances into a few hundred distinct values (ties that move TAR@FAR) and
     overflow the squares.
 
@@ -242,7 +243,7 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean"
     if distance == "squared_euclidean":
         return (a - b).pow(2).sum(1)
     if distance == "cosine":  # |u - v|^2 / 2 of the unit rows u, v (in float64, rounded to the inputs' dtype, so
-        # that parallel rows give exactly 0, not float32 noise); rows shorter than 1e-12 as l2_normalize: 1 - u.v
+        # that equal unit rows give exactly 0, not float32 noise); rows shorter than 1e-12 as l2_normalize: 1 - u.v
         norm_a, norm_b = a.double().norm(dim=1, keepdim=True), b.double().norm(dim=1, keepdim=True)
         u = (a.double() / norm_a.clamp_min(1e-12)).to(dtype).double()
         v = (b.double() / norm_b.clamp_min(1e-12)).to(dtype).double()

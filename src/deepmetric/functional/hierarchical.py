@@ -89,27 +89,29 @@ def hierarchy_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None
 
 # -- all tuples, decomposed ------------------------------------------------------------------------
 
-def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor, margin: float,
-                   with_count: bool = False):
-    """Per row ``r``: ``sum_{a in A(r)} sum_{b in B(r)} [margin + D_ra - D_rb]_+`` (a ``(B,)`` tensor;
-    with ``with_count``, also the number of non-zero terms over all rows).
+def row_hinge_sums(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per row ``r``: ``sum_{a in A(r)} sum_{b in B(r)} [margin + D_ra - D_rb]_+`` (a ``(B,)`` tensor).
 
     With ``t = D_ra + margin`` and ``k = #{b in B(r): D_rb < t}``, the inner sum is ``k t`` minus the
     sum of the ``k`` smallest ``D_rb``: one sort of each row's ``B`` entries, a prefix sum and a binary
     search (``O(B R log R)`` time, ``O(B R)`` memory, differentiable by autograd with the hinge's
     subgradient: 0 where the hinge is exactly 0).
     """
+    return row_hinge_sums_and_count(dist, a_mask, b_mask, margin)[0]
+
+
+def row_hinge_sums_and_count(dist: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.Tensor,
+                             margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`row_hinge_sums` and the number of its non-zero terms over all rows."""
     if dist.shape[1] == 0:
-        sums = dist.sum(dim=1)
-        return (sums, torch.zeros((), dtype=torch.long, device=dist.device)) if with_count else sums
+        return dist.sum(dim=1), torch.zeros((), dtype=torch.long, device=dist.device)
     key, order = dist.detach().masked_fill(~b_mask, float("inf")).sort(dim=1)
     b_sorted = dist.gather(1, order).masked_fill(~b_mask.gather(1, order), 0.0)
     prefix = F.pad(b_sorted.cumsum(1), (1, 0))  # prefix[:, k] = sum of the k smallest D_rb
     threshold = dist + margin
     k = torch.searchsorted(key, threshold.detach().contiguous()).masked_fill(~a_mask, 0)
     terms = k.to(dist.dtype) * threshold - prefix.gather(1, k)
-    sums = torch.where(a_mask, terms, torch.zeros_like(terms)).sum(dim=1)
-    return (sums, k.sum()) if with_count else sums
+    return torch.where(a_mask, terms, torch.zeros_like(terms)).sum(dim=1), k.sum()
 
 
 def _counts(pos, inter, neg):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepmetric.functional.hierarchical import row_hinge_sums
+from deepmetric.functional.hierarchical import row_hinge_sums_and_count
 
 REDUCTIONS = ("mean_nonzero", "mean", "sum")
 
@@ -336,7 +336,7 @@ def all_triplets_margin_loss(dist: torch.Tensor, pos_mask: torch.Tensor, neg_mas
     if soft_margin:
         total, n_nonzero = _SoftMarginSumAllTriplets.apply(dist, pos_mask, neg_mask, int(max_elements))
     else:
-        sums, n_nonzero = row_hinge_sums(dist, pos_mask, neg_mask, float(margin), with_count=True)
+        sums, n_nonzero = row_hinge_sums_and_count(dist, pos_mask, neg_mask, float(margin))
         total = sums.sum()
     return reduce_sum(total, n_nonzero, n_terms, reduction)
 

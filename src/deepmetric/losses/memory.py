@@ -60,7 +60,7 @@ class CrossBatchMemory(nn.Module):
             raise ValueError("xbm: the memory is the reference set and its miner makes the tuples; "
                              "pass only embeddings and labels (set the miner inside the xbm config)")
         x, labels, _, _ = check_pair(embeddings, labels)
-        check_magnitude(x)  # before the batch enters the memory
+        check_magnitude(x, self.distance)  # before the batch enters the memory
         if labels.dim() != 1:
             raise ValueError(f"labels: xbm needs flat (B,) labels, got shape {tuple(labels.shape)}")
         if x.shape[1] != self.memory.shape[1]:

@@ -20,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from deepmetric._checks import check_embeddings, check_int, check_magnitude, check_number, loss_precision
+from deepmetric._checks import (check_embeddings, check_int, check_loss_value, check_magnitude, check_number,
+                                loss_precision)
 from deepmetric.distances import l2_normalize
 from deepmetric.functional import proxy as F
 from deepmetric.functional.hierarchical import check_reduction
@@ -48,11 +49,11 @@ class ProxyLoss(nn.Module):
             raise ValueError(f"{owner}: ref_embeddings / ref_labels are not supported (the proxies are the "
                              "reference set)")
         x = check_embeddings(embeddings, "embeddings")
-        check_magnitude(x)
+        check_magnitude(x, self.distance)
         if x.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings: expected dimension embedding_size={self.embedding_size}, got {x.shape[1]}")
         labels = self.check_class_labels(labels, x.shape[0])
-        return self.compute(loss_precision(x), labels.to(x.device))
+        return check_loss_value(self.compute(loss_precision(x), labels.to(x.device)), type(self).__name__)
 
     def check_class_labels(self, labels, n: int) -> torch.Tensor:
         """``labels`` as int64 if they are ``(n,)`` integer class ids in ``0..num_classes-1``."""

@@ -361,7 +361,7 @@ class ModalityEncoders(nn.Module):
 class VideoEmbedder(Embedder):
     """Frame features to a video embedding: ``f(x, mask) = head(pool(x, mask))``, L2-normalised if
     ``normalize``. ``x`` is ``(B, T, D)`` frame features, ``mask`` ``(B, T)`` bool (``None`` = all real);
-a clip with no real frame is refused (pooled to 0, it would land where every other empty clip does).
+    a clip with no real frame is refused (pooled to 0, it would land where every other empty clip does).
 
     ``pool`` is a pooling name (``mean``, ``max``, ``attention``, ``netvlad``, ``recurrent``), a
     mapping ``{"name": ..., **kwargs}`` (e.g. ``{"name": "netvlad", "clusters": 16}``) or a module
