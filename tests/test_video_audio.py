@@ -3,15 +3,14 @@ features against direct numpy computations, the frame-feature cache and the YouT
 import json
 import struct
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from deepmetric.data import audio, features, video
+from deepmetric.data import audio, data_root, features, video
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = data_root()  # $DEEPMETRIC_DATA, else ../shared/data beside the checkout
 NH = DATA / "notting-hill" / "Notting-Hill.mat"
 FSDD_WAV = DATA / "fsdd" / "recordings" / "0_jackson_0.wav"
 

@@ -2,18 +2,17 @@
 video round trips, folds, the built-in set) and audio-visual digits (MNIST + FSDD, cache)."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from deepmetric.data import av, load_dataset
+from deepmetric.data import av, data_root, load_dataset
 from deepmetric.data.audio import read_wav
 from deepmetric.data.datasets import read_idx
 from deepmetric.data.video import frame_correlations
 
-DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+DATA = data_root()  # $DEEPMETRIC_DATA, else ../shared/data beside the checkout
 NH = DATA / "notting-hill" / "Notting-Hill.mat"
 FSDD = DATA / "fsdd" / "recordings"
 MNIST = DATA / "mnist-test"

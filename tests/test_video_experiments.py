@@ -21,8 +21,6 @@ sys.path.insert(0, str(BENCH))
 nh = importlib.import_module("notting_hill")
 avd = importlib.import_module("av_digits")
 
-torch.set_num_threads(1)
-
 
 def synthetic_tracks():
     """Tracks (actor, start, end) of lengths 10, 3, 12, 9, 8, 11 over 3 actors, 2 tracks each."""
@@ -241,7 +239,8 @@ def test_cross_modal_loss_pulls_both_encoders():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.encoders[m].parameters())
 
 
-def test_av_digits_end_to_end_tiny(tmp_path):
+def test_av_digits_end_to_end_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPMETRIC_CACHE", str(tmp_path / "cache"))  # compute the log-mels, not read ~/.cache
     args = ["--set", "steps=2", "--set", "seeds=[0]", "--set", "data.n_pairs_per_digit=6",
             "--set", "models=[visual, audio-gru, late-fusion]", "--out-md", str(tmp_path / "av.md")]
     rows, cross = avd.main(args)
