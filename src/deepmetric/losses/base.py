@@ -8,7 +8,6 @@ is the batch itself unless ``ref_embeddings`` is given (then nothing is excluded
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -417,7 +417,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
                 value = loss_fn(emb, y, tuples)
                 what = None if torch.isfinite(value) else f"the loss is {float(value.detach())}"
             except ExtremeValuesError as error:
-                what = f"the embeddings are unusable ({error})"
+                what = f"the loss cannot be computed ({error})"
             if what is not None:  # nothing after this can recover; the checkpoints so far are kept
                 raise ValueError(f"epoch {epoch + 1}, step {steps + 1}: {what} at learning rate "
                                  f"{optimizer.param_groups[0]['lr']:g}; the training diverged (lower optimizer.lr) "
