@@ -225,9 +225,8 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean"
     ``squared_euclidean`` ``||a_i - b_i||^2``, ``cosine`` ``1 - cos(a_i, b_i)`` (a zero vector has
     cosine 0), and ``dot`` as its negative ``-a_i.b_i`` (DESIGN.md: dot ranks as its negative).
     Computed in at least float32 (cosine so that rows normalising to the same vector, e.g. a row and
-    itself, tie at exactly 0): half-precision
-    arithmetic would round the distances into a few hundred distinct values (ties that move TAR@FAR) and
-    overflow the squares.
+    itself, tie at exactly 0): half-precision arithmetic would round the distances into a few hundred
+    distinct values (ties that move TAR@FAR) and overflow the squares.
 
     >>> pair_distances(torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 4.0]]))
     tensor([5.])
