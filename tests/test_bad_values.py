@@ -136,3 +136,32 @@ def test_samplers_name_string_labels():
     with pytest.raises(TypeError, match="labels: expected a numeric or bool array"):
         HierarchicalBatchSampler([["a", "x"], ["a", "y"]], 1, 1, 1)
     assert [sorted(b) for b in MPerClassSampler([0, 0, 1, 1], 2, 4)] == [[0, 1, 2, 3]]
+
+
+def test_small_argument_checks_of_the_error_audit():
+    from deepmetric.data.video import resample_indices
+    from deepmetric.evaluation.hierarchy import order_preservation
+    from deepmetric.evaluation.ranking import relevance
+
+    x = torch.tensor([[0.0], [0.1], [1.0], [5.0], [5.1], [6.0]])
+    y = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 0], [1, 0], [1, 1]])
+    assert order_preservation(x, y) == 1.0
+    bad = x.clone()
+    bad[3] = float("nan")  # it gave 0.33 instead of an error
+    with pytest.raises(ValueError, match=r"embeddings: contains NaN or infinite values \(first bad rows: \[3\]\)"):
+        order_preservation(bad, y)
+    with pytest.raises(ValueError, match="embeddings: expected 6 rows .*got 5"):
+        order_preservation(x[:5], y)
+    with pytest.raises(ValueError, match=r"distance: unknown name \['cosine'\]"):  # was "unhashable type: 'list'"
+        dm.distances.check_distance(["cosine"])
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"indices: expected gallery indices in \[0, 2\) \(or -1 for padding\), "
+                                         r"got -3"):  # below -1 was read as padding
+        relevance(torch.tensor([[-1, 0], [1, -3]]), labels, labels)
+    assert relevance(torch.tensor([[-1, 0], [1, 0]]), labels, labels).tolist() == [[False, True], [True, False]]
+    for fps in (float("nan"), float("inf"), 0, True):
+        with pytest.raises(ValueError, match="fps: expected a finite positive number"):
+            resample_indices(torch.arange(4) / 10, fps)
+    with pytest.raises(ValueError, match=r"timestamps: expected ascending finite times, got \[0.5, 0.1"):
+        resample_indices(torch.tensor([0.5, 0.1, 0.9, 0.2]), 10)  # it returned the 0.1 s frame for 0.5 s
+    assert resample_indices(torch.arange(10) / 10, 5)[0].tolist() == [0, 2, 4, 6, 8]

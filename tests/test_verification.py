@@ -335,8 +335,10 @@ def test_fars_are_checked():
     a, b, s = torch.zeros(4, 2), torch.tensor([[0.0, 1], [0, 2], [0, 3], [0, 4]]), torch.tensor([1, 0, 1, 0])
     with pytest.raises(TypeError, match=r"fars: expected a sequence of FARs in \[0, 1\].*got 0.001"):
         verification_scores(a, b, s, fars=0.001, n_folds=2)
-    with pytest.raises(TypeError, match="fars: expected numbers in"):
+    with pytest.raises(ValueError, match="fars: expected numbers in"):
         verification_scores(a, b, s, fars=["0.1"], n_folds=2)
+    with pytest.raises(ValueError, match=r"fars: expected numbers in \[0, 1\], got 2"):  # it said "far:"
+        verification_scores(a, b, s, fars=(2,), n_folds=2)
     # two values that print alike would share the key tar_at_far_0.001, one overwriting the other
     with pytest.raises(ValueError, match="fars: .* share a key"):
         verification_scores(a, b, s, fars=(1e-3, 1.0000001e-3), n_folds=2)

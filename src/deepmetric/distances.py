@@ -143,7 +143,7 @@ _FUNCTIONS = {"euclidean": euclidean, "squared_euclidean": squared_euclidean, "c
 
 def check_distance(name: str) -> str:
     """Return ``name`` if it is a known distance, else raise listing the known ones."""
-    if name not in _FUNCTIONS:
+    if not isinstance(name, str) or name not in _FUNCTIONS:
         raise ValueError(f"distance: unknown name {name!r}; expected one of {', '.join(DISTANCES)}")
     return name
 

@@ -10,6 +10,8 @@ seconds ``(T,)``.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +109,13 @@ def resample_indices(timestamps, fps: float, frame_period: float | None = None):
 
     Example: 10 frames at 10 fps resampled to 5 fps give frames 0, 2, 4, 6, 8 at 0.0, 0.2, ... 0.8 s.
     """
-    if not fps or fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < math.inf:
+        raise ValueError(f"fps: expected a finite positive number, got {fps!r}")
     t = torch.as_tensor(timestamps, dtype=torch.float64)
     if t.ndim != 1 or len(t) == 0:
         raise ValueError(f"timestamps must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or bool((t.diff() < 0).any()):
+        raise ValueError(f"timestamps: expected ascending finite times, got {t[:8].tolist()}")
     if frame_period is None:
         frame_period = float(t.diff().median()) if len(t) > 1 else 1.0 / fps
     duration = float(t[-1] - t[0]) + frame_period

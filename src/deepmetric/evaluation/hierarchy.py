@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric._checks import check_int
+from deepmetric._checks import as_tensor, check_embeddings, check_int
 from deepmetric.distances import check_distance
 from deepmetric.labels import is_hierarchical, level_ids
 
@@ -83,8 +83,9 @@ def quadlet_distances(embeddings: torch.Tensor, labels: torch.Tensor, distance: 
     """``(d(q, p), d(q, i), d(q, n))``: three ``(S,)`` tensors over the quadlets of
     :func:`sample_quadlets`: distances to a same-sub-class, a same-class and an other-class item."""
     check_distance(distance)
-    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] != labels.shape[0]:
-        raise ValueError(f"embeddings: expected an (N, D) tensor with N = {labels.shape[0]} (the labels' rows)")
+    embeddings = check_embeddings(as_tensor(embeddings, "embeddings"))  # NaN rows gave a wrong fraction
+    if embeddings.shape[0] != labels.shape[0]:
+        raise ValueError(f"embeddings: expected {labels.shape[0]} rows (the labels' rows), got {embeddings.shape[0]}")
     q, p, i, n = (t.to(embeddings.device) for t in sample_quadlets(labels, samples, seed, level))
     parts = [[], [], []]
     for s in range(0, q.numel(), chunk):

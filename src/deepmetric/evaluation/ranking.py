@@ -328,9 +328,10 @@ def _check_indices(indices, query_labels: torch.Tensor, gallery_labels: torch.Te
         raise TypeError(f"indices: expected an integer tensor of shape (Q, k), got {got}")
     if indices.shape[0] != query_labels.shape[0]:
         raise ValueError(f"indices: expected {query_labels.shape[0]} rows (one per query), got {indices.shape[0]}")
-    if indices.numel() and int(indices.max()) >= gallery_labels.shape[0]:
-        raise ValueError(f"indices: expected gallery indices below {gallery_labels.shape[0]} (or -1 for padding), "
-                         f"got {int(indices.max())}")
+    if indices.numel() and not -1 <= int(indices.min()) <= int(indices.max()) < gallery_labels.shape[0]:
+        wrong = int(indices.max()) if int(indices.max()) >= gallery_labels.shape[0] else int(indices.min())
+        raise ValueError(f"indices: expected gallery indices in [0, {gallery_labels.shape[0]}) (or -1 for padding), "
+                         f"got {wrong}")
     return indices.long()
 
 

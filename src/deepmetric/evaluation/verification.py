@@ -264,8 +264,9 @@ def verification_scores(a: torch.Tensor, b: torch.Tensor, is_same, distance: str
         raise TypeError(f"fars: expected a sequence of FARs in [0, 1], e.g. (1e-3, 1e-2), got {fars!r}")
     fars = list(fars)
     for value in fars:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise TypeError(f"fars: expected numbers in [0, 1], got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not 0 <= value <= 1:
+            raise ValueError(f"fars: expected numbers in [0, 1], got {value!r}")
     keys = [f"tar_at_far_{value:g}" for value in fars]
     if len(set(keys)) != len(keys):
         raise ValueError(f"fars: {fars} holds values that share a key ({', '.join(keys)}); give each FAR once")
