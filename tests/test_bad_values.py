@@ -165,3 +165,26 @@ def test_small_argument_checks_of_the_error_audit():
     with pytest.raises(ValueError, match=r"timestamps: expected ascending finite times, got \[0.5, 0.1"):
         resample_indices(torch.tensor([0.5, 0.1, 0.9, 0.2]), 10)  # it returned the 0.1 s frame for 0.5 s
     assert resample_indices(torch.arange(10) / 10, 5)[0].tolist() == [0, 2, 4, 6, 8]
+
+
+def test_model_sizes_and_switches_are_checked_not_converted(tmp_path):
+    models = dm.models.MODELS
+    # out_features=12.7 built 12 outputs, normalize="false" normalised, clusters=2.5 made 2, -5 a raw torch error
+    for spec, message in [({"name": "mlp", "out_features": 12.7}, "out_features: expected an integer >= 1, got 12.7"),
+                          ({"name": "linear", "out_features": -5}, "out_features: expected an integer >= 1, got -5"),
+                          ({"name": "mlp", "hidden": (8, 0)}, "hidden: expected an integer >= 1, got 0"),
+                          ({"name": "cnn", "channels": (4, 2.5)}, "channels: expected an integer >= 1, got 2.5")]:
+        with pytest.raises(ValueError, match=message):
+            models.create(spec, in_shape=(1, 28, 28) if spec["name"] == "cnn" else (6,))
+    with pytest.raises(TypeError, match="normalize: expected True or False, got 'false'"):
+        models.create({"name": "mlp", "normalize": "false"}, in_shape=(6,))
+    with pytest.raises(ValueError, match="clusters: expected an integer >= 1, got 2.5"):
+        models.create({"name": "video", "pool": {"name": "netvlad", "clusters": 2.5}}, in_shape=(4, 6))
+    with pytest.raises(TypeError, match="hardest_only: expected True or False"):
+        dm.mining.create("triplet-margin", hardest_only="no")
+    assert models.create({"name": "mlp", "out_features": np.int64(3), "normalize": np.bool_(True)},
+                         in_shape=(6,))(torch.zeros(2, 6)).shape == (2, 3)
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04not a pickle")  # torch advised weights_only=False
+    with pytest.raises(ValueError, match="weights: checkpoint .*junk.pt could not be read") as raised:
+        models.create({"name": "frozen", "backbone": "linear", "weights": str(tmp_path / "junk.pt")}, in_shape=(4,))
+    assert "weights_only" not in str(raised.value)

@@ -79,6 +79,13 @@ def check_number(name: str, value, low: float | None = None, strict: bool = Fals
     return float(value)
 
 
+def check_flag(value, name: str) -> bool:
+    """``value`` if it is a bool (numpy's too), else a TypeError naming ``name``: ``bool("false")`` is True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def check_int(value, name: str, low: int | None = None, high: int | None = None, why: str = "") -> int:
     """``value`` as a Python int if it is an integer (numpy's too, bools not) in ``[low, high]`` (either
     bound may be None), else a ValueError naming the argument and the range; ``why`` says where a bound

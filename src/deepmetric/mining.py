@@ -24,7 +24,7 @@ import numbers
 import torch
 
 from deepmetric import distances
-from deepmetric._checks import check_int, check_magnitude, check_number, check_pair
+from deepmetric._checks import check_flag, check_int, check_magnitude, check_number, check_pair
 from deepmetric.functional import mining as F
 from deepmetric.functional.hierarchical import hierarchy_masks
 from deepmetric.labels import pair_masks
@@ -134,7 +134,7 @@ class TripletMarginMiner(Miner):
             raise ValueError(f"type_of_triplets: expected one of {', '.join(F.TRIPLET_TYPES)}, "
                              f"got {type_of_triplets!r}")
         self.type_of_triplets = type_of_triplets
-        self.hardest_only = bool(hardest_only)
+        self.hardest_only = check_flag(hardest_only, "hardest_only")
 
     def mine(self, embeddings, ref_embeddings, pos_mask, neg_mask):
         dist = self.ascending_distances(embeddings, ref_embeddings)

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from deepmetric._checks import as_tensor, check_int, check_ints, check_pair, check_seed, warn
+from deepmetric._checks import as_tensor, check_flag, check_int, check_ints, check_pair, check_seed, warn
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import _multilabel, clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
@@ -46,12 +46,6 @@ def _check_groups(groups, n: int, name: str):
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer group ids, got {groups.dtype}")
     return groups.long()
-
-
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -372,8 +366,8 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     distance = check_distance(distance)
     ks, k = check_ints(ks, "ks", 1, "(1, 5, 10)"), None if k is None else check_int(k, "k", 1)
     chunk_size = check_int(chunk_size, "chunk_size", 1)
-    full_map, per_class = _check_flag(full_map, "full_map"), _check_flag(per_class, "per_class")
-    nmi, seed = _check_flag(nmi, "nmi"), check_seed(seed)
+    full_map, per_class = check_flag(full_map, "full_map"), check_flag(per_class, "per_class")
+    nmi, seed = check_flag(nmi, "nmi"), check_seed(seed)
     if kmeans not in clustering.KMEANS_BACKENDS:  # also with nmi=False: a typo is named, not ignored
         raise ValueError(f"kmeans: unknown k-means backend {kmeans!r}; expected one of "
                          f"{', '.join(clustering.KMEANS_BACKENDS)}")

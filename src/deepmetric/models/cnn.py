@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepmetric._checks import check_flag, check_int, check_ints
 from deepmetric.models.heads import MODELS, Embedder
 
 
@@ -26,9 +27,10 @@ class SmallCNN(Embedder):
         if min(in_shape[1:]) < 2 ** len(channels):
             raise ValueError(f"in_shape: the cnn model halves the image {len(channels)} times, so it needs images of "
                              f"at least {2 ** len(channels)}x{2 ** len(channels)}, got {tuple(in_shape)}")
-        self.out_features, self.normalize = int(out_features), bool(normalize)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
         blocks, c_in = [], int(in_shape[0])
-        for c in channels:
+        for c in check_ints(channels, "channels", 1, "(64, 64, 64, 64)"):
             blocks += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.BatchNorm2d(int(c)), nn.ReLU(), nn.MaxPool2d(2)]
             c_in = int(c)
         self.features = nn.Sequential(*blocks)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from deepmetric._checks import check_flag
 from deepmetric.models.heads import MODELS, Embedder
 
 
@@ -20,11 +21,16 @@ class FrozenExtractor(Embedder):
 
     def __init__(self, in_shape, backbone, weights: str, head=None, normalize: bool = False):
         super().__init__()
+        from deepmetric.training import checkpoint
+
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights: no such file {path} (expected a local state_dict file)")
         self.backbone = MODELS.create(backbone, in_shape=in_shape)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = checkpoint.load(path)  # weights_only, and torch's advice to unpickle anything never shown
+        except ValueError as err:
+            raise ValueError(f"weights: {err}") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # a deepmetric checkpoint
         missing, unexpected = self.backbone.load_state_dict(state, strict=False)
@@ -34,7 +40,7 @@ class FrozenExtractor(Embedder):
         self.backbone.requires_grad_(False).eval()
         head = head or {"name": "linear", "out_features": self.backbone.out_features}
         self.head = MODELS.create(head, in_shape=(self.backbone.out_features,))
-        self.out_features, self.normalize = self.head.out_features, bool(normalize)
+        self.out_features, self.normalize = self.head.out_features, check_flag(normalize, "normalize")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from deepmetric._checks import check_flag, check_int, check_ints
 from deepmetric.distances import l2_normalize
 from deepmetric.registry import Registry
 
@@ -42,8 +43,9 @@ class LinearHead(Embedder):
 
     def __init__(self, in_shape=(64,), out_features: int = 64, normalize: bool = False, bias: bool = False):
         super().__init__()
-        self.out_features, self.normalize = int(out_features), bool(normalize)
-        self.linear = nn.Linear(flat_features(in_shape), self.out_features, bias=bias)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
+        self.linear = nn.Linear(flat_features(in_shape), self.out_features, bias=check_flag(bias, "bias"))
 
     def embed(self, x):
         return self.linear(x.flatten(1))
@@ -68,8 +70,10 @@ class MLPHead(Embedder):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        self.out_features, self.normalize = int(out_features), bool(normalize)
-        sizes = [flat_features(in_shape), *[int(h) for h in hidden], self.out_features]
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
+        final_activation = check_flag(final_activation, "final_activation")
+        sizes = [flat_features(in_shape), *check_ints(hidden, "hidden", 1, "(256,)"), self.out_features]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))

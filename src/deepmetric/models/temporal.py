@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from deepmetric._checks import check_flag, check_int
 from deepmetric.distances import l2_normalize
 from deepmetric.models.heads import MODELS, Embedder, MLPHead
 from deepmetric.registry import Registry
@@ -147,9 +148,7 @@ class NetVLAD(TemporalPool):
 
     def __init__(self, in_features: int, clusters: int = 8, alpha: float = 1.0):
         super().__init__()
-        self.in_features, self.clusters = int(in_features), int(clusters)
-        if self.clusters < 1:
-            raise ValueError(f"clusters: expected a positive number of clusters, got {clusters}")
+        self.in_features, self.clusters = check_int(in_features, "in_features", 1), check_int(clusters, "clusters", 1)
         self.out_features = self.in_features * self.clusters
         self.centers = nn.Parameter(torch.randn(self.clusters, self.in_features) / self.in_features ** 0.5)
         self.assign = nn.Linear(self.in_features, self.clusters)
@@ -185,11 +184,12 @@ class RecurrentPool(TemporalPool):
         cells = {"gru": nn.GRU, "lstm": nn.LSTM}
         if cell not in cells:
             raise ValueError(f"cell: expected one of {sorted(cells)}, got {cell!r}")
-        self.in_features, self.hidden, self.cell = int(in_features), int(hidden), cell
-        self.directions = 2 if bidirectional else 1
+        self.in_features, self.hidden = check_int(in_features, "in_features", 1), check_int(hidden, "hidden", 1)
+        self.cell = cell
+        self.directions = 2 if check_flag(bidirectional, "bidirectional") else 1
         self.out_features = self.hidden * self.directions
-        self.rnn = cells[cell](self.in_features, self.hidden, num_layers=int(num_layers), batch_first=True,
-                               bidirectional=bool(bidirectional))
+        self.rnn = cells[cell](self.in_features, self.hidden, num_layers=check_int(num_layers, "num_layers", 1),
+                               batch_first=True, bidirectional=self.directions == 2)
 
     def forward(self, x, mask=None):
         x, mask = check_frames(x, mask, self.in_features)
@@ -278,7 +278,8 @@ class EarlyFusion(Embedder):
                  normalize: bool = True, activation: str = "relu", dropout: float = 0.0, in_shape=None):
         super().__init__()
         self.dims = _modality_dims(dims, in_shape, "EarlyFusion")
-        self.out_features, self.normalize = int(out_features), bool(normalize)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
         self.mlp = MLPHead(in_shape=(sum(self.dims.values()),), hidden=_as_hidden(hidden),
                            out_features=self.out_features, activation=activation, dropout=dropout)
 
@@ -302,7 +303,8 @@ class LateFusion(Embedder):
                  normalize: bool = True, activation: str = "relu", dropout: float = 0.0, in_shape=None):
         super().__init__()
         self.dims = _modality_dims(dims, in_shape, "LateFusion")
-        self.out_features, self.normalize = int(out_features), bool(normalize)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
         self.encoders = nn.ModuleDict({
             m: MLPHead(in_shape=(d,), hidden=_as_hidden(hidden), out_features=self.out_features,
                        activation=activation, dropout=dropout)
@@ -333,7 +335,8 @@ class ModalityEncoders(nn.Module):
                  activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         self.dims = _modality_dims(dims, None, "ModalityEncoders")
-        self.out_features, self.normalize = int(out_features), bool(normalize)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
         self.encoders = nn.ModuleDict({
             m: MLPHead(in_shape=(d,), hidden=_as_hidden(hidden), out_features=self.out_features,
                        activation=activation, dropout=dropout, normalize=self.normalize)
@@ -385,8 +388,9 @@ class VideoEmbedder(Embedder):
             in_features = in_shape[1]
         if in_features is None:
             raise TypeError("VideoEmbedder: give in_features (D) or in_shape (T, D)")
-        self.in_features = int(in_features)
-        self.out_features, self.normalize = int(out_features), bool(normalize)
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.normalize = check_flag(normalize, "normalize")
         if isinstance(pool, nn.Module):
             self.pool = pool
         else:
