@@ -851,7 +851,7 @@ def test_bad_input_raises_clear_errors():
     bad[2, 0] = math.nan
     with pytest.raises(ValueError, match=r"gallery: contains NaN or infinite values \(first bad rows: \[2\]\)"):
         dm.evaluate(x, y, bad, y)
-    with pytest.raises(ValueError, match="gallery_labels: expected 6 rows to match the embeddings"):
+    with pytest.raises(ValueError, match="gallery_labels: expected 6 rows to match gallery,"):
         dm.evaluate(x, y, x, y[:5])
     with pytest.raises(ValueError, match=r"groups: expected shape \(6,\)"):
         dm.evaluate(x, y, groups=torch.zeros(5, dtype=torch.long))

@@ -285,7 +285,7 @@ def test_equals_dpsh_calc_map_and_topmap(seed):
 def test_bad_input():
     with pytest.raises(ValueError, match="db_codes: expected codes of 4 bits to match query_codes, got 2"):
         hashing_scores(Q, Q_Y, DB[:, :2], DB_Y)
-    with pytest.raises(ValueError, match="db_labels: expected 6 rows to match the embeddings, got 5"):
+    with pytest.raises(ValueError, match="db_labels: expected 6 rows to match db_codes, got 5"):
         hashing_scores(Q, Q_Y, DB, DB_Y[:5])
     with pytest.raises(TypeError, match="query_labels: expected integer"):
         hashing_scores(Q, Q_Y.float(), DB, DB_Y)

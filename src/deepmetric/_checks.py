@@ -144,7 +144,7 @@ def check_seed(seed) -> int:
     return check_int(seed, "seed", 0, 2 ** 32 - 1)
 
 
-def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Tensor:
+def check_labels(labels: torch.Tensor, n: int, name: str = "labels", against: str = "the embeddings") -> torch.Tensor:
     """Validate labels for ``n`` items and return them as int64 (flat/hierarchical) or bool (multi-label).
 
     Accepted: ``(n,)`` integer, ``(n, L)`` integer (hierarchy, column 0 coarsest) or ``(n, C)`` bool
@@ -159,7 +159,7 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels") -> torch.Te
     if labels.dim() not in (1, 2):
         raise ValueError(f"{name}: expected shape (B,), (B, L) or (B, C), got {tuple(labels.shape)}")
     if labels.shape[0] != n:
-        raise ValueError(f"{name}: expected {n} rows to match the embeddings, got {labels.shape[0]}")
+        raise ValueError(f"{name}: expected {n} rows to match {against}, got {labels.shape[0]}")
     if labels.dim() == 2 and labels.shape[1] == 0:
         raise ValueError(f"{name}: expected at least one column (hierarchy level or label), got shape "
                          f"{tuple(labels.shape)}")
@@ -189,7 +189,7 @@ def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_nam
     ref_embeddings = check_embeddings(ref_embeddings, ref_name)
     dtype = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)  # e.g. a float64 reference set
     embeddings, ref_embeddings = embeddings.to(dtype), ref_embeddings.to(dtype)
-    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name).to(embeddings.device)
+    ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], ref_labels_name, ref_name).to(embeddings.device)
     if ref_embeddings.shape[1] != embeddings.shape[1]:
         raise ValueError(
             f"{ref_name}: expected dimension {embeddings.shape[1]} to match embeddings, "

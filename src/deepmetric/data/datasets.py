@@ -120,7 +120,7 @@ class ArrayDataset:
                             f"got {x.dtype}")
         self.x = x.float()
         n = x.shape[0]
-        self.y = check_labels(as_tensor(self.y, "y"), n, "y")
+        self.y = check_labels(as_tensor(self.y, "y"), n, "y", "x")
         self.groups = _int_vector(self.groups, n, "groups")
         self.ids = _int_vector(self.ids, n, "ids")
         _check_ids(self.ids)

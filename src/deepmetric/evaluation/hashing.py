@@ -38,8 +38,8 @@ __all__ = ["hashing_scores"]
 _BLOCK = 1 << 21
 
 
-def _labels(labels, n: int, name: str) -> torch.Tensor:
-    return check_labels(as_tensor(labels, name), n, name)
+def _labels(labels, n: int, name: str, codes: str) -> torch.Tensor:
+    return check_labels(as_tensor(labels, name), n, name, codes)
 
 
 def _small_ints(distances: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -106,8 +106,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         raise ValueError(f"query_codes/db_codes: expected at least one code each, got {n_q} and {n_db}")
     device = q_bits.device
     db_bits = db_bits.to(device)
-    q_labels = _labels(query_labels, n_q, "query_labels").to(device)
-    db_labels = _labels(db_labels, n_db, "db_labels").to(device)
+    q_labels = _labels(query_labels, n_q, "query_labels", "query_codes").to(device)
+    db_labels = _labels(db_labels, n_db, "db_labels", "db_codes").to(device)
     if db_labels.shape[1:] != q_labels.shape[1:] or db_labels.dtype != q_labels.dtype:
         raise ValueError(f"db_labels: expected the same label form as query_labels {tuple(q_labels.shape[1:])} "
                          f"{q_labels.dtype}, got {tuple(db_labels.shape[1:])} {db_labels.dtype}")
