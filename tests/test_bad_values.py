@@ -165,6 +165,10 @@ def test_small_argument_checks_of_the_error_audit():
     with pytest.raises(ValueError, match=r"timestamps: expected ascending finite times, got \[0.5, 0.1"):
         resample_indices(torch.tensor([0.5, 0.1, 0.9, 0.2]), 10)  # it returned the 0.1 s frame for 0.5 s
     assert resample_indices(torch.arange(10) / 10, 5)[0].tolist() == [0, 2, 4, 6, 8]
+    from deepmetric.functional.mining import multi_similarity_pairs
+    mask = torch.ones(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"^sim: expected a \(B, R\) matrix, got shape \(4,\)"):  # it said "dist"
+        multi_similarity_pairs(torch.zeros(4), mask, mask)
 
 
 def test_model_sizes_and_switches_are_checked_not_converted(tmp_path):

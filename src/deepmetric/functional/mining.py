@@ -27,10 +27,10 @@ TRIPLET_TYPES = ("semihard", "hard", "easy", "all")
 CHUNK_ELEMENTS = 1 << 22
 
 
-def _check_masks(matrix: torch.Tensor, **masks: torch.Tensor) -> None:
-    """``matrix`` is ``(B, R)`` and every mask a bool tensor of its shape (errors name the mask)."""
+def _check_masks(matrix: torch.Tensor, name: str = "dist", **masks: torch.Tensor) -> None:
+    """``matrix`` (the argument ``name``) is ``(B, R)`` and every mask a bool tensor of its shape."""
     if matrix.dim() != 2:
-        raise ValueError(f"dist: expected a (B, R) matrix, got shape {tuple(matrix.shape)}")
+        raise ValueError(f"{name}: expected a (B, R) matrix, got shape {tuple(matrix.shape)}")
     for name, mask in masks.items():
         if mask.dtype != torch.bool or mask.shape != matrix.shape:
             raise ValueError(f"{name}: expected a bool tensor of shape {tuple(matrix.shape)}, "
@@ -338,7 +338,7 @@ def multi_similarity_pairs(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: 
     (a max over no negatives is -inf and a min over no positives is +inf, so anchors lacking one
     side keep nothing). Pairs come out in lexicographic order.
     """
-    _check_masks(sim, pos_mask=pos_mask, neg_mask=neg_mask)
+    _check_masks(sim, "sim", pos_mask=pos_mask, neg_mask=neg_mask)
     if sim.shape[1] == 0:
         empty = empty_index(sim.device)
         return Pairs(empty, empty, empty, empty)
@@ -477,7 +477,7 @@ def angular_triplets(gram: torch.Tensor, ref_gram: torch.Tensor, pos_mask: torch
     ``||x_n - x_c||`` gives an angle of pi/2 (0/0 gives no triplet), as pytorch-metric-learning's
     ``AngularMiner``. Triplets come out in lexicographic ``(a, p, n)`` order.
     """
-    _check_masks(gram, pos_mask=pos_mask, neg_mask=neg_mask)
+    _check_masks(gram, "gram", pos_mask=pos_mask, neg_mask=neg_mask)
     g, h = gram.detach(), ref_gram.detach()
     sq_a = torch.diagonal(g) if sq_norms is None else sq_norms.detach()
     sq_ref = torch.diagonal(h)
@@ -592,7 +592,7 @@ def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: tor
     drawn uniformly without replacement (deterministic given ``generator``). Order: lexicographic
     ``(q, p, i, n)`` (of the kept ones).
     """
-    _check_masks(pos_mask, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
+    _check_masks(pos_mask, "pos_mask", pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = pos_mask.device
     has_neg = neg_mask.any(dim=1)
     q, p, i = (pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & has_neg.view(-1, 1, 1)).nonzero(as_tuple=True)
@@ -610,7 +610,7 @@ def all_triplets(pos_mask: torch.Tensor, neg_mask: torch.Tensor, max_triplets: i
     """Every valid triplet ``(a, p, n)`` (``pos_mask[a, p]``, ``neg_mask[a, n]``), in lexicographic
     order; with ``max_triplets``, at most that many drawn uniformly without replacement. Memory: the
     output plus ``O(B R)``."""
-    _check_masks(pos_mask, pos_mask=pos_mask, neg_mask=neg_mask)
+    _check_masks(pos_mask, "pos_mask", pos_mask=pos_mask, neg_mask=neg_mask)
     device = pos_mask.device
     a, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
     if a.numel() == 0:
