@@ -107,6 +107,13 @@ def test_exponents_without_a_dot_are_numbers_and_bad_numbers_are_named(tmp_path)
                                                    r"got -1"),
                           ("optimizer.gamma=.nan", "optimizer.gamma: expected a finite number >= 0.0, got nan"),
                           ("eval.val_classes=abc", "eval.val_classes: expected a finite number >= 0.0, got 'abc'"),
+                          # these passed the config and failed after the data were loaded, or as a ZeroDivisionError
+                          ("eval.val_classes=2", r"eval.val_classes: expected 0 \(no validation\) or a fraction of "
+                                                 r"the training classes in \(0, 1\), got 2"),
+                          ("sampler.m=0", "sampler.m: expected an integer >= 1, got 0"),
+                          ("sampler.m=2.5", "sampler.m: expected an integer >= 1, got 2.5"),
+                          ("sampler.classes_per_super_class=0", r"sampler.classes_per_super_class: expected an "
+                                                                r"integer >= 1 \(or null\), got 0"),
                           # ignored settings: momentum under adam, a top-level miner or loss beside a loss list
                           ("optimizer.momentum=0.5", "optimizer.momentum: used by sgd only; adam has its own"),
                           ("miner=semi-hard", "losses: replaces loss and miner, so miner would be ignored"),

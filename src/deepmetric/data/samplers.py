@@ -282,11 +282,11 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
                  samples_per_class: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         labels = as_tensor(labels if isinstance(labels, torch.Tensor) else np.asarray(labels), "labels")
         if labels.dim() != 2 or labels.shape[0] == 0 or labels.shape[1] < 2:
-            raise ValueError(f"labels: expected a non-empty (N, 2) hierarchical tensor (super-class, class), "
-                             f"got shape {tuple(labels.shape)}")
+            raise ValueError(f"labels: expected a non-empty (N, L) hierarchical tensor with L >= 2 (column 0 the "
+                             f"super-class), got shape {tuple(labels.shape)}")
         labels = check_labels(labels, labels.shape[0], "labels")
         if labels.dtype == torch.bool:
-            raise ValueError("labels: expected (N, 2) integer hierarchical labels, got bool multi-label")
+            raise ValueError("labels: expected (N, L) integer hierarchical labels, got bool multi-label")
         self.super_classes_per_batch = check_int(super_classes_per_batch, "super_classes_per_batch", 1)
         self.classes_per_super_class = check_int(classes_per_super_class, "classes_per_super_class", 1)
         self.samples_per_class = check_int(samples_per_class, "samples_per_class", 1)

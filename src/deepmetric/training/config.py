@@ -89,13 +89,15 @@ NUMBERS = {(None, "epochs"): (int, 1), (None, "batch_size"): (int, 1), (None, "s
            ("optimizer", "lr"): (float, 0.0), ("optimizer", "weight_decay"): (float, 0.0),
            ("optimizer", "momentum"): (float, 0.0), ("optimizer", "step_size"): (int, 1),
            ("optimizer", "gamma"): (float, 0.0), ("optimizer", "loss_lr"): (float, 0.0),
-           ("eval", "batch_size"): (int, 1), ("eval", "val_classes"): (float, 0.0)}
+           ("eval", "batch_size"): (int, 1), ("eval", "val_classes"): (float, 0.0),
+           ("sampler", "m"): (int, 1), ("sampler", "classes_per_super_class"): (int, 1)}
 
 
 #: true/false settings (section, key)
 FLAGS = (("eval", "nmi"), ("eval", "exclude_groups"))
-#: settings that may also be null (the loss's learning rate: the model's; the groups: decided by the data)
-NULLABLE = (("optimizer", "loss_lr"), ("eval", "exclude_groups"))
+#: settings that may also be null (the loss's learning rate: the model's; the groups: decided by the data; no
+#: super-classes: m-per-class sampling)
+NULLABLE = (("optimizer", "loss_lr"), ("eval", "exclude_groups"), ("sampler", "classes_per_super_class"))
 
 
 def _check_values(config: dict) -> None:
@@ -111,6 +113,10 @@ def _check_values(config: dict) -> None:
             what = "an integer" if kind is int else "a finite number"
             also = " (or null)" if (section, key) in NULLABLE else ""
             raise ConfigError(f"{name}: expected {what} >= {least}{also}, got {_show(value)}")
+    fraction = config["eval"]["val_classes"]
+    if not (fraction == 0 or 0 < fraction < 1):
+        raise ConfigError(f"eval.val_classes: expected 0 (no validation) or a fraction of the training classes in "
+                          f"(0, 1), got {_show(fraction)}")
     for section, key in FLAGS:
         value = config[section][key]
         if not isinstance(value, bool) and not (value is None and (section, key) in NULLABLE):
