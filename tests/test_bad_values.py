@@ -192,3 +192,16 @@ def test_model_sizes_and_switches_are_checked_not_converted(tmp_path):
     with pytest.raises(ValueError, match="weights: checkpoint .*junk.pt could not be read") as raised:
         models.create({"name": "frozen", "backbone": "linear", "weights": str(tmp_path / "junk.pt")}, in_shape=(4,))
     assert "weights_only" not in str(raised.value)
+
+
+def test_a_feature_cache_manifest_without_a_key_says_which(tmp_path):
+    import json
+
+    from deepmetric.data import features
+    cache = features.cache_features("c", [("a", torch.zeros(2, 3, 4, 4))], lambda x: x.flatten(1)[:, :5],
+                                    out_dir=tmp_path, description="first five", progress=False)
+    manifest = json.loads((cache.directory / "manifest.json").read_text())
+    del manifest["dim"]
+    (cache.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest .* is invalid: missing key 'dim'"):  # it said only: 'dim'
+        features.FeatureCache.open(cache.directory)

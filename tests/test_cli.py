@@ -56,6 +56,15 @@ def test_train_errors_are_clear(tmp_path, args, message):
     assert message in result.output
 
 
+def test_debug_shows_the_traceback_and_components_are_named(tmp_path, monkeypatch):
+    result = run("train", DIGITS, "--set", "miner={name: triplet-margin, margin: abc}", "--out", tmp_path / "r")
+    assert result.exit_code != 0  # the loss has a margin too: the message says whose it is
+    assert "miner 'triplet-margin': margin: expected a number, got 'abc'" in result.output
+    monkeypatch.setenv("DEEPMETRIC_DEBUG", "1")
+    result = run("train", DIGITS, "--set", "loss=tripletz", "--out", tmp_path / "r")
+    assert isinstance(result.exception, KeyError) and "unknown loss 'tripletz'" in str(result.exception)
+
+
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "deepmetric", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout

@@ -39,7 +39,8 @@ def metrics_table(metrics: dict, top: str) -> str:
 
 
 class _Group(click.Group):
-    """Turns the library's input errors into one clear line instead of a traceback."""
+    """Turns the library's input errors into one clear line instead of a traceback (all of it with
+    ``DEEPMETRIC_DEBUG=1``: the same exception types can also come from a bug)."""
 
     def invoke(self, ctx):
         try:
@@ -48,6 +49,8 @@ class _Group(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             ctx.exit(128 + 13)
         except (ValueError, KeyError, TypeError, OSError) as err:
+            if os.environ.get("DEEPMETRIC_DEBUG", "") not in ("", "0"):
+                raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(f"{type(err).__name__}: {message}") from err
 

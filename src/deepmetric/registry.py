@@ -43,13 +43,17 @@ class Registry:
         cls = self.get(name)
         try:
             return cls(**kwargs)
+        except ValueError as err:  # e.g. "margin: ...": say whose (a loss and its miner may both have a margin)
+            if type(err) is not ValueError:  # subclasses may need other arguments
+                raise
+            raise ValueError(f"{self.kind} {name!r}: {err}") from err
         except TypeError as err:
             params = inspect.signature(cls).parameters
             unknown = sorted(set(kwargs) - set(params))
             if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 raise TypeError(f"{self.kind} {name!r}: unknown arguments {unknown}; it takes "
                                 f"{sorted(k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)}") from None
-            raise TypeError(f"{self.kind} {name!r}: bad arguments {sorted(kwargs)}: {err}") from None
+            raise TypeError(f"{self.kind} {name!r}: bad arguments {sorted(kwargs)}: {err}") from err
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -241,7 +241,8 @@ class FeatureCache:
             if not len(keys) == len(offsets) == len(lengths) or sum(lengths) != count:
                 raise ValueError("keys, offsets and lengths disagree")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"feature cache manifest {str(mpath)!r} is invalid: {e}") from e
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"feature cache manifest {str(mpath)!r} is invalid: {what}") from e
         fpath = directory / manifest.get("features_file", _FEATURES)
         if not fpath.is_file():
             raise FileNotFoundError(f"feature file {str(fpath)!r} named by {str(mpath)!r} does not exist")

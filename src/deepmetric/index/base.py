@@ -402,8 +402,8 @@ def _check_replaceable(target: Path) -> None:
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         listed = None
     if listed is None:
-        raise ValueError(f"directory: {target} exists and is not a saved index (no deepmetric {MANIFEST}); "
-                         f"refusing to replace it")
+        raise ValueError(f"directory: {target} exists and is not a saved index (no readable deepmetric "
+                         f"{MANIFEST}); refusing to replace it")
     if present - listed:
         raise ValueError(f"directory: {target} holds files its {MANIFEST} does not list "
                          f"({', '.join(sorted(present - listed)[:5])}); refusing to replace it and lose them")
