@@ -242,6 +242,12 @@ def test_hierarchical_labels_train_with_super_class_batches_and_report_levels(tm
         train(resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "sampler.m=2",
                            "sampler.classes_per_super_class=2", "batch_size=10"]), tmp_path / "bad", progress=False,
               log=quiet)
+    # the sampler's own argument was named, which no config sets
+    with pytest.raises(ValueError, match=r"batch_size 40 / \(sampler.classes_per_super_class 2 x sampler.m 2\) = 10 "
+                                         r"super-classes per batch: super_classes_per_batch: 10 distinct"):
+        train(resolve({}, [f"data=npz:{tmp_path / 'h.npz'}", "epochs=1", "sampler.m=2",
+                           "sampler.classes_per_super_class=2", "batch_size=40"]), tmp_path / "big", progress=False,
+              log=quiet)
 
 
 def test_too_few_top_level_classes_to_hold_out_name_the_setting(tmp_path):

@@ -139,8 +139,12 @@ def build_sampler(config: dict, labels: torch.Tensor, seed: int, world: int, ran
     if batch_size % unit:
         raise ValueError(f"batch_size: expected a multiple of sampler.classes_per_super_class x sampler.m = {unit}, "
                          f"got {batch_size}")
-    return HierarchicalBatchSampler(labels, batch_size // unit, per_super, spec["m"], seed=seed,
-                                    num_replicas=world, rank=rank)
+    try:
+        return HierarchicalBatchSampler(labels, batch_size // unit, per_super, spec["m"], seed=seed,
+                                        num_replicas=world, rank=rank)
+    except ValueError as err:  # its arguments are derived: say from which settings
+        raise ValueError(f"batch_size {batch_size} / (sampler.classes_per_super_class {per_super} x sampler.m "
+                         f"{spec['m']}) = {batch_size // unit} super-classes per batch: {err}") from err
 
 
 def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
