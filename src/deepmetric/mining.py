@@ -338,7 +338,8 @@ class AngularMiner(Miner):
     violating the angular constraint. The paper's embeddings are L2-normalised; normalise in the model
     head (deepmetric never normalises inside a miner; pytorch-metric-learning's ``AngularMiner(angle)``
     does, and on normalised input the two give the same triplets). Memory ``O(B R)`` per chunk of
-    positive pairs; see :func:`deepmetric.functional.mining.angular_triplets`.
+    positive pairs, and ``O(R^2)`` with a separate reference set (its Gram matrix); see
+    :func:`deepmetric.functional.mining.angular_triplets`.
 
     >>> a, p, n = AngularMiner(angle=20)(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]))
     """
@@ -413,7 +414,7 @@ class QuadletMiner(Miner):
     ``max_quadlets`` caps ``"all"`` and ``"semi-hard"`` (whose output can be ``O(B^4)``): above it,
     that many quadlets are drawn uniformly without replacement with the miner's generator
     (``seed``: None for torch's global generator, an int for a private generator seeded once, or a
-    ``torch.Generator``). Mining never builds more than a ``(B, R, R)`` boolean.
+    ``torch.Generator``). Mining builds up to three ``(B, R, R)`` booleans at once.
 
     >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
     >>> q, p, i, n = QuadletMiner("hard")(torch.randn(6, 3), labels)

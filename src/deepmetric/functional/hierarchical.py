@@ -256,7 +256,9 @@ def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, int
     product gives the squared distances of its centroid to the whole reference set, masked to the
     query's negatives; the second term is the same for all ``|N(q)|`` negatives and is counted that
     many times. Memory: the groups are processed in blocks of ``block // R`` (groups x reference
-    items), and the triples of a block of queries never exceed ``block`` booleans.
+    items), and the triples of a block of queries never exceed ``block`` booleans; without gradients
+    that bounds it. Under autograd every block is kept for the backward pass: ``O(groups (R + D))``,
+    up to ``O(B R^2)`` for many intermediates per query.
     """
     n_ref = ref_x.shape[0]
     n_neg = neg.sum(dim=1)

@@ -7,10 +7,10 @@ itself when there is none) and the boolean ``pos_mask`` / ``neg_mask`` of
 index columns. Distances are "smaller is closer" (use :func:`deepmetric.distances.as_ascending`
 for ``dot``); :func:`multi_similarity_pairs` takes similarities ("larger is closer") as its paper.
 
-Memory is O(B * R): reductions are masked reductions over rows, and where the output itself can be
-O(B^3) (all margin-violating triplets) it is built over chunks of positive pairs, each a bounded
-``(chunk, R)`` comparison. Ties are broken towards the smallest column index (``argmax`` /
-``argmin`` along a row return the first extreme value).
+Memory is O(B * R) (the quadlet functions: a few (B, R, R) booleans): reductions are masked
+reductions over rows, and where the output itself can be O(B^3) (all margin-violating triplets) it
+is built over chunks of positive pairs, each a bounded ``(chunk, R)`` comparison. Ties are broken
+towards the smallest column index (``argmax`` / ``argmin`` along a row return the first extreme value).
 """
 from __future__ import annotations
 
@@ -587,7 +587,7 @@ def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: tor
     """Every valid quadlet ``(q, p, i, n)``: ``pos_mask[q, p]``, ``inter_mask[q, i]``,
     ``neg_mask[q, n]`` (``(B, R)`` bool masks, see :func:`deepmetric.functional.hierarchical.hierarchy_masks`).
 
-    Built from the ``(q, p, i)`` triples (at most a ``(B, R, R)`` boolean), each expanded by the
+    Built from the ``(q, p, i)`` triples (two ``(B, R, R)`` booleans at most), each expanded by the
     negatives of ``q``: never a ``(B, R, R, R)`` tensor. With ``max_quadlets``, at most that many,
     drawn uniformly without replacement (deterministic given ``generator``). Order: lexicographic
     ``(q, p, i, n)`` (of the kept ones).
@@ -651,8 +651,8 @@ def semi_hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: t
     (``dist`` ascending, ``(B, R)``). For a triple ``(q, p, i)`` with ``D(q,p) < D(q,i)``, the
     qualifying negatives are those with ``D(q,n)`` in ``(D(q,i), inf)`` if the first margin is
     violated, else in ``(D(q,i), D(q,i) + m2)``: a contiguous range of the row's negatives sorted by
-    distance, found by binary search, so no ``(B, R, R, R)`` tensor is built (at most a ``(B, R, R)``
-    boolean). ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p, i)``
+    distance, found by binary search, so no ``(B, R, R, R)`` tensor is built (up to three ``(B, R, R)``
+    booleans at once). ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p, i)``
     in lexicographic order, negatives by increasing distance.
     """
     _check_masks(dist, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)

@@ -199,7 +199,8 @@ class AngularLoss(MetricLoss):
     The paper's (and pml's) features are L2-normalised. pml normalises inside the loss; deepmetric
     never does (DESIGN.md: normalisation is an option of the model's head), so normalise the
     embeddings first. On L2-normalised input this equals pml's ``AngularLoss(alpha)``. Memory is
-    ``O(B R)`` plus blocks of at most ``max_elements`` (pairs x reference) entries.
+    ``O(B R)`` plus blocks of at most ``max_elements`` (pairs x reference) entries, and ``O(R^2)`` with
+    a separate reference set (its Gram matrix, e.g. an xbm memory).
 
     Args:
         alpha: the angle alpha in degrees, in (0, 90) (the paper uses 36 to 55; default 40 as pml).
