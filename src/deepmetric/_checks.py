@@ -134,8 +134,11 @@ def check_loss_value(value: torch.Tensor, owner: str) -> torch.Tensor:
     """``value`` if it is finite, else an :class:`ExtremeValuesError`: finite embeddings can still make
     a loss overflow (e.g. sums of squared distances near the dtype's limit)."""
     if not bool(torch.isfinite(value).all()):
-        raise ExtremeValuesError(f"{owner}: the loss is {value.detach().flatten()[:1].item()} on finite embeddings: "
-                                 "its terms overflow their dtype; scale the embeddings down or normalise them")
+        first = value.detach().flatten()[:1].item()
+        why = ("its terms overflow their dtype" if math.isinf(first) else
+               "its terms overflow their dtype (inf - inf), unless the loss has a bug")
+        raise ExtremeValuesError(f"{owner}: the loss is {first} on finite embeddings: {why}; scale the embeddings "
+                                 "down or normalise them")
     return value
 
 

@@ -49,7 +49,7 @@ class _Group(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             ctx.exit(128 + 13)
         except (ValueError, KeyError, TypeError, OSError) as err:
-            if os.environ.get("DEEPMETRIC_DEBUG", "") not in ("", "0"):
+            if os.environ.get("DEEPMETRIC_DEBUG") == "1":
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(f"{type(err).__name__}: {message}") from err

@@ -12,13 +12,15 @@ torch.Size([2, 64])
 """
 from __future__ import annotations
 
+import numbers
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from deepmetric._checks import check_flag, check_int
+from deepmetric._checks import check_flag, check_int, check_ints
 from deepmetric.distances import l2_normalize
 from deepmetric.models.heads import MODELS, Embedder, MLPHead
 from deepmetric.registry import Registry
@@ -110,8 +112,9 @@ class AttentionPool(TemporalPool):
     def __init__(self, in_features: int, hidden: int = 128):
         super().__init__()
         self.in_features = self.out_features = int(in_features)
-        self.project = nn.Linear(self.in_features, int(hidden))      # W, b
-        self.score = nn.Linear(int(hidden), 1, bias=False)          # w
+        hidden = check_int(hidden, "hidden", 1)
+        self.project = nn.Linear(self.in_features, hidden)      # W, b
+        self.score = nn.Linear(hidden, 1, bias=False)          # w
 
     def weights(self, x, mask=None) -> torch.Tensor:
         """The attention weights ``alpha`` ``(B, T)`` (rows with no real frame are all zero)."""
@@ -206,7 +209,10 @@ class RecurrentPool(TemporalPool):
 
 
 def _as_hidden(hidden) -> tuple[int, ...]:
-    return (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+    """Hidden layer sizes: one integer or a sequence of them (each >= 1)."""
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+        return (check_int(hidden, "hidden", 1),)
+    return check_ints(hidden, "hidden", 1, "(256,)")
 
 
 def _modality_dims(dims, in_shape, who: str) -> dict[str, int]:
