@@ -178,13 +178,16 @@ def check_labels(labels: torch.Tensor, n: int, name: str = "labels", against: st
     return labels.long()
 
 
-def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_names=("ref_embeddings", "ref_labels")):
+def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_names=("ref_embeddings", "ref_labels"),
+               distance: str | None = None):
     """Validate a batch and its optional reference set; return all four (ref defaults to the batch),
     the labels on the embeddings' device. ``ref_names``: the reference set's argument names in error
-    messages."""
+    messages. ``distance`` (losses and miners): also :func:`check_magnitude` of both sets."""
     ref_name, ref_labels_name = ref_names
     embeddings = check_embeddings(embeddings, "embeddings")
     labels = check_labels(labels, embeddings.shape[0], "labels").to(embeddings.device)
+    if distance is not None:
+        check_magnitude(embeddings, distance)
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError(f"{ref_name} and {ref_labels_name} must be given together")
     if ref_embeddings is None:
@@ -201,4 +204,6 @@ def check_pair(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_nam
         raise ValueError(
             f"{ref_labels_name}: expected the same label form as labels {tuple(labels.shape[1:])} {labels.dtype}, "
             f"got {tuple(ref_labels.shape[1:])} {ref_labels.dtype}")
+    if distance is not None:
+        check_magnitude(ref_embeddings, distance, ref_name)
     return embeddings, labels, ref_embeddings, ref_labels

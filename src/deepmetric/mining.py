@@ -24,7 +24,7 @@ import numbers
 import torch
 
 from deepmetric import distances
-from deepmetric._checks import check_flag, check_int, check_magnitude, check_number, check_pair
+from deepmetric._checks import check_flag, check_int, check_number, check_pair
 from deepmetric.functional import mining as F
 from deepmetric.functional.hierarchical import hierarchy_masks
 from deepmetric.labels import pair_masks
@@ -50,10 +50,8 @@ class Miner:
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,
                  ref_labels: torch.Tensor | None = None) -> Pairs | Triplets | Quadlets:
-        embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-        check_magnitude(embeddings, self.distance)
-        if ref_emb is not embeddings:
-            check_magnitude(ref_emb, self.distance, "ref_embeddings")
+        embeddings, labels, ref_emb, ref_lab = check_pair(embeddings, labels, ref_embeddings, ref_labels,
+                                                          distance=self.distance)
         with torch.no_grad():
             same = ref_emb is embeddings
             embeddings = embeddings.detach()

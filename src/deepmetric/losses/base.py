@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepmetric._checks import check_loss_value, check_magnitude, check_pair, loss_precision
+from deepmetric._checks import check_loss_value, check_pair, loss_precision
 from deepmetric.distances import check_distance
 from deepmetric.labels import pair_masks
 from deepmetric.registry import Registry
@@ -124,10 +124,8 @@ class MetricLoss(nn.Module):
 
     def forward(self, embeddings, labels, tuples=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
         has_ref = ref_embeddings is not None or ref_labels is not None
-        x, labels, ref_x, ref_labels = check_pair(embeddings, labels, ref_embeddings, ref_labels)
-        check_magnitude(x, self.distance)
-        if ref_x is not x:
-            check_magnitude(ref_x, self.distance, "ref_embeddings")
+        x, labels, ref_x, ref_labels = check_pair(embeddings, labels, ref_embeddings, ref_labels,
+                                                  distance=self.distance)
         tuples = check_tuples(tuples, x.shape[0], ref_x.shape[0], x.device, self.accepts_quadlets)
         if ref_x is x:  # compute() tells the batch as its own reference set by identity
             x = ref_x = loss_precision(x)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from deepmetric import mining
-from deepmetric._checks import check_int, check_magnitude, check_pair
+from deepmetric._checks import check_int, check_pair
 from deepmetric.labels import pair_masks
 from deepmetric.losses.base import LOSSES
 from deepmetric.tuples import Pairs, Triplets
@@ -59,8 +59,7 @@ class CrossBatchMemory(nn.Module):
         if tuples is not None or ref_embeddings is not None or ref_labels is not None:
             raise ValueError("xbm: the memory is the reference set and its miner makes the tuples; "
                              "pass only embeddings and labels (set the miner inside the xbm config)")
-        x, labels, _, _ = check_pair(embeddings, labels)
-        check_magnitude(x, self.distance)  # before the batch enters the memory
+        x, labels, _, _ = check_pair(embeddings, labels, distance=self.distance)  # before it enters the memory
         if labels.dim() != 1:
             raise ValueError(f"labels: xbm needs flat (B,) labels, got shape {tuple(labels.shape)}")
         if x.shape[1] != self.memory.shape[1]:
