@@ -507,6 +507,26 @@ def test_radial_all_tuples_blocks_do_not_change_the_result():
     assert whole[1] == len(quads) + len(FM.all_triplets(pos & no_inter, neg))
 
 
+@pytest.mark.parametrize("block", [1, 7, 50, 1 << 22])
+def test_radial_all_tuples_gradients_taken_per_block_match_the_loop(block):
+    # under autograd each block's gradient is taken in the forward pass and accumulated; the batch
+    # and a separate reference set both receive theirs, scaled by the upstream gradient (2)
+    x, rx = emb(len(HIER), seed=22).requires_grad_(), emb(len(HIER), seed=23).requires_grad_()
+    pos, inter, neg = H.hierarchy_masks(HIER, HIER)
+    total, count = H.radial_loss_all(x, rx, pos, inter, neg, block=block)
+    (2 * total).backward()
+    quads = list(zip(*(t.tolist() for t in FM.all_quadlets(pos, inter, neg))))
+    no_inter = ~inter.any(dim=1, keepdim=True)
+    trips = list(zip(*(t.tolist() for t in FM.all_triplets(pos & no_inter, neg))))
+    x2, rx2 = x.detach().clone().requires_grad_(), rx.detach().clone().requires_grad_()
+    expected = loop_radial(x2, rx2, quads, trips) * count
+    (2 * expected).backward()
+    assert count == len(quads) + len(trips)
+    torch.testing.assert_close(total, expected.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rx.grad, rx2.grad, rtol=1e-5, atol=1e-4)
+
+
 def test_plain_tuple_error_names_quadlets_for_losses_that_take_them():
     x, labels = torch.randn(4, 3), torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2]])
     t = (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), torch.tensor([3]))

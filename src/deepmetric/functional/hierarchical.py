@@ -246,6 +246,55 @@ def radial_terms(f_q: torch.Tensor, f_p: torch.Tensor, f_i: torch.Tensor | None,
     return F.relu(c * c * r2 - _sq_norm(f_n - centre)) + F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i))
 
 
+def _radial_block_sum(f_q, f_p, f_i, ref_x, neg_rows, n_neg_rows, c, margin):
+    """Sum of the radial terms of one block of groups over all their negatives (see
+    :func:`radial_loss_all`)."""
+    if f_i is None:
+        centre = (f_q + f_p) / 2
+        r2 = _sq_norm(f_q - f_p) / 4
+        total = 0
+    else:
+        centre = (f_q + f_p + f_i) / 3
+        r2 = torch.maximum(torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre)), _sq_norm(f_i - centre))
+        total = (F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i)) * n_neg_rows).sum()
+    d2 = (_sq_norm(centre).unsqueeze(1) - 2 * centre @ ref_x.T + _sq_norm(ref_x).unsqueeze(0)).clamp_min(0)
+    return total + (F.relu(c * c * r2.unsqueeze(1) - d2) * neg_rows).sum()
+
+
+class _RadialSum(torch.autograd.Function):
+    """:func:`_radial_block_sum` summed over blocks of groups ``(q, p, i)``, with the gradient of each
+    block taken in the forward pass and accumulated, so no block is kept for the backward pass (one
+    backward pass only)."""
+
+    @staticmethod
+    def forward(ctx, x, ref_x, blocks, neg, n_neg, c, margin):
+        x, ref_x = x.detach(), ref_x.detach()
+        grad_x, grad_ref = torch.zeros_like(x), torch.zeros_like(ref_x)
+        total = x.new_zeros(())
+        for q, p, i in blocks:
+            with torch.enable_grad():
+                leaves = [x[q].requires_grad_(), ref_x[p].requires_grad_(), ref_x.detach().requires_grad_()]
+                if i is not None:
+                    leaves.append(ref_x[i].requires_grad_())
+                f_i = leaves[3] if i is not None else None
+                value = _radial_block_sum(leaves[0], leaves[1], f_i, leaves[2], neg[q], n_neg[q], c, margin)
+                grads = torch.autograd.grad(value, leaves)
+            total += value.detach()
+            grad_x.index_add_(0, q, grads[0])
+            grad_ref.index_add_(0, p, grads[1])
+            grad_ref += grads[2]
+            if i is not None:
+                grad_ref.index_add_(0, i, grads[3])
+        ctx.save_for_backward(grad_x, grad_ref)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        grad_x, grad_ref = ctx.saved_tensors
+        return grad_total * grad_x, grad_total * grad_ref, None, None, None, None, None
+
+
 def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, inter: torch.Tensor,
                     neg: torch.Tensor, c: float = 3.0, margin: float = 0.3, block: int = 1 << 22):
     """``(sum, count)`` of :func:`radial_terms` over every valid quadlet and every fallback triplet
@@ -256,14 +305,12 @@ def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, int
     product gives the squared distances of its centroid to the whole reference set, masked to the
     query's negatives; the second term is the same for all ``|N(q)|`` negatives and is counted that
     many times. Memory: the groups are processed in blocks of ``block // R`` (groups x reference
-    items), and the triples of a block of queries never exceed ``block`` booleans; without gradients
-    that bounds it. Under autograd every block is kept for the backward pass: ``O(groups (R + D))``,
-    up to ``O(B R^2)`` for many intermediates per query.
+    items), and the triples of a block of queries never exceed ``block`` booleans. Under autograd
+    each block's gradient is taken in the forward pass and accumulated into ``(B, D)`` and ``(R, D)``
+    tensors, so memory stays bounded by the block (one backward pass only; no double backward).
     """
     n_ref = ref_x.shape[0]
     n_neg = neg.sum(dim=1)
-    ref_sq = _sq_norm(ref_x)
-    total, count = _zero(x, ref_x), 0
     has_inter = inter.any(dim=1)
     pairs = (pos & ~has_inter.unsqueeze(1)).nonzero()  # fallback groups (q, p)
     q_step = max(1, block // max(1, n_ref * n_ref))
@@ -272,21 +319,13 @@ def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, int
         trip = (pos[s:s + q_step].unsqueeze(2) & inter[s:s + q_step].unsqueeze(1)).nonzero()
         groups.append((trip[:, 0] + s, trip[:, 1], trip[:, 2]))
     g_step = max(1, block // max(1, n_ref))
-    for q_all, p_all, i_all in groups:
-        for s in range(0, q_all.numel(), g_step):
-            q, p = q_all[s:s + g_step], p_all[s:s + g_step]
-            f_q, f_p = x[q], ref_x[p]
-            if i_all is None:
-                centre = (f_q + f_p) / 2
-                r2 = _sq_norm(f_q - f_p) / 4
-            else:
-                f_i = ref_x[i_all[s:s + g_step]]
-                centre = (f_q + f_p + f_i) / 3
-                r2 = torch.maximum(torch.maximum(_sq_norm(f_q - centre), _sq_norm(f_p - centre)),
-                                   _sq_norm(f_i - centre))
-                inner = F.relu(margin + _sq_norm(f_q - f_p) - _sq_norm(f_q - f_i))
-                total = total + (inner * n_neg[q]).sum()
-            d2 = (_sq_norm(centre).unsqueeze(1) - 2 * centre @ ref_x.T + ref_sq.unsqueeze(0)).clamp_min(0)
-            total = total + (F.relu(c * c * r2.unsqueeze(1) - d2) * neg[q]).sum()
-            count += int(n_neg[q].sum())
+    blocks = [(q_all[s:s + g_step], p_all[s:s + g_step], None if i_all is None else i_all[s:s + g_step])
+              for q_all, p_all, i_all in groups for s in range(0, q_all.numel(), g_step)]
+    count = sum(int(n_neg[q].sum()) for q, _, _ in blocks)
+    if torch.is_grad_enabled() and (x.requires_grad or ref_x.requires_grad):
+        return _RadialSum.apply(x, ref_x, blocks, neg, n_neg, c, margin), count
+    total = _zero(x, ref_x)
+    for q, p, i in blocks:
+        total = total + _radial_block_sum(x[q], ref_x[p], None if i is None else ref_x[i], ref_x, neg[q], n_neg[q],
+                                          c, margin)
     return total, count
