@@ -68,3 +68,14 @@ def test_config_validation():
         dm.losses.combine([{"name": "triplet", "weight": -1.0}])
     with pytest.raises(KeyError, match="no-such-loss"):
         dm.losses.combine(["no-such-loss"])
+
+
+def test_an_xbm_entry_keeps_its_miner_for_its_memory():
+    # the miner of an xbm entry mines against the memory; taken as the entry's miner, it handed batch
+    # tuples to xbm, which refused them
+    combined = dm.losses.combine([{"name": "xbm", "loss": "triplet", "embedding_size": 2, "memory_size": 8,
+                         "miner": "batch-hard"}])
+    assert combined.miners == [None] and type(combined.losses[0].miner).__name__ == "BatchHardMiner"
+    x, y = torch.tensor([[0.0, 0.0], [0.1, 0.0], [3.0, 0.0], [3.0, 0.2]]), torch.tensor([0, 0, 1, 1])
+    alone = dm.losses.create("xbm", loss="triplet", embedding_size=2, memory_size=8, miner="batch-hard")
+    torch.testing.assert_close(combined(x, y), alone(x, y))

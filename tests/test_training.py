@@ -79,6 +79,25 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert resumed["test"] == straight["test"]
 
 
+@pytest.mark.parametrize("setting", [
+    "miner={name: distance-weighted, seed: 3}",
+    "loss={name: xbm, loss: triplet, memory_size: 120, miner: {name: distance-weighted, seed: 3}}",
+    "losses=[{name: triplet, miner: {name: distance-weighted, seed: 3}}, {name: xbm, loss: contrastive, "
+    "memory_size: 120, miner: {name: distance-weighted, seed: 4}}]"])
+def test_resume_continues_the_private_generators_of_seeded_miners(tmp_path, setting):
+    # a miner given an int seed draws from a generator of its own; a resume that started it anew from
+    # its seed trained on other tuples than the uninterrupted run
+    unit = "model={name: linear, out_features: 64, normalize: true}"  # the miner needs unit rows
+    straight = train(resolve({}, [*FAST, unit, setting]), tmp_path / "a", progress=False, log=quiet)
+    train(resolve({}, ["epochs=1", *FAST[1:], unit, setting]), tmp_path / "b", progress=False, log=quiet)
+    resumed = train(resolve({}, [*FAST, unit, setting]), tmp_path / "b", progress=False, log=quiet)
+    a, b = (ckpt.load(tmp_path / run / "last.pt") for run in ("a", "b"))
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert len(a["rng"]["miners"]) == setting.count("distance-weighted")
+    assert resumed["test"] == straight["test"]
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path, progress=False, log=quiet)
     state = ckpt.load(tmp_path / "last.pt")
@@ -412,17 +431,23 @@ def test_loss_lr_zero_freezes_the_proxies():
     assert torch.equal(loss.proxies, before) and not torch.equal(model.weight, weight)
 
 
-def test_a_resume_after_the_data_root_moved_goes_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["environment", "data_dir"])
+def test_a_resume_after_the_data_root_moved_goes_on(tmp_path, monkeypatch, how):
     # the same files under another data root (a copied data directory, a recreated venv): checked by checksum,
-    # the paths may differ
+    # the paths may differ, whether the root comes from $DEEPMETRIC_DATA or from the config's data_dir
     import shutil
     for root in ("a", "b"):
         shutil.copytree(data_root() / "mnist-test", tmp_path / root / "mnist-test")
     settings = ["data=mnist-test", "eval.nmi=false", "eval.val_classes=0", "sampler.m=6", "batch_size=30"]
-    monkeypatch.setenv("DEEPMETRIC_DATA", str(tmp_path / "a"))
-    train(resolve({}, settings + ["epochs=1"]), tmp_path / "run", progress=False, log=quiet)
-    monkeypatch.setenv("DEEPMETRIC_DATA", str(tmp_path / "b"))
-    result = train(resolve({}, settings + ["epochs=2"]), tmp_path / "run", progress=False, log=quiet)
+
+    def at(root):
+        if how == "environment":
+            monkeypatch.setenv("DEEPMETRIC_DATA", str(tmp_path / root))
+            return settings
+        return [*settings, f"data_dir={tmp_path / root}"]
+
+    train(resolve({}, at("a") + ["epochs=1"]), tmp_path / "run", progress=False, log=quiet)
+    result = train(resolve({}, at("b") + ["epochs=2"]), tmp_path / "run", progress=False, log=quiet)
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
 
 

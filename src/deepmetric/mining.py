@@ -84,6 +84,16 @@ class Miner:
             self._generators[device] = torch.Generator(device=device).manual_seed(int(self.seed))
         return self._generators[device]
 
+    def rng_state(self) -> dict:
+        """The states of the private generators of an int ``seed`` (by device; empty otherwise), so that
+        a resumed training draws what an uninterrupted one would."""
+        return {str(device): g.get_state() for device, g in getattr(self, "_generators", {}).items()}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what :meth:`rng_state` returned."""
+        for device, generator_state in state.items():
+            self.generator(torch.device(device)).set_state(generator_state)
+
     def ascending_distances(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` matrix of ``self.distance`` where smaller is closer (``dot`` negated)."""
         return distances.as_ascending(distances.pairwise(embeddings, ref_embeddings, self.distance), self.distance)

@@ -5,6 +5,8 @@ Typical uses: a metric loss beside a classification or centre loss (Wen et al. 2
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -61,7 +63,8 @@ class CombinedLoss(nn.Module):
 
 def combine(specs) -> CombinedLoss:
     """A :class:`CombinedLoss` from config items: a loss name, or a mapping with ``name``, the loss's
-    arguments, and optional ``weight`` (default 1) and ``miner`` (a miner name or mapping)."""
+    arguments, and optional ``weight`` (default 1) and ``miner`` (a miner name or mapping; for a loss that
+    takes a miner itself, ``xbm``, the loss's own)."""
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ValueError(f"losses: expected a non-empty list of losses, got {specs!r}")
     losses, miners, weights = [], [], []
@@ -70,7 +73,8 @@ def combine(specs) -> CombinedLoss:
         if spec is None or "name" not in spec:
             raise ValueError(f"losses[{i}]: expected a loss name or a mapping with 'name', got {specs[i]!r}")
         weights.append(spec.pop("weight", 1.0))
-        miner = spec.pop("miner", None)
+        takes_miner = spec["name"] in LOSSES and "miner" in inspect.signature(LOSSES.get(spec["name"])).parameters
+        miner = None if takes_miner else spec.pop("miner", None)  # xbm's miner mines against its memory
         miners.append(None if miner is None else mining.create(miner))
         losses.append(LOSSES.create(spec))
     return CombinedLoss(losses, miners, weights)

@@ -160,6 +160,13 @@ def contiguous_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
     return lookup[y]
 
 
+def _miners(loss_fn: torch.nn.Module, miner) -> list:
+    """Every miner of a run in a fixed order: the run's own, then those its losses hold (``losses:``
+    entries, ``xbm``)."""
+    held = [m for module in loss_fn.modules() for m in (getattr(module, "miner", None), *getattr(module, "miners", ()))]
+    return [m for m in (miner, *held) if isinstance(m, mining.Miner)]
+
+
 def _versions() -> dict:
     import sklearn
     return {"deepmetric": deepmetric.__version__, "torch": str(torch.__version__), "numpy": np.__version__,
@@ -167,11 +174,12 @@ def _versions() -> dict:
 
 
 def _comparable(config: dict, has_groups: bool) -> dict:
-    """The config without ``epochs`` as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
+    """The config without ``epochs`` and ``data_dir`` (the data files are compared by checksum: the data
+    root may move) as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
     defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups``
     as it acts on the data (false was the default before null), so that such runs still resume."""
     top = {**{k: v for k, v in DEFAULTS.items() if k not in SECTIONS}, **config}  # keys added since: defaults
-    out = {k: v for k, v in top.items() if k not in ("epochs", *SECTIONS)}
+    out = {k: v for k, v in top.items() if k not in ("epochs", "data_dir", *SECTIONS)}
     for section in SECTIONS:
         if isinstance(config.get(section), dict):
             out.update({f"{section}.{k}": v for k, v in {**DEFAULTS[section], **config[section]}.items()})
@@ -326,6 +334,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         loss_fn = losses_mod.create(config["loss"])
         miner = mining.create(config["miner"]) if config["miner"] else None
     distance = loss_fn.distance
+    miners = _miners(loss_fn, miner)  # their private generators are saved with the random state
     loss_params = list(loss_fn.parameters())  # proxies, centres: kept equal on every rank by hand
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -345,7 +354,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
                        if saved.get(key) != now.get(key)]
             raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); "
-                             f"use a new --out directory or the same config (only 'epochs' may change)")
+                             f"use a new --out directory or the same config (only 'epochs' and 'data_dir' may change)")
         files = train_set.files | test_set.files  # by checksum: the data root may have moved since
         if (sorted(state.get("data_files", files).values()) != sorted(files.values())
                 or state.get("classes", classes) != classes):  # (checkpoints that predate either are taken)
@@ -364,9 +373,9 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         scheduler.load_state_dict(state["scheduler"])
         if len(state.get("rng_ranks", [])) == world:  # each rank's own random state and loss buffers
             loss_fn.load_state_dict(state["loss_ranks"][rank])
-            ckpt.set_rng_state(state["rng_ranks"][rank])
+            ckpt.set_rng_state(state["rng_ranks"][rank], miners)
         elif rank == 0:  # saved by another number of processes: rank 0 goes on with rank 0's stream
-            ckpt.set_rng_state(state["rng"])
+            ckpt.set_rng_state(state["rng"], miners)
             if world > 1:
                 log(f"resume: {last_path} was saved by {len(state.get('rng_ranks', [])) or 1} process(es), not "
                     f"{world}: the other ranks go on with new random streams (not an exact resume)")
@@ -445,12 +454,12 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
         improved = score > best
         if improved:
             best, best_epoch = score, epoch + 1
-        ranks = {"rng_ranks": gather_objects(ckpt.rng_state()),  # every rank's, for an exact resume
+        ranks = {"rng_ranks": gather_objects(ckpt.rng_state(miners)),  # every rank's, for an exact resume
                  "loss_ranks": gather_objects(loss_fn.state_dict())} if world > 1 else {}
         if main:
             state = {**meta, "model": core.state_dict(), "loss": loss_fn.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": ckpt.rng_state(), **ranks, "epoch": epoch + 1, "history": history,
+                     "rng": ckpt.rng_state(miners), **ranks, "epoch": epoch + 1, "history": history,
                      "best": best, "best_epoch": best_epoch}
             if improved:  # before last.pt: a run killed in between repeats this epoch and saves it again
                 ckpt.save(best_path, state)
