@@ -98,6 +98,13 @@ def test_resume_continues_the_private_generators_of_seeded_miners(tmp_path, sett
     assert resumed["test"] == straight["test"]
 
 
+def test_resume_with_another_evaluation_batch_size_goes_on(tmp_path):
+    # eval.batch_size only trades memory for speed (and its default changed from 1,024 to 128)
+    train(resolve({}, ["epochs=1", *FAST[1:], "eval.batch_size=1024"]), tmp_path, progress=False, log=quiet)
+    result = train(resolve({}, [*FAST, "eval.batch_size=64"]), tmp_path, progress=False, log=quiet)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     train(resolve({}, ["epochs=1", *FAST[1:]]), tmp_path, progress=False, log=quiet)
     state = ckpt.load(tmp_path / "last.pt")

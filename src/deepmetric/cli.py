@@ -166,7 +166,7 @@ def _run_embeddings(ctx, run_dir, data, split):
     if list(test.x.shape[1:]) != list(state["in_shape"]):
         raise click.ClickException(f"--data: the model takes inputs of shape {tuple(state['in_shape'])}, "
                                    f"the data {test.name!r} has {tuple(test.x.shape[1:])}")
-    return embed(model, test.x, progress=True), test, state, config["split"]
+    return embed(model, test.x, config["eval"]["batch_size"], progress=True), test, state, config["split"]
 
 
 @main.command()

@@ -67,11 +67,11 @@ def sample_quadlets(labels: torch.Tensor, samples: int = 1_000_000, seed: int = 
     return q, order[p], order[i], order[n]
 
 
-def _paired(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    xa, xb = x[a], x[b]
+def _paired(xa: torch.Tensor, xb: torch.Tensor, distance: str) -> torch.Tensor:
+    """The distances of the rows of ``xa`` to the same rows of ``xb``."""
     if distance in ("euclidean", "squared_euclidean"):
-        d = (xa - xb).pow(2).sum(1)
-        return d.sqrt() if distance == "euclidean" else d
+        d = (xa - xb).square_().sum(1)
+        return d.sqrt_() if distance == "euclidean" else d
     if distance == "cosine":
         return 1 - torch.nn.functional.cosine_similarity(xa, xb, dim=1, eps=1e-12)
     return -(xa * xb).sum(1)  # dot: a larger product is nearer
@@ -79,7 +79,7 @@ def _paired(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, distance: str) ->
 
 @torch.no_grad()
 def quadlet_distances(embeddings: torch.Tensor, labels: torch.Tensor, distance: str = "euclidean",
-                      samples: int = 1_000_000, seed: int = 0, level: int = 0, chunk: int = 1 << 16):
+                      samples: int = 1_000_000, seed: int = 0, level: int = 0, chunk: int = 4096):
     """``(d(q, p), d(q, i), d(q, n))``: three ``(S,)`` tensors over the quadlets of
     :func:`sample_quadlets`: distances to a same-sub-class, a same-class and an other-class item."""
     check_distance(distance)
@@ -89,9 +89,9 @@ def quadlet_distances(embeddings: torch.Tensor, labels: torch.Tensor, distance: 
     q, p, i, n = (t.to(embeddings.device) for t in sample_quadlets(labels, samples, seed, level))
     parts = [[], [], []]
     for s in range(0, q.numel(), chunk):
-        qs = q[s:s + chunk]
+        xq = embeddings[q[s:s + chunk]]  # gathered once for the three relations
         for out, other in zip(parts, (p, i, n)):
-            out.append(_paired(embeddings, qs, other[s:s + chunk], distance))
+            out.append(_paired(xq, embeddings[other[s:s + chunk]], distance))
     return tuple(torch.cat(d) if d else embeddings.new_zeros(0) for d in parts)
 
 

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 60,
     "seed": 0,
-    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 1024, "nmi": True, "exclude_groups": None},
+    "eval": {"val_classes": 0.4, "select": "map_at_r", "batch_size": 128, "nmi": True, "exclude_groups": None},
 }
 COMPONENTS = ("data", "model", "loss", "miner")
 #: the metrics ``eval.select`` may name (keys of ``deepmetric.evaluate`` on a validation set, or a

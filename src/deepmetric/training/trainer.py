@@ -53,8 +53,10 @@ def load_data(config: dict):
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
-    """Embeddings of ``x`` in eval mode, in batches (restores the model's training mode)."""
+def embed(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """Embeddings of ``x`` in eval mode, in batches (restores the model's training mode). On the CPU small
+    batches are faster: the Omniglot CNN embeds its 3,860 validation images in 1.0 s in batches of 128
+    and 2.3 s in batches of 1,024 (two threads), whose 200 MB activations are page-faulted afresh each time."""
     was_training = model.training
     model.eval()
     starts = range(0, x.shape[0], batch_size)
@@ -174,8 +176,8 @@ def _versions() -> dict:
 
 
 def _comparable(config: dict, has_groups: bool) -> dict:
-    """The config without ``epochs`` and ``data_dir`` (the data files are compared by checksum: the data
-    root may move) as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
+    """The config without ``epochs``, ``data_dir`` (the data files are compared by checksum: the data
+    root may move) and ``eval.batch_size``, as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
     defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups``
     as it acts on the data (false was the default before null), so that such runs still resume."""
     top = {**{k: v for k, v in DEFAULTS.items() if k not in SECTIONS}, **config}  # keys added since: defaults
@@ -183,6 +185,7 @@ def _comparable(config: dict, has_groups: bool) -> dict:
     for section in SECTIONS:
         if isinstance(config.get(section), dict):
             out.update({f"{section}.{k}": v for k, v in {**DEFAULTS[section], **config[section]}.items()})
+    out.pop("eval.batch_size", None)  # speed and memory only (the default changed from 1,024 to 128)
     if out.get("eval.exclude_groups", False) is None:
         out["eval.exclude_groups"] = has_groups
     return out
@@ -354,7 +357,8 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
                        if saved.get(key) != now.get(key)]
             raise ValueError(f"resume: {last_path} was trained with another config ({'; '.join(changed)[:500]}); "
-                             f"use a new --out directory or the same config (only 'epochs' and 'data_dir' may change)")
+                             f"use a new --out directory or the same config (only 'epochs', 'data_dir' and "
+                             f"'eval.batch_size' may change)")
         files = train_set.files | test_set.files  # by checksum: the data root may have moved since
         if (sorted(state.get("data_files", files).values()) != sorted(files.values())
                 or state.get("classes", classes) != classes):  # (checkpoints that predate either are taken)
