@@ -129,6 +129,28 @@ def test_set_epoch_changes_order_and_reproduces():
     assert list(MPerClassSampler(labels, m=3, batch_size=9, seed=6)) != first
 
 
+def test_neighbouring_seeds_do_not_replay_each_others_epochs():
+    # seeded with seed + epoch, seed 6 replayed seed 5's batches one epoch later: runs "over seeds"
+    # saw the same batches; the hierarchical sampler shares the seeding
+    from deepmetric.data import HierarchicalBatchSampler
+    from deepmetric.data.samplers import stream_seed
+    flat = np.repeat(np.arange(10), 6)
+    hier = np.stack([np.arange(60) // 20, np.arange(60) // 5], 1)
+    for make in (lambda seed: MPerClassSampler(flat, m=3, batch_size=9, seed=seed),
+                 lambda seed: HierarchicalBatchSampler(hier, 2, 2, 2, seed=seed)):
+        epochs = {}
+        for seed in (0, 1, 2):
+            sampler = make(seed)
+            for epoch in range(4):
+                sampler.set_epoch(epoch)
+                epochs[seed, epoch] = list(sampler)
+        for (s, e), batches in epochs.items():
+            assert all(batches != other for (s2, e2), other in epochs.items() if s2 != s)
+    # the run's random streams: rank r of seed s is not rank 0 of seed s + r; seed 0 keeps its streams
+    assert len({stream_seed(s, r) for s in range(1000) for r in range(64)}) == 1000 * 64
+    assert [stream_seed(0, e) for e in range(3)] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("n_classes, replicas", [(12, 3), (13, 3), (7, 4), (3, 5)])
 def test_distributed_ranks(n_classes, replicas):
     labels = np.repeat(np.arange(n_classes), 4)

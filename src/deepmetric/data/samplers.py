@@ -46,6 +46,23 @@ def _class_chunks(class_of: torch.Tensor, counts: torch.Tensor, k: torch.Tensor,
     return members, starts, first_chunk, chunks, chunk_class
 
 
+#: the golden-ratio step of a Weyl sequence modulo 2^32
+GOLDEN_STEP = 0x9E3779B9
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The 32-bit seed of stream ``stream`` (an epoch, a rank) of a run seeded with ``seed``::
+
+        (stream + seed * 0x9E3779B9) mod 2^32
+
+    torch's CPU generator keeps 32 bits of its seed. ``seed + stream`` gave seed ``s + 1`` the streams
+    of seed ``s`` shifted by one (the batches of epoch e + 1, the random state of rank 1); the
+    golden-ratio step puts the streams of seeds within 1,000 of each other at least 1.9 million apart,
+    and leaves seed 0's streams as they were.
+    """
+    return (int(stream) + int(seed) * GOLDEN_STEP) % 2**32
+
+
 class _EpochBatchSampler(Sampler[list[int]]):
     """Epoch state shared by the batch samplers, like ``DistributedSampler``: ``set_epoch``, a
     ``state_dict`` for resuming, and each rank's share of the epoch's batches.
@@ -57,8 +74,12 @@ class _EpochBatchSampler(Sampler[list[int]]):
     """
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields (seeded with ``seed + epoch``)."""
+        """Select the epoch whose order the next iteration yields (see :meth:`epoch_generator`)."""
         self.epoch = check_int(epoch, "epoch", 0)
+
+    def epoch_generator(self) -> torch.Generator:
+        """The generator of the current epoch, seeded with :func:`stream_seed` ``(seed, epoch)``."""
+        return torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch}
@@ -82,7 +103,7 @@ class MPerClassSampler(_EpochBatchSampler):
 
     Use it as ``DataLoader(dataset, batch_sampler=MPerClassSampler(labels, m=4, batch_size=32))``
     and call ``set_epoch(epoch)`` before each epoch (as with ``DistributedSampler``): the order of an
-    epoch depends only on ``seed + epoch``, so an epoch can be reproduced and a run resumed.
+    epoch depends only on ``(seed, epoch)``, so an epoch can be reproduced and a run resumed.
 
     Guarantees (DESIGN.md): every item appears at least once per epoch (over all ranks); a class with
     fewer than ``m`` items is drawn with replacement so that it still contributes ``m``; no batch holds
@@ -146,7 +167,7 @@ class MPerClassSampler(_EpochBatchSampler):
 
     def epoch_batches(self) -> torch.Tensor:
         """All ``(B, batch_size)`` item indices of the current epoch, before the split over ranks."""
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = self.epoch_generator()
         m, p, b = self.m, self.classes_per_batch, self.num_batches
         counts, k = self._counts, self._chunks_per_class
         n_classes, n_chunks = self.num_classes, int(k.sum())
@@ -254,7 +275,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
     ``S * C * m``.
 
     Use it as ``DataLoader(dataset, batch_sampler=...)`` and call ``set_epoch(epoch)`` before each
-    epoch: the order depends only on ``seed + epoch``. Guarantees, as :class:`MPerClassSampler`:
+    epoch: the order depends only on ``(seed, epoch)``. Guarantees, as :class:`MPerClassSampler`:
     every item appears at least once per epoch (over all ranks); a class with fewer than ``m`` items is
     drawn with replacement; within a batch, the ``S`` super-classes are distinct and so are the ``C``
     classes of each. ``len()`` depends on the labels only.
@@ -340,7 +361,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
 
     def epoch_batches(self) -> torch.Tensor:
         """All ``(num_batches, batch_size)`` item indices of the current epoch, before the split over ranks."""
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = self.epoch_generator()
         m, c, s = self.samples_per_class, self.classes_per_super_class, self.super_classes_per_batch
         counts, k = self._counts, self._chunks_per_class
 

@@ -28,6 +28,7 @@ from deepmetric import models as models_mod
 from deepmetric._checks import ExtremeValuesError
 from deepmetric._io import locked, write_json, write_text
 from deepmetric.data import HierarchicalBatchSampler, MPerClassSampler, holdout_classes, load_split
+from deepmetric.data.samplers import stream_seed
 from deepmetric.evaluation import evaluate
 from deepmetric.evaluation.ranking import count_relevant
 from deepmetric.evaluation.hierarchy import quadlet_distances
@@ -279,7 +280,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = True, progress: b
 
 def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dict:
     rank, world = rank_and_world()
-    seed_everything(config["seed"] + rank)
+    seed_everything(stream_seed(config["seed"], rank))
     if config["split"] == "all":  # validation classes and the test metrics would be training items
         raise ValueError("split: 'all' puts every item in both parts (for evaluating an embedding); training "
                          "needs disjoint parts, 'zero-shot'")
@@ -384,7 +385,7 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
                 log(f"resume: {last_path} was saved by {len(state.get('rng_ranks', [])) or 1} process(es), not "
                     f"{world}: the other ranks go on with new random streams (not an exact resume)")
         else:  # a stream of this rank's own, not rank 0's
-            seed_everything(config["seed"] + rank + 7919 * state["epoch"])
+            seed_everything(stream_seed(config["seed"], rank + world * state["epoch"]))
         history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"]
         log(f"resumed from {last_path} at epoch {start}")
 
