@@ -422,7 +422,8 @@ class QuadletMiner(Miner):
     ``max_quadlets`` caps ``"all"`` and ``"semi-hard"`` (whose output can be ``O(B^4)``): above it,
     that many quadlets are drawn uniformly without replacement with the miner's generator
     (``seed``: None for torch's global generator, an int for a private generator seeded once, or a
-    ``torch.Generator``). Mining builds up to three ``(B, R, R)`` booleans at once.
+    ``torch.Generator``). Mining holds the ``(q, p, i)`` triples and ``O(B R)`` besides, never a ``(B, R, R)``
+    tensor.
 
     >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
     >>> q, p, i, n = QuadletMiner("hard")(torch.randn(6, 3), labels)

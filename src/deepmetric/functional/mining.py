@@ -7,7 +7,7 @@ itself when there is none) and the boolean ``pos_mask`` / ``neg_mask`` of
 index columns. Distances are "smaller is closer" (use :func:`deepmetric.distances.as_ascending`
 for ``dot``); :func:`multi_similarity_pairs` takes similarities ("larger is closer") as its paper.
 
-Memory is O(B * R) (the quadlet functions: a few (B, R, R) booleans): reductions are masked
+Memory is O(B * R) (the quadlet functions: plus their (q, p, i) triples): reductions are masked
 reductions over rows, and where the output itself can be O(B^3) (all margin-violating triplets) it
 is built over chunks of positive pairs, each a bounded ``(chunk, R)`` comparison. Ties are broken
 towards the smallest column index (``argmax`` / ``argmin`` along a row return the first extreme value).
@@ -582,26 +582,32 @@ def _expand_ranges(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, colum
     return prefix, columns[rows[prefix], rank]
 
 
+def _columns_first(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, R)`` column indices with each row's marked columns first, in increasing order."""
+    return torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+
+
 def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: torch.Tensor,
                  max_quadlets: int | None = None, generator: torch.Generator | None = None) -> Quadlets:
     """Every valid quadlet ``(q, p, i, n)``: ``pos_mask[q, p]``, ``inter_mask[q, i]``,
     ``neg_mask[q, n]`` (``(B, R)`` bool masks, see :func:`deepmetric.functional.hierarchical.hierarchy_masks`).
 
-    Built from the ``(q, p, i)`` triples (two ``(B, R, R)`` booleans at most), each expanded by the
-    negatives of ``q``: never a ``(B, R, R, R)`` tensor. With ``max_quadlets``, at most that many,
+    Built from the positive pairs ``(q, p)``, each expanded by the intermediates of ``q`` and then by
+    its negatives: memory is the triples and the output plus ``O(B R)``, never a ``(B, R, R)`` tensor.
+    With ``max_quadlets``, at most that many,
     drawn uniformly without replacement (deterministic given ``generator``). Order: lexicographic
     ``(q, p, i, n)`` (of the kept ones).
     """
     _check_masks(pos_mask, "pos_mask", pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = pos_mask.device
-    has_neg = neg_mask.any(dim=1)
-    q, p, i = (pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & has_neg.view(-1, 1, 1)).nonzero(as_tuple=True)
+    q, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
+    n_inter = inter_mask.sum(dim=1)
+    prefix, i = _expand_ranges(q, torch.zeros_like(q), n_inter[q], _columns_first(inter_mask), None, None)
+    q, p = q[prefix], p[prefix]
     if q.numel() == 0:
         return _empty_quadlets(device)
-    # each row's negatives first, in increasing column order
-    columns = torch.sort((~neg_mask).to(torch.int8), dim=1, stable=True).indices
     n_neg = neg_mask.sum(dim=1)
-    prefix, n = _expand_ranges(q, torch.zeros_like(q), n_neg[q], columns, max_quadlets, generator)
+    prefix, n = _expand_ranges(q, torch.zeros_like(q), n_neg[q], _columns_first(neg_mask), max_quadlets, generator)
     return Quadlets(q[prefix], p[prefix], i[prefix], n)
 
 
@@ -615,8 +621,8 @@ def all_triplets(pos_mask: torch.Tensor, neg_mask: torch.Tensor, max_triplets: i
     a, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
     if a.numel() == 0:
         return _empty_triplets(device)
-    columns = torch.sort((~neg_mask).to(torch.int8), dim=1, stable=True).indices
-    prefix, n = _expand_ranges(a, torch.zeros_like(a), neg_mask.sum(dim=1)[a], columns, max_triplets, generator)
+    prefix, n = _expand_ranges(a, torch.zeros_like(a), neg_mask.sum(dim=1)[a], _columns_first(neg_mask), max_triplets,
+                               generator)
     return Triplets(a[prefix], p[prefix], n)
 
 
@@ -651,21 +657,25 @@ def semi_hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: t
     (``dist`` ascending, ``(B, R)``). For a triple ``(q, p, i)`` with ``D(q,p) < D(q,i)``, the
     qualifying negatives are those with ``D(q,n)`` in ``(D(q,i), inf)`` if the first margin is
     violated, else in ``(D(q,i), D(q,i) + m2)``: a contiguous range of the row's negatives sorted by
-    distance, found by binary search, so no ``(B, R, R, R)`` tensor is built (up to three ``(B, R, R)``
-    booleans at once). ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p, i)``
-    in lexicographic order, negatives by increasing distance.
+    distance, found by binary search; the intermediates with ``D(q,i) > D(q,p)`` are such a range of
+    the row's intermediates. Memory: the triples and the output plus ``O(B R)``, never a ``(B, R, R)``
+    tensor. ``max_quadlets`` caps the output as in :func:`all_quadlets`. Order: by ``(q, p)``, then
+    intermediates and negatives by increasing distance (ties by column).
     """
     _check_masks(dist, pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = dist.device
     if dist.shape[1] == 0:
         return _empty_quadlets(device)
     d = dist.detach()
-    key, columns = d.masked_fill(~neg_mask, math.inf).sort(dim=1)
+    key, columns = d.masked_fill(~neg_mask, math.inf).sort(dim=1, stable=True)
     n_neg = neg_mask.sum(dim=1)
     lo = torch.searchsorted(key, d.contiguous(), right=True)                      # first n with D(q,n) > D(q,i)
     hi = torch.searchsorted(key, (d + margin2).contiguous(), right=False)         # D(q,n) < D(q,i) + m2
-    triples = pos_mask.unsqueeze(2) & inter_mask.unsqueeze(1) & (d.unsqueeze(2) < d.unsqueeze(1))
-    q, p, i = triples.nonzero(as_tuple=True)
+    i_key, i_columns = d.masked_fill(~inter_mask, math.inf).sort(dim=1, stable=True)
+    lo_i = torch.searchsorted(i_key, d.contiguous(), right=True)                  # first i with D(q,i) > D(q,p)
+    q, p = pos_mask.nonzero(as_tuple=True)
+    prefix, i = _expand_ranges(q, lo_i[q, p], inter_mask.sum(dim=1)[q], i_columns, None, None)
+    q, p = q[prefix], p[prefix]
     if q.numel() == 0:
         return _empty_quadlets(device)
     d_qp, d_qi = d[q, p], d[q, i]
