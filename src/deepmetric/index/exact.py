@@ -441,23 +441,27 @@ class _Searcher:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return _zero_tiny(distances, self.distance), best_i
 
-    def _cut_within_rounding(self, last_score, kth_distance, prepared):
+    def _cut_within_rounding(self, last_score, kth_distance, prepared, symmetric=False):
         """Rows whose last kept candidate scores within the products' rounding of the k-th distance
         (as a score), so that an item cut by its rounded score may be nearer than the k-th. Each score
-        ``alpha x.y (+ |y|^2)`` is within ``(D + 4) eps`` times the sum of its terms' magnitudes."""
-        x_norm = prepared.double().norm(dim=1)
+        ``alpha x.y (+ |y|^2)`` is within ``(D + 4) eps`` times the sum of its terms' magnitudes.
+        ``symmetric``: the scores of :func:`self_knn` (:func:`_symmetric_factors`), whose euclidean
+        scores also hold the row constant ``|x|^2``."""
+        x_square = prepared.double().square().sum(1)
+        x_norm = x_square.sqrt()
         gamma = (prepared.shape[1] + 4) * torch.finfo(prepared.dtype).eps
         kth = kth_distance.double()
+        row_constant = x_square if symmetric else 0.0
         if self.distance == "euclidean":
-            kth = kth.square() - x_norm.square()
+            kth = kth.square() - x_square + row_constant
         elif self.distance == "squared_euclidean":
-            kth = kth - x_norm.square()
+            kth = kth - x_square + row_constant
         elif self.distance == "cosine":
             kth = kth - 1.0
         if self.distance == "cosine":  # unit vectors: |x.y| <= 1
             error = torch.full_like(x_norm, 2 * gamma)
-        else:  # |alpha x.y| + |y|^2 (euclidean) or |x.y| (dot)
-            bias = self.max_norm ** 2 if self.bias is not None else 0.0
+        else:  # |alpha x.y| + |y|^2 (+ |x|^2) (euclidean) or |x.y| (dot)
+            bias = self.max_norm ** 2 + row_constant if self.bias is not None else 0.0
             error = gamma * (-self.alpha * x_norm * self.max_norm + bias)
         return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
 
@@ -508,8 +512,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     item whose estimate proved too low (fewer than k items below it) is searched again by the
     per-query search, so the result is always exact. When the product may score identical vectors
     differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
-    again by :func:`_refine`, so that ties keep gallery order; cosine results otherwise go through
-    :func:`_rerank_cosine_ties`. Runs on the CPU (other devices: copied there and
+    again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within the
+    products' rounding are searched again by the refined per-query search, as :meth:`_Searcher.search`
+    does; cosine results otherwise go through :func:`_rerank_cosine_ties`. Runs on the CPU (other devices: copied there and
     back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
     if x.device.type != "cpu":
@@ -564,20 +569,31 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     values, ids = _sorted_heaps(heaps)
     a = b = heaps = None  # free the factors and the int32 heap ids before the results are assembled
     ids.masked_fill_(torch.isinf(values), -1)
+    # rows with fewer than k results although their estimate was finite: the estimate was too low
+    redo = (ids < 0).any(dim=1) & torch.isfinite(estimate)
+    if refine:
+        distances, ids = _refine(x, x, distance, ids)
+        distances, ids = distances[:, :final_k], ids[:, :final_k]
+        # and rows where an item cut by its rounded score may be nearer than the k-th: both searched
+        # again by the refined per-query search, as it searches such rows of its own (_Searcher.search)
+        searcher = _Searcher(x, distance, refine=True)
+        prepared = unit_rows(x) if distance == "cosine" else x
+        redo |= searcher._cut_within_rounding(values[:, -1], distances[:, -1], prepared, symmetric=True)
+        redo = redo.nonzero().flatten()
+        if redo.numel():
+            distances[redo], ids[redo] = searcher.search(x[redo], final_k, redo, None if groups is None else groups[redo],
+                                                         groups, max(1, min(RESEARCH_MARGIN, n - final_k)))
+        return distances, ids
     distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
         ids.masked_fill_(torch.isinf(distances), -1)
     distances = _zero_tiny(distances, distance)
-    # rows with fewer than k results although their estimate was finite: the estimate was too low
-    redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
+    redo = redo.nonzero().flatten()
     if redo.numel():
         distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
-    if refine:
-        distances, ids = _refine(x, x, distance, ids)
-        distances, ids = distances[:, :final_k], ids[:, :final_k]
-    elif distance == "cosine":
+    if distance == "cosine":
         _rerank_cosine_ties(x, x, distances, ids)
     return distances, ids
 
