@@ -334,6 +334,34 @@ def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: tor
         _check_overflow(2 * _max_norm(x, center), distance, x.dtype, name)
 
 
+def cut_within_rounding(last_score, kth_distance, queries, distance: str, max_norm: float, symmetric: bool = False):
+    """Rows whose last kept candidate scores within the products' rounding of the k-th distance (as a
+    score), so that an item cut by its rounded score may be nearer than the k-th.
+
+    Scores as :class:`_Searcher` ranks them: ``-2 x.y + |y|^2`` (euclidean), ``-cos`` (cosine, on unit
+    ``queries``), ``-x.y`` (dot); ``symmetric``: the euclidean scores also hold the row constant
+    ``|x|^2`` (:func:`_symmetric_factors`, faiss' L2 distances). Each score is within ``(D + 4) eps``
+    times the sum of its terms' magnitudes; ``max_norm`` is the gallery's largest norm."""
+    x_square = queries.double().square().sum(1)
+    x_norm = x_square.sqrt()
+    gamma = (queries.shape[1] + 4) * torch.finfo(queries.dtype).eps
+    kth = kth_distance.double()
+    row_constant = x_square if symmetric else 0.0
+    if distance == "euclidean":
+        kth = kth.square() - x_square + row_constant
+    elif distance == "squared_euclidean":
+        kth = kth - x_square + row_constant
+    elif distance == "cosine":
+        kth = kth - 1.0
+    if distance == "cosine":  # unit vectors: |x.y| <= 1
+        error = torch.full_like(x_norm, 2 * gamma)
+    elif distance == "dot":  # |x.y|
+        error = gamma * x_norm * max_norm
+    else:  # |2 x.y| + |y|^2 (+ |x|^2)
+        error = gamma * (2 * x_norm * max_norm + max_norm ** 2 + row_constant)
+    return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
@@ -426,7 +454,8 @@ class _Searcher:
                 distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
             distances, best_i = distances[:, :k], best_i[:, :k]
             if depth < self.n and margin < RESEARCH_MARGIN:
-                redo = self._cut_within_rounding(best_s[:, -1], distances[:, -1], prepared).nonzero().flatten()
+                redo = cut_within_rounding(best_s[:, -1], distances[:, -1], prepared, self.distance,
+                                           self.max_norm).nonzero().flatten()
                 if redo.numel():
                     distances[redo], best_i[redo] = self.search(
                         original[redo], k, None if self_index is None else self_index[redo],
@@ -440,30 +469,6 @@ class _Searcher:
         if self.raw is not None:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return _zero_tiny(distances, self.distance), best_i
-
-    def _cut_within_rounding(self, last_score, kth_distance, prepared, symmetric=False):
-        """Rows whose last kept candidate scores within the products' rounding of the k-th distance
-        (as a score), so that an item cut by its rounded score may be nearer than the k-th. Each score
-        ``alpha x.y (+ |y|^2)`` is within ``(D + 4) eps`` times the sum of its terms' magnitudes.
-        ``symmetric``: the scores of :func:`self_knn` (:func:`_symmetric_factors`), whose euclidean
-        scores also hold the row constant ``|x|^2``."""
-        x_square = prepared.double().square().sum(1)
-        x_norm = x_square.sqrt()
-        gamma = (prepared.shape[1] + 4) * torch.finfo(prepared.dtype).eps
-        kth = kth_distance.double()
-        row_constant = x_square if symmetric else 0.0
-        if self.distance == "euclidean":
-            kth = kth.square() - x_square + row_constant
-        elif self.distance == "squared_euclidean":
-            kth = kth - x_square + row_constant
-        elif self.distance == "cosine":
-            kth = kth - 1.0
-        if self.distance == "cosine":  # unit vectors: |x.y| <= 1
-            error = torch.full_like(x_norm, 2 * gamma)
-        else:  # |alpha x.y| + |y|^2 (+ |x|^2) (euclidean) or |x.y| (dot)
-            bias = self.max_norm ** 2 + row_constant if self.bias is not None else 0.0
-            error = gamma * (-self.alpha * x_norm * self.max_norm + bias)
-        return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
 
     def _distances(self, scores, queries):
         """Distances from the kept scores, overwriting them."""
@@ -514,8 +519,9 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
     again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within the
     products' rounding are searched again by the refined per-query search, as :meth:`_Searcher.search`
-    does; cosine results otherwise go through :func:`_rerank_cosine_ties`. Runs on the CPU (other devices: copied there and
-    back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
+    does; cosine results otherwise go through :func:`_rerank_cosine_ties`. Runs on the CPU (other
+    devices: copied there and back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31
+    (ids are held as int32).
     """
     if x.device.type != "cpu":
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
@@ -578,11 +584,12 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
         # again by the refined per-query search, as it searches such rows of its own (_Searcher.search)
         searcher = _Searcher(x, distance, refine=True)
         prepared = unit_rows(x) if distance == "cosine" else x
-        redo |= searcher._cut_within_rounding(values[:, -1], distances[:, -1], prepared, symmetric=True)
+        redo |= cut_within_rounding(values[:, -1], distances[:, -1], prepared, distance, searcher.max_norm, True)
         redo = redo.nonzero().flatten()
         if redo.numel():
-            distances[redo], ids[redo] = searcher.search(x[redo], final_k, redo, None if groups is None else groups[redo],
-                                                         groups, max(1, min(RESEARCH_MARGIN, n - final_k)))
+            distances[redo], ids[redo] = searcher.search(
+                x[redo], final_k, redo, None if groups is None else groups[redo], groups,
+                max(1, min(RESEARCH_MARGIN, n - final_k)))
         return distances, ids
     distances = _score_distances(values, distance)
     if distance != "dot":
