@@ -19,15 +19,11 @@ so that ranking needs no further pass over the block:
 A running top-k of scores is kept block by block: bounded per-query heaps filled by the compiled
 kernels of :mod:`deepmetric.index._heaps` while k is small against the gallery (``HEAP_RATIO``;
 always for query-in-gallery), else a merge of sorted blocks. Ties are broken by gallery index on the
-score and again on the returned distance, so identical vectors always come back in gallery order;
-cosine results closer together than the product's rounding are ranked again by their cosines
-recomputed pair by pair (:func:`_rerank_cosine_ties`), so that different directions at equal
-cosines (integer vectors) also keep gallery order. The k are chosen by score: distinct scores that
-round to one distance (e.g. near-duplicates under ``cosine`` in float32) are put in gallery order
-among the k returned, but an item beyond the k best scores is not brought in for tying with the k-th
-distance. Making that cut exact would search again every row whose (k+1)-th distance equals its k-th,
-which is most rows on data with many duplicates. With refinement (the ``exact`` index, float64
-products), rows whose cut lies within the products' rounding are searched once more, with
+score and again on the returned distance, so identical vectors always come back in gallery order.
+With refinement (:func:`_needs_refine`: cosine, float64 products, and the ``exact`` index), ``k +
+REFINE_MARGIN`` candidates are kept by score and ranked by their distances recomputed pair by pair
+(:func:`_refine`), so that different directions at equal cosines (integer vectors) also keep gallery
+order, and rows whose cut lies within the products' rounding are searched once more, with
 ``RESEARCH_MARGIN`` candidates (:meth:`_Searcher.search`).
 """
 from __future__ import annotations
@@ -153,6 +149,14 @@ def _sort_rows(scores: torch.Tensor, ids: torch.Tensor | None = None):
 REFINE_MARGIN = 16
 #: the margin of the one deeper search of rows whose cut lies within the products' rounding
 RESEARCH_MARGIN = 256
+
+
+def _needs_refine(x: torch.Tensor, distance: str) -> bool:
+    """Whether a search keeps ``k + REFINE_MARGIN`` candidates and ranks them by :func:`_refine`: when
+    the product may score identical vectors differently (:func:`_products_consistent`), and always for
+    cosine, whose equal cosines of different vectors (parallel vectors of other norms, integer vectors at
+    the same angle) score a last bit apart, so that the k kept by score could cut such a run anywhere."""
+    return distance == "cosine" or not _products_consistent(x)
 
 
 def _products_consistent(x: torch.Tensor) -> bool:
@@ -368,11 +372,11 @@ class _Searcher:
     def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK,
                  refine: bool | None = None):
         """``refine``: search ``k + REFINE_MARGIN`` candidates by the product score and rank them by their
-        distances recomputed pair by pair (:func:`_refine`); by default when the product may score
-        identical vectors differently (:func:`_products_consistent`)."""
+        distances recomputed pair by pair (:func:`_refine`); by default as :func:`_needs_refine` says
+        (float64 products, and cosine)."""
         self.distance = distance
         self.block = gallery_chunk_size
-        self.refine = not _products_consistent(gallery) if refine is None else refine
+        self.refine = _needs_refine(gallery, distance) if refine is None else refine
         self.raw = gallery.contiguous() if distance == "cosine" else None  # cosine is re-ranked on these
         if distance == "cosine":
             gallery = unit_rows(gallery)
@@ -531,7 +535,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     if center is not None:
         x = x - center
     _check_items_overflow(x, distance, "embeddings")
-    refine = not _products_consistent(x)
+    refine = _needs_refine(x, distance)
     if refine:  # candidates beyond k, ranked again pair by pair at the end (_refine)
         k += REFINE_MARGIN
     a, b = _symmetric_factors(x, distance)
