@@ -191,6 +191,24 @@ def test_rerank_orders_real_codes_closer_than_1e6(offset):
     assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0
 
 
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 300])
+def test_rerank_keeps_identical_real_codes_in_database_order(chunk_size):
+    # database rows alternate v (even) and 1.5 v (odd): one sign code, so every Hamming distance ties,
+    # and the real distances put v's 1,024 copies first (the queries are within about 2.3 of v, 6 of
+    # 1.5 v). The copies of v in the first half (rows 0, 2, ..., 1022) are relevant: ranked by index,
+    # they are the first 512, so AP = 1 and P@512 = 1. A float64 matrix product rounded the copies
+    # differently at its tiles' edges (2 values among them in a row), so some copies from the second
+    # half came first: map 0.985 at chunk_size None and 300, 1 at chunk_size 1
+    v = torch.randn(1, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    db_real = torch.cat([v, 1.5 * v]).repeat(1024, 1)
+    db_y = ((torch.arange(2048) % 2 == 1) | (torch.arange(2048) >= 1024)).long()
+    noise = torch.randn(1024, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q_real = v + 0.2 * noise
+    scores = hashing_scores(q_real, torch.zeros(1024, dtype=torch.long), db_real, db_y, precision_ns=(1, 512),
+                            radius=None, query_real=q_real, db_real=db_real, chunk_size=chunk_size)
+    assert scores["map"] == 1.0 and scores["precision_at_1"] == 1.0 and scores["precision_at_512"] == 1.0
+
 def test_hand_worked_multilabel_and_queries_without_relevant():
     # q0 labels {0, 2}, code 11; db: 11 {2} (Hamming 0, T), 10 {1} (1, F), 00 {0, 1} (2, T)
     # AP = (1/1 + 2/3) / 2 = 5/6. q1 has no label: nothing is relevant -> excluded and counted

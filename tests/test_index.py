@@ -279,6 +279,26 @@ def test_faiss_ties_keep_insertion_order_like_exact(name, distance, ids):
         torch.testing.assert_close(d, d_ref, atol=1e-5, rtol=0)
 
 
+
+@pytest.mark.parametrize("distance", FLOAT_DISTANCES)
+def test_flat_duplicates_at_distance_0_in_insertion_order_with_many_queries(distance):
+    # two vectors, 2,048 copies each, interleaved (even rows v0, odd rows v1): row r's nearest are the
+    # copies r % 2, r % 2 + 2, ... at distance 0 (-|v|^2 for dot). With many queries faiss computes
+    # |x|^2 + |y|^2 - 2 x.y by BLAS, which rounds the copies differently: 255 of 1,024 rows came back
+    # out of insertion order (squared distances 0 and 0.0039 among copies in a row)
+    n = 4096
+    v = randn(2, 128, seed=0)
+    x = v[torch.arange(n) % 2]
+    index = dmi.create("flat", distance=distance)
+    index.add(x)
+    for k in (50, 600):
+        d, ids = index.search(x[:1024], k)
+        assert torch.equal(ids, torch.arange(1024)[:, None] % 2 + 2 * torch.arange(k))
+        assert (d == d[:, :1]).all()
+        if distance != "dot":
+            assert (d == 0).all()
+
+
 def recall_at_10(index, q, exact_ids):
     found = index.search(q, 10)[1]
     return float((found.unsqueeze(2) == exact_ids.unsqueeze(1)).any(2).float().mean())

@@ -328,6 +328,23 @@ def test_cosine_ties_of_different_directions_keep_gallery_order(dtype):
     assert dm.evaluate(y, torch.tensor([0, 1, 1]), distance="cosine", nmi=False)["precision_at_1"] == 0.5
 
 
+
+def test_float32_cosine_cut_keeps_gallery_order_within_a_tied_run():
+    # every non-zero vector of {-2, ..., 2}^3, twice over: a run of equal cosines (of different
+    # directions and of parallel vectors of other norms) straddles the k-th place in most rows. The k
+    # were kept by float32 score, so an item of the run with a larger index could stand in for a smaller
+    # one, and the list depended on k and chunk_size (evaluate's depth is the largest R in a chunk)
+    points = [p for p in itertools.product(range(-2, 3), repeat=3) if any(p)] * 2
+    x, n = torch.tensor(points, dtype=torch.float32), len(points)
+    full = [sorted(range(n), key=lambda j: (_exact_minus_cosine(points[r], points[j]), j)) for r in range(n)]
+    for k in (5, 10, 37):
+        for chunk_size in (1, 7, n):
+            ids = knn(x, x, k, "cosine", chunk_size=chunk_size)[1]
+            assert ids.tolist() == [row[:k] for row in full]
+        ids = exact.self_knn(x, k, "cosine")[1]
+        assert ids.tolist() == [[j for j in row if j != r][:k] for r, row in enumerate(full)]
+
+
 def test_cosine_of_near_duplicates_and_of_huge_vectors():
     # a row of near-duplicates is one long run of close distances (re-ranked by a sort, not the
     # quadratic insertion of short runs); it must come back sorted by (distance, index)

@@ -332,7 +332,10 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     The search depth is the largest of the queries' numbers of relevant items (at every level of a
     hierarchy) and of the reported ks, so MAP@R and R-precision are exact. ``chunk_size`` bounds the
     queries whose ranked lists are held at once where those lists are long (deep searches, separate
-    galleries, re-searches for MRR): memory against speed, never the results.
+    galleries, re-searches for MRR): memory against speed. The results are the same for every
+    ``chunk_size`` (the depth of a chunk is its largest R) except where more than ``RESEARCH_MARGIN``
+    (256) items score within the float32 products' rounding of a query's R-th distance (e.g.
+    thousands of near-duplicates): which of them fill the last places can then depend on it.
 
     Approximate mode: ``index="ivf-fastscan"`` (or any name of :mod:`deepmetric.index`, with
     ``index_options`` such as ``{"nlist": 256, "nprobe": 24}``) builds that index over the gallery and

@@ -27,9 +27,9 @@ import torch
 from deepmetric._checks import as_tensor, check_embeddings, check_int, check_ints, check_labels
 from deepmetric._threads import over_rows
 from deepmetric.codes import _hamming, _signs, to_bits
-from deepmetric.distances import squared_euclidean
 from deepmetric.evaluation import ranking
-from deepmetric.index.exact import _search_center
+from deepmetric.index import _heaps
+from deepmetric.index.exact import _numba_threads
 from deepmetric.labels import is_hierarchical, same_mask, shared_levels
 
 __all__ = ["hashing_scores"]
@@ -119,12 +119,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if query_real.shape[0] != n_q or db_real.shape[0] != n_db or db_real.shape[1] != query_real.shape[1]:
             raise ValueError(f"query_real/db_real: expected shapes ({n_q}, D) and ({n_db}, D), got "
                              f"{tuple(query_real.shape)} and {tuple(db_real.shape)}")
-        # float64, moved to the database's centre and without euclidean's zero floor (distances below
-        # 1e-6 read 0): |x|^2 + |y|^2 - 2 x.y otherwise loses the order of near-duplicate real codes
-        query_real, db_real = query_real.to(device, torch.float64), db_real.to(device, torch.float64)
-        center = _search_center(db_real, "squared_euclidean")
-        if center is not None:
-            query_real, db_real = query_real - center, db_real - center
+        # float64 on the CPU, for _real_distances
+        query_real, db_real = query_real.to("cpu", torch.float64), db_real.to("cpu", torch.float64).contiguous()
     top_k = None if top_k is None else check_int(top_k, "top_k", 1)
     ns = sorted(set(check_ints(precision_ns, "precision_ns", 1, "(100, 1000)")))
     radius = None if radius is None else check_int(radius, "radius", 0)
@@ -147,7 +143,8 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
         if query_real is None:
             order = _stable_order(ham)
         else:  # lexicographic (Hamming, euclidean, database index): two stable sorts
-            order = torch.sort(squared_euclidean(query_real[rows][keep], db_real), dim=1, stable=True).indices
+            real = _real_distances(query_real[rows][keep.cpu()], db_real).to(device)
+            order = torch.sort(real, dim=1, stable=True).indices
             order = order.gather(1, _stable_order(ham.gather(1, order)))
         for values, relevant in zip(views, masks):
             relevant = relevant[keep]
@@ -164,6 +161,19 @@ def hashing_scores(query_codes, query_labels, db_codes, db_labels, top_k: int | 
     for level in range(levels):
         results[f"level_{level}"] = _means(views[level + 1], n_q)
     return results
+
+
+def _real_distances(queries: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """Squared euclidean distances ``(c, N)`` between float64 CPU rows, each pair computed by the same
+    loop (:func:`deepmetric.index._heaps.pair_distances`): identical database rows get identical
+    distances, near-duplicates their true order. A matrix product (``|x|^2 + |y|^2 - 2 x.y``) rounds
+    identical rows differently by their place in its tiles, so that their order, and the scores,
+    depended on ``chunk_size``."""
+    positions = torch.arange(db.shape[0]).expand(queries.shape[0], -1).contiguous()
+    out = torch.empty(positions.shape, dtype=torch.float64)
+    with _numba_threads():
+        _heaps.pair_distances(queries.contiguous().numpy(), db.numpy(), positions.numpy(), _heaps.SQUARED, out.numpy())
+    return out
 
 
 def _query_scores(relevant, order, ham, top_k, ns, radius) -> dict:

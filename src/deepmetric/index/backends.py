@@ -31,8 +31,8 @@ from deepmetric.codes import pack_bits, to_bits
 from deepmetric.distances import check_distance
 from deepmetric.index._heaps import order_tied_runs
 from deepmetric.index.base import INDEXES, Index, read_npy
-from deepmetric.index.exact import (_check_items_overflow, _numba_threads, _search_center, _Searcher,
-                                   search_chunks, unit_rows)
+from deepmetric.index.exact import (REFINE_MARGIN, RESEARCH_MARGIN, _check_items_overflow, _max_norm, _numba_threads,
+                                   _refine, _search_center, _Searcher, cut_within_rounding, search_chunks, unit_rows)
 
 
 def _float_vectors(x, name: str) -> torch.Tensor:
@@ -352,8 +352,9 @@ class FaissIndex(Index):
         self._order_ties(d, ids)
         return d, ids
 
-    def _faiss_search(self, queries, k):
-        """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots)."""
+    def _faiss_search(self, queries, k, index=None):
+        """faiss' search as distances in DESIGN.md's conventions (ascending; +inf for empty slots), of
+        ``index`` (default: the index itself, which returns the user's ids)."""
         d = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
         # an HNSW graph keeps ef_search candidates: fewer than k would leave slots empty although the
@@ -372,8 +373,8 @@ class FaissIndex(Index):
         try:  # faiss' C++ search: its Python wrapper takes no parameters once faiss.contrib.torch_utils replaced it
             for s in range(0, queries.shape[0], SEARCH_CHUNK):
                 n = min(SEARCH_CHUNK, queries.shape[0] - s)
-                self._index.search_c(n, faiss.swig_ptr(queries[s:s + n]), k, faiss.swig_ptr(d[s:s + n]),
-                                     faiss.swig_ptr(ids[s:s + n]), params)
+                (index or self._index).search_c(n, faiss.swig_ptr(queries[s:s + n]), k, faiss.swig_ptr(d[s:s + n]),
+                                                faiss.swig_ptr(ids[s:s + n]), params)
         except RuntimeError as err:  # e.g. faiss' two-level "Residual" indexes cannot search
             raise ValueError(f"factory: faiss cannot search {self.factory!r}: {_faiss_message(err)}") from None
         self._to_distances(d)
@@ -456,6 +457,51 @@ class FlatIndex(FaissIndex):
     def __init__(self, distance: str = "euclidean"):
         super().__init__("Flat", distance)
         self.options = {}
+        self._max_norm: float | None = None  # of the stored vectors, for the rounding bound of a search
+
+    def _search(self, queries, k):
+        """Exact top-k, ties in insertion order, as the ``exact`` index ranks: faiss' ``k +
+        REFINE_MARGIN`` best, ranked by their distances recomputed pair by pair (:func:`_refine`; with
+        20 queries or more faiss computes ``|x|^2 + |y|^2 - 2 x.y`` by BLAS, which scores identical
+        vectors differently and rarely 0). A row whose last candidate lies within the products'
+        rounding of its k-th distance (:func:`cut_within_rounding`) is searched again with
+        ``RESEARCH_MARGIN``, then deeper while its candidates end in a run of distances equal to the
+        k-th, until the run ends inside them or every item is a candidate."""
+        flat, n = _unwrap(self._index), len(self)
+        vectors = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), n * flat.d).reshape(n, flat.d))
+        if self._max_norm is None:
+            self._max_norm = _max_norm(vectors)
+        queries = torch.from_numpy(queries)
+        distances = torch.empty((queries.shape[0], k), dtype=torch.float32)
+        positions = torch.empty((queries.shape[0], k), dtype=torch.long)
+        rows, depth = torch.arange(queries.shape[0]), min(k + REFINE_MARGIN, n)
+        while rows.numel():
+            d, p = self._faiss_search(queries[rows].numpy(), depth, flat)  # positions in insertion order
+            last = torch.from_numpy(d[:, -1])
+            refined, p = _refine(queries[rows], vectors, self.distance, torch.from_numpy(p))
+            distances[rows], positions[rows] = refined[:, :k], p[:, :k]
+            if depth == n:
+                break
+            kth = refined[:, k - 1]
+            again = refined[:, -1] == kth  # a run of ties that may go on beyond the candidates
+            if depth == min(k + REFINE_MARGIN, n):  # the first search: candidates cut by rounded scores
+                score = {"euclidean": last.double().square(), "cosine": last - 1.0}.get(self.distance, last)
+                again |= cut_within_rounding(score, kth, queries[rows], self.distance, self._max_norm, True)
+            rows, depth = rows[again], min(max(2 * depth, k + RESEARCH_MARGIN), n)
+        return distances, torch.from_numpy(self._labels)[positions.clamp(min=0)].masked_fill_(positions < 0, -1)
+
+    def _add(self, x, labels):
+        super()._add(x, labels)
+        if self._max_norm is not None:
+            self._max_norm = max(self._max_norm, _max_norm(torch.from_numpy(x)))
+
+    def _remove(self, labels, positions, keep):
+        super()._remove(labels, positions, keep)
+        self._max_norm = None
+
+    def _read(self, held, manifest):
+        super()._read(held, manifest)
+        self._max_norm = None
 
 
 @INDEXES.register("ivf-flat")

@@ -19,15 +19,11 @@ so that ranking needs no further pass over the block:
 A running top-k of scores is kept block by block: bounded per-query heaps filled by the compiled
 kernels of :mod:`deepmetric.index._heaps` while k is small against the gallery (``HEAP_RATIO``;
 always for query-in-gallery), else a merge of sorted blocks. Ties are broken by gallery index on the
-score and again on the returned distance, so identical vectors always come back in gallery order;
-cosine results closer together than the product's rounding are ranked again by their cosines
-recomputed pair by pair (:func:`_rerank_cosine_ties`), so that different directions at equal
-cosines (integer vectors) also keep gallery order. The k are chosen by score: distinct scores that
-round to one distance (e.g. near-duplicates under ``cosine`` in float32) are put in gallery order
-among the k returned, but an item beyond the k best scores is not brought in for tying with the k-th
-distance. Making that cut exact would search again every row whose (k+1)-th distance equals its k-th,
-which is most rows on data with many duplicates. With refinement (the ``exact`` index, float64
-products), rows whose cut lies within the products' rounding are searched once more, with
+score and again on the returned distance, so identical vectors always come back in gallery order.
+With refinement (:func:`_needs_refine`: cosine, float64 products, and the ``exact`` index), ``k +
+REFINE_MARGIN`` candidates are kept by score and ranked by their distances recomputed pair by pair
+(:func:`_refine`), so that different directions at equal cosines (integer vectors) also keep gallery
+order, and rows whose cut lies within the products' rounding are searched once more, with
 ``RESEARCH_MARGIN`` candidates (:meth:`_Searcher.search`).
 """
 from __future__ import annotations
@@ -153,6 +149,14 @@ def _sort_rows(scores: torch.Tensor, ids: torch.Tensor | None = None):
 REFINE_MARGIN = 16
 #: the margin of the one deeper search of rows whose cut lies within the products' rounding
 RESEARCH_MARGIN = 256
+
+
+def _needs_refine(x: torch.Tensor, distance: str) -> bool:
+    """Whether a search keeps ``k + REFINE_MARGIN`` candidates and ranks them by :func:`_refine`: when
+    the product may score identical vectors differently (:func:`_products_consistent`), and always for
+    cosine, whose equal cosines of different vectors (parallel vectors of other norms, integer vectors at
+    the same angle) score a last bit apart, so that the k kept by score could cut such a run anywhere."""
+    return distance == "cosine" or not _products_consistent(x)
 
 
 def _products_consistent(x: torch.Tensor) -> bool:
@@ -334,17 +338,45 @@ def _check_items_overflow(x: torch.Tensor, distance: str, name: str, center: tor
         _check_overflow(2 * _max_norm(x, center), distance, x.dtype, name)
 
 
+def cut_within_rounding(last_score, kth_distance, queries, distance: str, max_norm: float, symmetric: bool = False):
+    """Rows whose last kept candidate scores within the products' rounding of the k-th distance (as a
+    score), so that an item cut by its rounded score may be nearer than the k-th.
+
+    Scores as :class:`_Searcher` ranks them: ``-2 x.y + |y|^2`` (euclidean), ``-cos`` (cosine, on unit
+    ``queries``), ``-x.y`` (dot); ``symmetric``: the euclidean scores also hold the row constant
+    ``|x|^2`` (:func:`_symmetric_factors`, faiss' L2 distances). Each score is within ``(D + 4) eps``
+    times the sum of its terms' magnitudes; ``max_norm`` is the gallery's largest norm."""
+    x_square = queries.double().square().sum(1)
+    x_norm = x_square.sqrt()
+    gamma = (queries.shape[1] + 4) * torch.finfo(queries.dtype).eps
+    kth = kth_distance.double()
+    row_constant = x_square if symmetric else 0.0
+    if distance == "euclidean":
+        kth = kth.square() - x_square + row_constant
+    elif distance == "squared_euclidean":
+        kth = kth - x_square + row_constant
+    elif distance == "cosine":
+        kth = kth - 1.0
+    if distance == "cosine":  # unit vectors: |x.y| <= 1
+        error = torch.full_like(x_norm, 2 * gamma)
+    elif distance == "dot":  # |x.y|
+        error = gamma * x_norm * max_norm
+    else:  # |2 x.y| + |y|^2 (+ |x|^2)
+        error = gamma * (2 * x_norm * max_norm + max_norm ** 2 + row_constant)
+    return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
+
+
 class _Searcher:
     """Exact search over one gallery: gallery statistics computed once, queries searched chunk by chunk."""
 
     def __init__(self, gallery: torch.Tensor, distance: str, gallery_chunk_size: int = GALLERY_CHUNK,
                  refine: bool | None = None):
         """``refine``: search ``k + REFINE_MARGIN`` candidates by the product score and rank them by their
-        distances recomputed pair by pair (:func:`_refine`); by default when the product may score
-        identical vectors differently (:func:`_products_consistent`)."""
+        distances recomputed pair by pair (:func:`_refine`); by default as :func:`_needs_refine` says
+        (float64 products, and cosine)."""
         self.distance = distance
         self.block = gallery_chunk_size
-        self.refine = not _products_consistent(gallery) if refine is None else refine
+        self.refine = _needs_refine(gallery, distance) if refine is None else refine
         self.raw = gallery.contiguous() if distance == "cosine" else None  # cosine is re-ranked on these
         if distance == "cosine":
             gallery = unit_rows(gallery)
@@ -426,7 +458,8 @@ class _Searcher:
                 distances, best_i = _refine(prepared, self.gallery, self.distance, best_i)
             distances, best_i = distances[:, :k], best_i[:, :k]
             if depth < self.n and margin < RESEARCH_MARGIN:
-                redo = self._cut_within_rounding(best_s[:, -1], distances[:, -1], prepared).nonzero().flatten()
+                redo = cut_within_rounding(best_s[:, -1], distances[:, -1], prepared, self.distance,
+                                           self.max_norm).nonzero().flatten()
                 if redo.numel():
                     distances[redo], best_i[redo] = self.search(
                         original[redo], k, None if self_index is None else self_index[redo],
@@ -440,26 +473,6 @@ class _Searcher:
         if self.raw is not None:
             _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return _zero_tiny(distances, self.distance), best_i
-
-    def _cut_within_rounding(self, last_score, kth_distance, prepared):
-        """Rows whose last kept candidate scores within the products' rounding of the k-th distance
-        (as a score), so that an item cut by its rounded score may be nearer than the k-th. Each score
-        ``alpha x.y (+ |y|^2)`` is within ``(D + 4) eps`` times the sum of its terms' magnitudes."""
-        x_norm = prepared.double().norm(dim=1)
-        gamma = (prepared.shape[1] + 4) * torch.finfo(prepared.dtype).eps
-        kth = kth_distance.double()
-        if self.distance == "euclidean":
-            kth = kth.square() - x_norm.square()
-        elif self.distance == "squared_euclidean":
-            kth = kth - x_norm.square()
-        elif self.distance == "cosine":
-            kth = kth - 1.0
-        if self.distance == "cosine":  # unit vectors: |x.y| <= 1
-            error = torch.full_like(x_norm, 2 * gamma)
-        else:  # |alpha x.y| + |y|^2 (euclidean) or |x.y| (dot)
-            bias = self.max_norm ** 2 if self.bias is not None else 0.0
-            error = gamma * (-self.alpha * x_norm * self.max_norm + bias)
-        return torch.isfinite(kth) & (last_score.double() <= kth + 2 * error)
 
     def _distances(self, scores, queries):
         """Distances from the kept scores, overwriting them."""
@@ -508,9 +521,11 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     item whose estimate proved too low (fewer than k items below it) is searched again by the
     per-query search, so the result is always exact. When the product may score identical vectors
     differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
-    again by :func:`_refine`, so that ties keep gallery order; cosine results otherwise go through
-    :func:`_rerank_cosine_ties`. Runs on the CPU (other devices: copied there and
-    back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
+    again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within the
+    products' rounding are searched again by the refined per-query search, as :meth:`_Searcher.search`
+    does; cosine results otherwise go through :func:`_rerank_cosine_ties`. Runs on the CPU (other
+    devices: copied there and back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31
+    (ids are held as int32).
     """
     if x.device.type != "cpu":
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
@@ -520,7 +535,7 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     if center is not None:
         x = x - center
     _check_items_overflow(x, distance, "embeddings")
-    refine = not _products_consistent(x)
+    refine = _needs_refine(x, distance)
     if refine:  # candidates beyond k, ranked again pair by pair at the end (_refine)
         k += REFINE_MARGIN
     a, b = _symmetric_factors(x, distance)
@@ -564,20 +579,32 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     values, ids = _sorted_heaps(heaps)
     a = b = heaps = None  # free the factors and the int32 heap ids before the results are assembled
     ids.masked_fill_(torch.isinf(values), -1)
+    # rows with fewer than k results although their estimate was finite: the estimate was too low
+    redo = (ids < 0).any(dim=1) & torch.isfinite(estimate)
+    if refine:
+        distances, ids = _refine(x, x, distance, ids)
+        distances, ids = distances[:, :final_k], ids[:, :final_k]
+        # and rows where an item cut by its rounded score may be nearer than the k-th: both searched
+        # again by the refined per-query search, as it searches such rows of its own (_Searcher.search)
+        searcher = _Searcher(x, distance, refine=True)
+        prepared = unit_rows(x) if distance == "cosine" else x
+        redo |= cut_within_rounding(values[:, -1], distances[:, -1], prepared, distance, searcher.max_norm, True)
+        redo = redo.nonzero().flatten()
+        if redo.numel():
+            distances[redo], ids[redo] = searcher.search(
+                x[redo], final_k, redo, None if groups is None else groups[redo], groups,
+                max(1, min(RESEARCH_MARGIN, n - final_k)))
+        return distances, ids
     distances = _score_distances(values, distance)
     if distance != "dot":
         distances, ids = _order_ties_by_index(distances, ids)
         ids.masked_fill_(torch.isinf(distances), -1)
     distances = _zero_tiny(distances, distance)
-    # rows with fewer than k results although their estimate was finite: the estimate was too low
-    redo = ((ids < 0).any(dim=1) & torch.isfinite(estimate)).nonzero().flatten()
+    redo = redo.nonzero().flatten()
     if redo.numel():
         distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
-    if refine:
-        distances, ids = _refine(x, x, distance, ids)
-        distances, ids = distances[:, :final_k], ids[:, :final_k]
-    elif distance == "cosine":
+    if distance == "cosine":
         _rerank_cosine_ties(x, x, distances, ids)
     return distances, ids
 
