@@ -231,34 +231,3 @@ def _cosine_distance(q, x):
         qx, qq, xx = _cosine_sums(q, x, np.float64(np.max(np.abs(q))), np.float64(np.max(np.abs(x))))
         c = qx / np.sqrt(qq) / np.sqrt(xx)
     return 1.0 - min(1.0, max(-1.0, c))
-
-
-@kernel(fastmath=_PAIR_FASTMATH)
-def rerank_cosine_runs(values, ids, queries, gallery, tol):
-    """In rows of cosine distances sorted ascending (``ids`` ``-1`` for empty slots), every run of
-    neighbours at most ``tol`` apart gets its distances recomputed by :func:`pair_distances`' formula
-    (query ``queries[r]``, items ``gallery[ids]``) and is put in (distance, id) order, in place."""
-    k = values.shape[1]
-    for r in prange(values.shape[0]):
-        start = 0
-        while start < k:
-            end = start + 1
-            while end < k and ids[r, end] >= 0 and values[r, end] - values[r, end - 1] <= tol:
-                end += 1
-            if end - start > 1:
-                for m in range(start, end):
-                    values[r, m] = _cosine_distance(queries[r], gallery[ids[r, m]])
-            if end - start > _SHORT_RUN:  # e.g. a row of near-duplicates: sorted by id, then stably by value
-                by_id = np.argsort(ids[r, start:end], kind="mergesort")
-                run_values, run_ids = values[r, start:end][by_id], ids[r, start:end][by_id]
-                order = np.argsort(run_values, kind="mergesort")
-                values[r, start:end], ids[r, start:end] = run_values[order], run_ids[order]
-            elif end - start > 1:
-                for m in range(start + 1, end):  # insertion sort of a short run by (value, id)
-                    v, j = values[r, m], ids[r, m]
-                    p = m - 1
-                    while p >= start and (values[r, p] > v or (values[r, p] == v and ids[r, p] > j)):
-                        values[r, p + 1], ids[r, p + 1] = values[r, p], ids[r, p]
-                        p -= 1
-                    values[r, p + 1], ids[r, p + 1] = v, j
-            start = end

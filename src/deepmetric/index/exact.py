@@ -166,24 +166,6 @@ def _products_consistent(x: torch.Tensor) -> bool:
     return _ONEDNN_LINEAR is not None and x.dtype == torch.float32 and x.device.type == "cpu"
 
 
-def _rerank_cosine_ties(queries: torch.Tensor, gallery: torch.Tensor, distances: torch.Tensor, ids: torch.Tensor):
-    """Cosine results ranked by product scores, with every run of distances closer than the scores'
-    rounding ranked again by the distances recomputed pair by pair (in place; CPU tensors).
-
-    A cosine score is the product of rows normalised one by one, so different vectors at equal cosines
-    (``(1, 1, 0)`` and ``(1, 0, 1)`` from ``(1, 1, 1)``) can score differently in the last bits and
-    come back in rounding order instead of gallery order. Each distance is within ``(D + 3) u`` of the
-    true ``1 - cos`` (``D`` terms of unit vectors, their normalisation, and ``1 + s``; ``u`` the unit
-    roundoff), so results whose distances differ by more than ``(D + 3) eps = 2 (D + 3) u`` are already
-    in their true order; runs of closer ones are recomputed by
-    :func:`deepmetric.index._heaps.rerank_cosine_runs` (exact ties of integer vectors stay exact) and
-    put in (distance, id) order."""
-    tol = (queries.shape[1] + 3) * torch.finfo(distances.dtype).eps
-    with _numba_threads():
-        _heaps.rerank_cosine_runs(distances.numpy(), ids.numpy(), queries.contiguous().numpy(),
-                                  gallery.contiguous().numpy(), tol)
-
-
 def _refine(queries: torch.Tensor, gallery: torch.Tensor, distance: str, positions: torch.Tensor):
     """``(distances, positions)`` of candidates with their distances recomputed pair by pair, each row
     sorted by (distance, position); ``positions`` ``-1`` (no candidate) stay last at ``+inf``.
@@ -470,8 +452,6 @@ class _Searcher:
         if self.distance != "dot":  # the map from score to distance may round distinct scores together
             distances, best_i = _order_ties_by_index(distances, best_i)
             best_i.masked_fill_(torch.isinf(distances), -1)  # pads sort last: keep them -1
-        if self.raw is not None:
-            _rerank_cosine_ties(queries, self.raw, distances, best_i)
         return _zero_tiny(distances, self.distance), best_i
 
     def _distances(self, scores, queries):
@@ -519,12 +499,11 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     at or below the item's threshold: first an estimate of its k-th score from a random sample of
     the gallery, chosen so that about 3k items fall below it, then the heap's worst kept score. An
     item whose estimate proved too low (fewer than k items below it) is searched again by the
-    per-query search, so the result is always exact. When the product may score identical vectors
-    differently (float64, :func:`_products_consistent`), ``k + REFINE_MARGIN`` are kept and ranked
-    again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within the
-    products' rounding are searched again by the refined per-query search, as :meth:`_Searcher.search`
-    does; cosine results otherwise go through :func:`_rerank_cosine_ties`. Runs on the CPU (other
-    devices: copied there and back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31
+    per-query search, so the result is always exact. For cosine, and when the product may score
+    identical vectors differently (float64; :func:`_needs_refine`), ``k + REFINE_MARGIN`` are kept and
+    ranked again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within
+    the products' rounding are searched again by the refined per-query search, as
+    :meth:`_Searcher.search` does. Runs on the CPU (other devices: copied there and back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31
     (ids are held as int32).
     """
     if x.device.type != "cpu":
@@ -604,8 +583,6 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     if redo.numel():
         distances[redo], ids[redo] = _Searcher(x, distance, refine=False).search(
             x[redo], k, redo, None if groups is None else groups[redo], groups)
-    if distance == "cosine":
-        _rerank_cosine_ties(x, x, distances, ids)
     return distances, ids
 
 
