@@ -204,7 +204,7 @@ def test_bad_input_raises_clear_errors():
         knn(x, x, 1, query_groups=torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"query_groups: expected shape \(4,\)"):
         knn(x, x, 1, query_groups=torch.zeros(3, dtype=torch.long), gallery_groups=torch.zeros(4, dtype=torch.long))
-    with pytest.raises(TypeError, match="query_groups: expected integer ids"):
+    with pytest.raises(TypeError, match="query_groups: expected integer group ids"):
         knn(x, x, 1, query_groups=torch.zeros(4), gallery_groups=torch.zeros(4))
     with pytest.raises(ValueError, match="exclude_self"):
         knn(torch.randn(5, 3), x, 1, exclude_self=True)

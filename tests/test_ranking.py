@@ -306,7 +306,7 @@ def test_multilabel_relevance_and_counts_equal_plain_loops(n_labels):
     with pytest.raises(ValueError, match="gallery_labels: expected 3 label columns like the queries, got 4"):
         ranking.count_relevant(torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.bool))
     # the compiled kernels read what they are given: shapes are checked first (numba checks no bounds)
-    with pytest.raises(ValueError, match=r"query_groups, gallery_groups: expected shapes \(13,\) and \(22,\), got"):
+    with pytest.raises(ValueError, match=r"query_groups: expected shape \(13,\), got \(2,\)"):
         ranking.count_relevant(q, g, False, groups[:2], groups)
     with pytest.raises(TypeError, match="gallery_labels: expected \\(G, C\\) bool multi-label labels like the queries"):
         ranking.count_relevant(q, g.float())
@@ -367,3 +367,23 @@ def test_shared_levels_of_an_empty_batch_and_level_ids():
     assert level_ids(y).tolist() == [[1, 2], [0, 0], [1, 1], [1, 2]]
     with pytest.raises(ValueError, match="expected hierarchical"):
         level_ids(torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("kind", ["flat", "multi-label", "relevance_fn"])
+def test_count_relevant_checks_its_groups_whatever_the_labels(kind):
+    # the flat path ignored gallery_groups without query_groups (labels [0] against [0, 0, 1] counted 2)
+    # and failed with an AttributeError for query_groups alone; only multi-label labels were checked
+    if kind == "multi-label":
+        q, g = torch.tensor([[True, False]]), torch.tensor([[True, False], [True, False], [False, True]])
+    else:
+        q, g = torch.tensor([0]), torch.tensor([0, 0, 1])
+    fn = (lambda a, b: a.unsqueeze(1) == b) if kind == "relevance_fn" else None
+    assert ranking.count_relevant(q, g, relevance_fn=fn).tolist() == [2]
+    assert ranking.count_relevant(q, g, query_groups=torch.tensor([7]), gallery_groups=torch.tensor([7, 8, 8]),
+                                  relevance_fn=fn).tolist() == [1]
+    for groups in ({"gallery_groups": torch.tensor([7, 8, 8])}, {"query_groups": torch.tensor([7])}):
+        with pytest.raises(ValueError, match="query_groups and gallery_groups must be given together"):
+            ranking.count_relevant(q, g, relevance_fn=fn, **groups)
+    with pytest.raises(ValueError, match=r"gallery_groups: expected shape \(3,\)"):
+        ranking.count_relevant(q, g, query_groups=torch.tensor([7]), gallery_groups=torch.tensor([7, 8]),
+                               relevance_fn=fn)

@@ -51,6 +51,24 @@ class ExtremeValuesError(ValueError):
     training, the sign of a diverged run (the trainer names the step and the learning rate)."""
 
 
+def check_groups(query_groups, gallery_groups, n_q: int, n_g: int, names=("query_groups", "gallery_groups")):
+    """``(query_groups, gallery_groups)`` as int64 ``(n_q,)`` and ``(n_g,)`` tensors (both None, or
+    both given: a query's group excludes the gallery items of the same group), else an error."""
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError(f"{names[0]} and {names[1]} must be given together")
+    if query_groups is None:
+        return None, None
+    checked = []
+    for groups, n, name in ((query_groups, n_q, names[0]), (gallery_groups, n_g, names[1])):
+        groups = as_tensor(groups, name)
+        if groups.dim() != 1 or groups.shape[0] != n:
+            raise ValueError(f"{name}: expected shape ({n},), got {tuple(groups.shape)}")
+        if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+            raise TypeError(f"{name}: expected integer group ids, got {groups.dtype}")
+        checked.append(groups.long())
+    return tuple(checked)
+
+
 def check_embeddings(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
     """Return ``x`` if it is a finite floating ``(B, D)`` tensor, else raise a clear error."""
     if not isinstance(x, torch.Tensor):

@@ -15,7 +15,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from deepmetric._checks import as_tensor, check_flag, check_int, check_ints, check_pair, check_seed, warn
+from deepmetric._checks import (as_tensor, check_flag, check_groups, check_int, check_ints, check_pair, check_seed,
+                               warn)
 from deepmetric.distances import check_distance
 from deepmetric.evaluation import _multilabel, clustering, hashing, hierarchy, ranking, verification
 from deepmetric.evaluation.hashing import hashing_scores
@@ -35,17 +36,6 @@ __all__ = ["evaluate", "hashing_scores", "verification_scores", "clustering", "h
 
 def _as_tensor(x, name: str):
     return None if x is None else as_tensor(x, name)
-
-
-def _check_groups(groups, n: int, name: str):
-    if groups is None:
-        return None
-    groups = _as_tensor(groups, name)
-    if groups.dim() != 1 or groups.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), got {tuple(groups.shape)}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer group ids, got {groups.dtype}")
-    return groups.long()
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -399,12 +389,9 @@ def evaluate(embeddings, labels, gallery=None, gallery_labels=None, *, k: int | 
     if self_mode:
         if gallery_groups is not None:
             raise ValueError("gallery_groups: only with a separate gallery; use groups for query-in-gallery")
-        q_groups = g_groups = _check_groups(groups, n_q, "groups")
+        q_groups = g_groups = check_groups(groups, groups, n_q, n_q, ("groups", "groups"))[0]
     else:
-        if (groups is None) != (gallery_groups is None):
-            raise ValueError("groups and gallery_groups must be given together with a separate gallery")
-        q_groups = _check_groups(groups, n_q, "groups")
-        g_groups = _check_groups(gallery_groups, n_g, "gallery_groups")
+        q_groups, g_groups = check_groups(groups, gallery_groups, n_q, n_g, ("groups", "gallery_groups"))
 
     device = queries.device
     dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32

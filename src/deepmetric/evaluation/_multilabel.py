@@ -41,14 +41,8 @@ def relevance(indices: torch.Tensor, query_bytes: torch.Tensor, gallery_bytes: t
 def count_relevant(query_bytes: torch.Tensor, gallery_bytes: torch.Tensor, exclude_self: bool,
                    query_groups: torch.Tensor | None, gallery_groups: torch.Tensor | None) -> torch.Tensor:
     """``(Q,)`` int64: gallery items sharing a label with each query, without the query itself
-    (``exclude_self``: query ``i`` is gallery item ``i``) and the items of its group."""
-    if (query_groups is None) != (gallery_groups is None):
-        raise ValueError("query_groups and gallery_groups must be given together")
-    if query_groups is not None and (query_groups.shape != (query_bytes.shape[0],)
-                                     or gallery_groups.shape != (gallery_bytes.shape[0],)):
-        raise ValueError(f"query_groups, gallery_groups: expected shapes ({query_bytes.shape[0]},) and "
-                         f"({gallery_bytes.shape[0]},), got {tuple(query_groups.shape)} and "
-                         f"{tuple(gallery_groups.shape)}")
+    (``exclude_self``: query ``i`` is gallery item ``i``) and the items of its group (groups checked by
+    the caller, :func:`deepmetric._checks.check_groups`)."""
     none = torch.zeros(0, dtype=torch.long)
     q_groups, g_groups = (none, none) if query_groups is None else (query_groups.long(), gallery_groups.long())
     counts = np.zeros(query_bytes.shape[0], dtype=np.int64)

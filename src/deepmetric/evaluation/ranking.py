@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric._checks import as_tensor, check_int
+from deepmetric._checks import as_tensor, check_groups, check_int
 from deepmetric.evaluation import _multilabel
 from deepmetric.labels import is_multilabel, item_classes
 
@@ -419,6 +419,7 @@ def count_relevant(query_labels: torch.Tensor, gallery_labels: torch.Tensor, exc
     gallery ``(c, G, ...)``) are counted chunk by chunk over the queries.
     """
     n_q = query_labels.shape[0]
+    query_groups, gallery_groups = check_groups(query_groups, gallery_groups, n_q, gallery_labels.shape[0])
     if not is_multilabel(query_labels) and relevance_fn is None:
         q_ids, g_ids = _flat_ids(query_labels, gallery_labels)
         n_ids = int(torch.cat([q_ids, g_ids]).max()) + 1 if n_q + g_ids.numel() else 0

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import torch
 
-from deepmetric._checks import check_embeddings, check_int
+from deepmetric._checks import check_embeddings, check_groups, check_int
 from deepmetric._threads import over_rows
 from deepmetric.distances import check_distance
 from deepmetric.index import _heaps
@@ -76,16 +76,6 @@ def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     """float32 unless the caller gave float64 (half precision is too coarse to rank)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _check_groups(groups, n: int, name: str) -> torch.Tensor:
-    if not isinstance(groups, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape ({n},), got {type(groups).__name__}")
-    if groups.dim() != 1 or groups.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), got {tuple(groups.shape)}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer ids, got {groups.dtype}")
-    return groups.long()
 
 
 def _sort_by_value_then_index(values: torch.Tensor, cols: torch.Tensor):
@@ -596,11 +586,9 @@ def _prepare(queries, gallery, distance, query_groups=None, gallery_groups=None)
             f"gallery: expected dimension {queries.shape[1]} to match queries, got {gallery.shape[1]}")
     if gallery.shape[0] == 0:
         raise ValueError("gallery: expected at least one item, got an empty (0, D) tensor")
-    if (query_groups is None) != (gallery_groups is None):
-        raise ValueError("query_groups and gallery_groups must be given together")
+    query_groups, gallery_groups = check_groups(query_groups, gallery_groups, queries.shape[0], gallery.shape[0])
     if query_groups is not None:
-        query_groups = _check_groups(query_groups, queries.shape[0], "query_groups").to(queries.device)
-        gallery_groups = _check_groups(gallery_groups, gallery.shape[0], "gallery_groups").to(queries.device)
+        query_groups, gallery_groups = query_groups.to(queries.device), gallery_groups.to(queries.device)
     dtype = torch.promote_types(queries.dtype, gallery.dtype)
     queries, gallery = queries.to(dtype), gallery.to(device=queries.device, dtype=dtype)
     return queries, gallery, distance, query_groups, gallery_groups
