@@ -53,6 +53,23 @@ def test_semi_hard_quadlets_ties():
     assert got == [(0, 0, 1, 5), (0, 0, 3, 4), (0, 0, 3, 5), (0, 0, 3, 6), (0, 0, 3, 7)]
 
 
+def test_semi_hard_quadlets_with_infinite_distances():
+    # Distances overflow to inf in float16 (norms of about 300). One query row, margin1 = 1, margin2 = 2:
+    #   col 0: p   D = 1
+    #   col 1: i   D = inf       (not below any negative: no quadlet)
+    #   col 2: i   D = 1.5 < D(q,p) + m1: first margin violated, every negative beyond 1.5 qualifies
+    #   col 3: n   D = 3
+    #   col 4: n   D = inf       (D(q,i) = 1.5 < inf: ordered)
+    # -> (0, 0, 2, 3) and (0, 0, 2, 4). Sorting the intermediates by distance with the other columns
+    # at inf put column 0 (not an intermediate, column below 1) among them: (0, 0, 0, n) came out.
+    d = torch.tensor([[1.0, math.inf, 1.5, 3.0, math.inf]])
+    pos = torch.tensor([[True, False, False, False, False]])
+    inter = torch.tensor([[False, True, True, False, False]])
+    neg = torch.tensor([[False, False, False, True, True]])
+    out = FM.semi_hard_quadlets(d, pos, inter, neg, margin1=1.0, margin2=2.0)
+    assert sorted(zip(out.q.tolist(), out.p.tolist(), out.i.tolist(), out.n.tolist())) == [(0, 0, 2, 3), (0, 0, 2, 4)]
+
+
 @pytest.mark.parametrize("distance, pos_margin, neg_margin", [("dot", 0.0, 0.0), ("cosine", 1.0, 1.0)])
 def test_pair_margin_ties(distance, pos_margin, neg_margin):
     # Positive pairs kept if S < pos_margin, negatives if S > neg_margin (similarity, "dot");

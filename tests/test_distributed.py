@@ -64,7 +64,7 @@ def _proxy_worker(rank, init_file, run_dir, out):
 
 
 def test_two_process_training_keeps_the_loss_parameters_equal(tmp_path):
-    # the proxies live in the loss, outside DistributedDataParallel: each rank drew its own (seed + rank)
+    # the proxies live in the loss, outside DistributedDataParallel: each rank drew its own (stream_seed(seed, rank))
     # and updated them with its own gradients, 3.2 apart after one epoch; rank 0's alone were saved
     out = mp.Manager().dict()
     mp.spawn(_proxy_worker, args=(str(tmp_path / "init"), str(tmp_path / "run"), out), nprocs=2, join=True)
@@ -120,7 +120,7 @@ def _spawn(tmp_path, name, run_dir, overrides):
 
 
 def test_two_process_resume_is_exact_with_random_mining(tmp_path):
-    # each rank draws its own random numbers (seed + rank); the checkpoint held rank 0's alone, so
+    # each rank draws its own random numbers (stream_seed(seed, rank)); the checkpoint held rank 0's alone, so
     # after a resume rank 1 went on with rank 0's stream (models 1e-3 apart with distance-weighted mining)
     mining = ["loss=margin", "miner=distance-weighted", "model.normalize=true"]
     straight = _spawn(tmp_path, "a", tmp_path / "straight", ["epochs=2", *mining])["model"]

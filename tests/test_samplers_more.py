@@ -155,7 +155,7 @@ def test_two_ranks_disjoint_shards_of_one_epoch(kind, sizes, epoch):
         smp.set_epoch(epoch)
     shards = [list(smp) for smp in ranks]
     epoch_batches = single.epoch_batches().tolist()
-    # both ranks compute the same epoch (same seed + epoch) as one process does ...
+    # both ranks compute the same epoch (same seed and epoch) as one process does ...
     assert ranks[0].epoch_batches().tolist() == ranks[1].epoch_batches().tolist() == epoch_batches
     # ... and take alternating, disjoint positions of it, padded by repeating the first batches
     assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == -(-len(epoch_batches) // 2)

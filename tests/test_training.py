@@ -458,6 +458,22 @@ def test_a_resume_after_the_data_root_moved_goes_on(tmp_path, monkeypatch, how):
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
 
 
+def test_a_checkpoint_without_file_checksums_still_compares_data_dir(tmp_path):
+    # checkpoints written before the data files' checksums: data_dir is their only check of the data
+    import shutil
+    for root in ("a", "b"):
+        shutil.copytree(data_root() / "mnist-test", tmp_path / root / "mnist-test")
+    settings = ["data=mnist-test", "eval.nmi=false", "eval.val_classes=0", "sampler.m=6", "batch_size=30"]
+    train(resolve({}, [*settings, "epochs=1", f"data_dir={tmp_path / 'a'}"]), tmp_path / "run", progress=False,
+          log=quiet)
+    state = ckpt.load(tmp_path / "run" / "last.pt")
+    del state["data_files"]
+    ckpt.save(tmp_path / "run" / "last.pt", state)
+    with pytest.raises(ValueError, match=r"another config \(data_dir: "):
+        train(resolve({}, [*settings, "epochs=2", f"data_dir={tmp_path / 'b'}"]), tmp_path / "run", progress=False,
+              log=quiet)
+
+
 def test_a_resume_on_other_data_is_refused(tmp_path):
     # the data file replaced by other features: the resume trained on, then the run could not be evaluated
     data = noisy_features(tmp_path / "f.npz", n_classes=12, per_class=10)

@@ -268,23 +268,25 @@ class _RadialSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ref_x, blocks, neg, n_neg, c, margin):
+        need_x, need_ref = ctx.needs_input_grad[:2]  # a reference set without gradient: an xbm memory
         x, ref_x = x.detach(), ref_x.detach()
         grad_x, grad_ref = torch.zeros_like(x), torch.zeros_like(ref_x)
         total = x.new_zeros(())
         for q, p, i in blocks:
             with torch.enable_grad():
-                leaves = [x[q].requires_grad_(), ref_x[p].requires_grad_(), ref_x.detach().requires_grad_()]
-                if i is not None:
-                    leaves.append(ref_x[i].requires_grad_())
-                f_i = leaves[3] if i is not None else None
-                value = _radial_block_sum(leaves[0], leaves[1], f_i, leaves[2], neg[q], n_neg[q], c, margin)
-                grads = torch.autograd.grad(value, leaves)
+                f_q, f_p, f_r = x[q].requires_grad_(need_x), ref_x[p].requires_grad_(need_ref), ref_x.detach()
+                f_i = None if i is None else ref_x[i].requires_grad_(need_ref)
+                value = _radial_block_sum(f_q, f_p, f_i, f_r.requires_grad_(need_ref), neg[q], n_neg[q], c, margin)
+                grads = iter(torch.autograd.grad(value, [t for t in (f_q, f_p, f_r, f_i) if t is not None
+                                                         and t.requires_grad]))
             total += value.detach()
-            grad_x.index_add_(0, q, grads[0])
-            grad_ref.index_add_(0, p, grads[1])
-            grad_ref += grads[2]
-            if i is not None:
-                grad_ref.index_add_(0, i, grads[3])
+            if need_x:
+                grad_x.index_add_(0, q, next(grads))
+            if need_ref:
+                grad_ref.index_add_(0, p, next(grads))
+                grad_ref += next(grads)
+                if i is not None:
+                    grad_ref.index_add_(0, i, next(grads))
         ctx.save_for_backward(grad_x, grad_ref)
         return total
 

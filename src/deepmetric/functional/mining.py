@@ -626,6 +626,16 @@ def all_triplets(pos_mask: torch.Tensor, neg_mask: torch.Tensor, max_triplets: i
     return Triplets(a[prefix], p[prefix], n)
 
 
+def _members_by_distance(d: torch.Tensor, mask: torch.Tensor):
+    """``(key, columns)``: each row's marked columns first, by increasing distance (ties, ``+inf``
+    included, by column), then the others; ``key`` their distances, ``+inf`` for the others (sorted
+    ascending, for binary search)."""
+    key, columns = d.masked_fill(~mask, math.inf).sort(dim=1, stable=True)
+    # a marked column at +inf may sort after an unmarked one of a smaller index: marked first
+    order = (~mask.gather(1, columns)).to(torch.int8).sort(dim=1, stable=True).indices
+    return key.gather(1, order), columns.gather(1, order)
+
+
 def hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: torch.Tensor,
                   neg_mask: torch.Tensor) -> Quadlets:
     """Hardest quadlet of every positive pair ``(q, p)`` (``dist`` ascending, ``(B, R)``)::
@@ -667,11 +677,11 @@ def semi_hard_quadlets(dist: torch.Tensor, pos_mask: torch.Tensor, inter_mask: t
     if dist.shape[1] == 0:
         return _empty_quadlets(device)
     d = dist.detach()
-    key, columns = d.masked_fill(~neg_mask, math.inf).sort(dim=1, stable=True)
+    key, columns = _members_by_distance(d, neg_mask)
     n_neg = neg_mask.sum(dim=1)
     lo = torch.searchsorted(key, d.contiguous(), right=True)                      # first n with D(q,n) > D(q,i)
     hi = torch.searchsorted(key, (d + margin2).contiguous(), right=False)         # D(q,n) < D(q,i) + m2
-    i_key, i_columns = d.masked_fill(~inter_mask, math.inf).sort(dim=1, stable=True)
+    i_key, i_columns = _members_by_distance(d, inter_mask)
     lo_i = torch.searchsorted(i_key, d.contiguous(), right=True)                  # first i with D(q,i) > D(q,p)
     q, p = pos_mask.nonzero(as_tuple=True)
     prefix, i = _expand_ranges(q, lo_i[q, p], inter_mask.sum(dim=1)[q], i_columns, None, None)

@@ -460,7 +460,8 @@ class FlatIndex(FaissIndex):
         self._max_norm: float | None = None  # of the stored vectors, for the rounding bound of a search
 
     def _search(self, queries, k):
-        """Exact top-k, ties in insertion order, as the ``exact`` index ranks: faiss' ``k +
+        """Exact top-k, ties in insertion order, as the ``exact`` index ranks (but for cosine: faiss holds
+        the unit rows, so equal cosines of different directions can be a float32 rounding apart): faiss' ``k +
         REFINE_MARGIN`` best, ranked by their distances recomputed pair by pair (:func:`_refine`; with
         20 queries or more faiss computes ``|x|^2 + |y|^2 - 2 x.y`` by BLAS, which scores identical
         vectors differently and rarely 0). A row whose last candidate lies within the products'

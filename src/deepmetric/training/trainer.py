@@ -176,13 +176,14 @@ def _versions() -> dict:
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
-def _comparable(config: dict, has_groups: bool) -> dict:
-    """The config without ``epochs``, ``data_dir`` (the data files are compared by checksum: the data
-    root may move) and ``eval.batch_size``, as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
+def _comparable(config: dict, has_groups: bool, files_checked: bool = True) -> dict:
+    """The config without ``epochs``, ``data_dir`` (with ``files_checked``: the data files are compared
+    by checksum, so the data root may move; checkpoints that predate the checksums keep it) and
+    ``eval.batch_size``, as flat ``{"seed": ..., "optimizer.lr": ...}``, completed with the
     defaults of keys added since a run was saved (top-level and in sections), and ``eval.exclude_groups``
     as it acts on the data (false was the default before null), so that such runs still resume."""
     top = {**{k: v for k, v in DEFAULTS.items() if k not in SECTIONS}, **config}  # keys added since: defaults
-    out = {k: v for k, v in top.items() if k not in ("epochs", "data_dir", *SECTIONS)}
+    out = {k: v for k, v in top.items() if k not in ("epochs", *SECTIONS) and (k != "data_dir" or not files_checked)}
     for section in SECTIONS:
         if isinstance(config.get(section), dict):
             out.update({f"{section}.{k}": v for k, v in {**DEFAULTS[section], **config[section]}.items()})
@@ -353,7 +354,8 @@ def _train(config: dict, out: Path, *, resume: bool, progress: bool, log) -> dic
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         state = ckpt.load(last_path)
-        saved, now = (_comparable(c, train_set.groups is not None) for c in (state["config"], config))
+        saved, now = (_comparable(c, train_set.groups is not None, "data_files" in state)
+                      for c in (state["config"], config))
         if saved != now:
             changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(saved) | set(now))
                        if saved.get(key) != now.get(key)]
