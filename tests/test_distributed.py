@@ -162,8 +162,8 @@ def test_the_command_line_trains_under_torchrun(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "deepmetric", "train", str(config), "--set", "epochs=1", "--set", "eval.nmi=false",
-                           "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's logs go there, not to /tmp
+                           "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's logs: not in /tmp
     lines = [line for line in done.stderr.splitlines() if "Warning" not in line and line.strip()]
     assert done.returncode == 0, "\n".join(lines[:40] + ["..."] + lines[-20:])  # the ranks' own errors come first
     assert done.stdout.count("run written to") == 1  # rank 0 speaks

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from deepmetric._checks import check_int
+from deepmetric.functional.mining import intermediate_triples
 from deepmetric.labels import num_levels, shared_levels
 
 REDUCTIONS = ("mean", "sum")
@@ -307,7 +308,8 @@ def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, int
     product gives the squared distances of its centroid to the whole reference set, masked to the
     query's negatives; the second term is the same for all ``|N(q)|`` negatives and is counted that
     many times. Memory: the groups are processed in blocks of ``block // R`` (groups x reference
-    items), and the triples of a block of queries never exceed ``block`` booleans. Under autograd
+    items), and the triples take no more than themselves and ``O(B R)``
+    (:func:`deepmetric.functional.mining.intermediate_triples`). Under autograd
     each block's gradient is taken in the forward pass and accumulated into ``(B, D)`` and ``(R, D)``
     tensors, so memory stays bounded by the block (one backward pass only; no double backward).
     """
@@ -315,11 +317,7 @@ def radial_loss_all(x: torch.Tensor, ref_x: torch.Tensor, pos: torch.Tensor, int
     n_neg = neg.sum(dim=1)
     has_inter = inter.any(dim=1)
     pairs = (pos & ~has_inter.unsqueeze(1)).nonzero()  # fallback groups (q, p)
-    q_step = max(1, block // max(1, n_ref * n_ref))
-    groups = [(pairs[:, 0], pairs[:, 1], None)]
-    for s in range(0, x.shape[0], q_step):
-        trip = (pos[s:s + q_step].unsqueeze(2) & inter[s:s + q_step].unsqueeze(1)).nonzero()
-        groups.append((trip[:, 0] + s, trip[:, 1], trip[:, 2]))
+    groups = [(pairs[:, 0], pairs[:, 1], None), intermediate_triples(*pos.nonzero(as_tuple=True), inter)]
     g_step = max(1, block // max(1, n_ref))
     blocks = [(q_all[s:s + g_step], p_all[s:s + g_step], None if i_all is None else i_all[s:s + g_step])
               for q_all, p_all, i_all in groups for s in range(0, q_all.numel(), g_step)]

@@ -587,6 +587,15 @@ def _columns_first(mask: torch.Tensor) -> torch.Tensor:
     return torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
 
 
+def intermediate_triples(q: torch.Tensor, p: torch.Tensor, inter_mask: torch.Tensor):
+    """The triples ``(q, p, i)`` of the pairs ``(q[k], p[k])`` with every intermediate ``i`` of their
+    query (``inter_mask[q, i]``), in the pairs' order and then by column. Memory: the triples plus
+    ``O(B R)``, never a ``(B, R, R)`` tensor."""
+    prefix, i = _expand_ranges(q, torch.zeros_like(q), inter_mask.sum(dim=1)[q], _columns_first(inter_mask), None,
+                               None)
+    return q[prefix], p[prefix], i
+
+
 def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: torch.Tensor,
                  max_quadlets: int | None = None, generator: torch.Generator | None = None) -> Quadlets:
     """Every valid quadlet ``(q, p, i, n)``: ``pos_mask[q, p]``, ``inter_mask[q, i]``,
@@ -600,10 +609,7 @@ def all_quadlets(pos_mask: torch.Tensor, inter_mask: torch.Tensor, neg_mask: tor
     """
     _check_masks(pos_mask, "pos_mask", pos_mask=pos_mask, inter_mask=inter_mask, neg_mask=neg_mask)
     device = pos_mask.device
-    q, p = (pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True)
-    n_inter = inter_mask.sum(dim=1)
-    prefix, i = _expand_ranges(q, torch.zeros_like(q), n_inter[q], _columns_first(inter_mask), None, None)
-    q, p = q[prefix], p[prefix]
+    q, p, i = intermediate_triples(*(pos_mask & neg_mask.any(dim=1, keepdim=True)).nonzero(as_tuple=True), inter_mask)
     if q.numel() == 0:
         return _empty_quadlets(device)
     n_neg = neg_mask.sum(dim=1)

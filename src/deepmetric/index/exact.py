@@ -493,8 +493,8 @@ def self_knn(x: torch.Tensor, k: int, distance: str = "euclidean", groups: torch
     identical vectors differently (float64; :func:`_needs_refine`), ``k + REFINE_MARGIN`` are kept and
     ranked again by :func:`_refine`, so that ties keep gallery order, and rows whose cut lies within
     the products' rounding are searched again by the refined per-query search, as
-    :meth:`_Searcher.search` does. Runs on the CPU (other devices: copied there and back). Memory: ``O(n * k + block_size^2)``; ``n`` must stay below 2^31
-    (ids are held as int32).
+    :meth:`_Searcher.search` does. Runs on the CPU (other devices: copied there and back). Memory:
+    ``O(n * k + block_size^2)``; ``n`` must stay below 2^31 (ids are held as int32).
     """
     if x.device.type != "cpu":
         d, i = self_knn(x.cpu(), k, distance, None if groups is None else groups.cpu(), block_size, seed)
